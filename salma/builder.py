@@ -1,0 +1,147 @@
+"""The one place where the typed config becomes modules (``build_salma``)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers import InternVLForConditionalGeneration
+
+from salma.config import SalmaConfig
+from salma.mask_biased_attention import MaskBiasedAttention
+from salma.mllm import SalmaMLLM, internvl_config
+from salma.model import LossWeights, SalmaModel
+from salma.sam_adapter import SamAdapter, build_sam2_model
+from salma.tokenizer import IMG_CONTEXT, SEG_TOKEN, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def build_internvl(config: SalmaConfig, tokenizer, *, device: str | torch.device = "cpu") -> InternVLForConditionalGeneration:
+    """Pretrained weights from ``mllm.path``, or the configured architecture with random weights.
+
+    The embedding matrix is resized to the tokenizer (new special tokens are trainable rows).
+    """
+    m = config.mllm
+    image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+    if m.path is not None:
+        model = InternVLForConditionalGeneration.from_pretrained(m.path, dtype=torch.float32)
+        if model.config.image_token_id != image_token_id:
+            raise ValueError(
+                f"{m.path}: config.image_token_id={model.config.image_token_id} but the tokenizer maps "
+                f"{IMG_CONTEXT} to {image_token_id}; the tokenizer does not belong to this checkpoint"
+            )
+    else:
+        text = m.text.model_dump()
+        if config.preset == "tiny" or text["vocab_size"] < len(tokenizer):
+            text["vocab_size"] = len(tokenizer)
+        hf_config = internvl_config(
+            vision=m.vision.model_dump(),
+            text=text,
+            tile_size=m.tile_size,
+            downsample_ratio=m.downsample_ratio,
+            projector_hidden_act=m.projector_hidden_act,
+            image_token_id=image_token_id,
+            tokens_per_tile=m.tokens_per_tile,
+        )
+        with torch.device(device):
+            model = InternVLForConditionalGeneration(hf_config)
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> SalmaModel:
+    """Build the model a config describes. ``device="meta"`` builds the architecture without
+    allocating weights (parameter counting at full size)."""
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(config.mllm.tokenizer or config.mllm.path or "tiny")
+    mllm = SalmaMLLM(model=build_internvl(config, tokenizer, device=device))
+    if config.mllm.gradient_checkpointing:
+        mllm.model.gradient_checkpointing_enable()
+    s = config.sam
+    if str(device) == "meta":
+        with torch.device("meta"):
+            sam_model = build_sam2_model(
+                config_name=s.config_name, checkpoint=None, overrides=s.overrides, image_size=s.image_size,
+                device="meta",
+            )
+    else:
+        sam_model = build_sam2_model(
+            config_name=s.config_name, checkpoint=s.checkpoint, overrides=s.overrides, image_size=s.image_size
+        )
+    sam = SamAdapter(sam=sam_model)
+    mba = None
+    if config.mba.enabled:
+        b = config.mba
+        mba = MaskBiasedAttention(
+            dim=sam.embed_dim,
+            num_heads=b.num_heads,
+            tau=b.tau,
+            strength=b.strength,
+            mode=b.mode,
+            topk_tokens=b.topk_tokens,
+            use_film=b.use_film,
+            dropout=b.dropout,
+        )
+    loss = config.loss
+    model = SalmaModel(
+        mllm=mllm,
+        sam=sam,
+        mba=mba,
+        seg_token_id=tokenizer.convert_tokens_to_ids(SEG_TOKEN),
+        use_expression_tokens=config.mba.language_tokens == "seg_plus_expression",
+        max_expression_tokens=config.mba.max_expression_tokens,
+        use_prior=config.mba.use_prior,
+        loss_weights=LossWeights(
+            lm=loss.lm_weight,
+            bce=loss.bce_weight,
+            dice=loss.dice_weight,
+            dice_eps=loss.dice_eps,
+            num_points=loss.num_points,
+            oversample_ratio=loss.oversample_ratio,
+            importance_sample_ratio=loss.importance_sample_ratio,
+            tmc=loss.tmc_weight,
+            tmc_temperature=loss.tmc_temperature,
+            boundary=loss.boundary_weight,
+            aux_warmup_fraction=loss.aux_warmup_fraction,
+            gamma_warmup_fraction=loss.gamma_warmup_fraction,
+        ),
+        freeze_sam_encoder=config.freeze.sam_encoder,
+        tokenizer=tokenizer,
+        config=config,
+    )
+    if str(device) not in ("cpu", "meta"):
+        model.to(device)
+    apply_training_recipe(model, config)
+    return model
+
+
+def apply_training_recipe(model: SalmaModel, config: SalmaConfig) -> None:
+    """Freezing and LoRA per DESIGN §3: the vision encoder, LLM base and SAM-2 image encoder are
+    frozen in the real presets; the projector, SAM-2 decoder, [SEG]/expression projections, MBA
+    and the (resized) token embeddings / output head train. ``tiny`` trains everything."""
+    f = config.freeze
+    internvl = model.mllm.model
+    _set_trainable(internvl.model.vision_tower, not f.vision_encoder)
+    _set_trainable(internvl.model.language_model, not f.llm)
+    _set_trainable(model.sam.sam.image_encoder, not f.sam_encoder)
+    if config.lora.enabled:
+        model.mllm.apply_lora(
+            r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+        )
+    if f.llm:
+        # New special tokens need trainable embedding rows: train the (tied) embedding and head.
+        internvl.get_input_embeddings().weight.requires_grad_(True)
+        internvl.get_output_embeddings().weight.requires_grad_(True)
+
+
+def _set_trainable(module: nn.Module, trainable: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(trainable)
+
+
+def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

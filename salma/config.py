@@ -1,0 +1,293 @@
+"""Typed, self-validating configuration of the SALMA model.
+
+A preset (``tiny``, ``salma-1b``) is a function returning a complete ``SalmaConfig``; an experiment
+YAML holds only deltas on top of it (``resolve_model_config``). Unknown keys are errors everywhere
+(``extra="forbid"``), and every validation error says how to fix the value.
+
+Configs never enter modules: ``salma.builder`` maps this config to keyword-only constructors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class VisionArch(_Strict):
+    """InternViT vision tower (transformers' ``InternVLVisionConfig`` fields we set)."""
+
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    patch_size: int = 14
+    attention_bias: bool = True
+    layer_scale_init_value: float = 0.1
+    norm_type: Literal["layer_norm", "rms_norm"] = "layer_norm"
+    use_qk_norm: bool = False
+
+
+class TextArch(_Strict):
+    """Qwen2 language model (transformers' ``Qwen2Config`` fields we set)."""
+
+    hidden_size: int = 896
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 14
+    num_key_value_heads: int = 2
+    intermediate_size: int = 4864
+    vocab_size: int = 151674
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1_000_000.0
+    tie_word_embeddings: bool = True
+
+
+class MLLMConfig(_Strict):
+    """The InternVL multimodal LLM.
+
+    ``path``: a local folder or hub id of a checkpoint in transformers' native InternVL layout
+    (the original remote-code InternVL2.5 checkpoints must be converted first, see the README).
+    ``None`` builds the architecture below with random weights (tests, the tiny preset,
+    parameter counting). ``tokenizer``: ``"tiny"`` builds the offline word-level tokenizer;
+    anything else is loaded with ``AutoTokenizer.from_pretrained`` (defaults to ``path``).
+    """
+
+    path: str | None = None
+    tokenizer: str | None = None
+    vision: VisionArch = Field(default_factory=VisionArch)
+    text: TextArch = Field(default_factory=TextArch)
+    tile_size: int = 448
+    min_tiles: int = 1
+    max_tiles: int = 12
+    use_thumbnail: bool = True
+    downsample_ratio: float = 0.5
+    projector_hidden_act: str = "gelu"
+    gradient_checkpointing: bool = False
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_multiple(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("tile_size must be positive (448 for InternVL2.5)")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "MLLMConfig":
+        patches = self.tile_size // self.vision.patch_size
+        if self.tile_size % self.vision.patch_size:
+            raise ValueError(
+                f"mllm.tile_size={self.tile_size} must be a multiple of vision.patch_size={self.vision.patch_size}"
+            )
+        if (patches * self.downsample_ratio) % 1:
+            raise ValueError(
+                f"mllm.tile_size / patch_size = {patches} patches per side must be divisible by 1/downsample_ratio"
+            )
+        if not 1 <= self.min_tiles <= self.max_tiles:
+            raise ValueError(f"need 1 <= mllm.min_tiles <= mllm.max_tiles, got {self.min_tiles}, {self.max_tiles}")
+        return self
+
+    @property
+    def tokens_per_tile(self) -> int:
+        side = self.tile_size // self.vision.patch_size
+        return int(side * self.downsample_ratio) ** 2
+
+
+class SamConfig(_Strict):
+    """SAM-2 through the ``sam2`` package.
+
+    ``config_name`` is one of the package's own configs; ``overrides`` are Hydra overrides applied
+    on top (the tiny preset shrinks the Hiera trunk with them); ``checkpoint`` a SAM-2 ``.pt``.
+    """
+
+    config_name: str = "configs/sam2.1/sam2.1_hiera_l.yaml"
+    checkpoint: str | None = None
+    image_size: int = 1024
+    overrides: list[str] = Field(default_factory=list)
+    suppress_no_object: bool = False
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if v % 64:
+            raise ValueError(f"sam.image_size={v} must be a multiple of 64 (SAM-2's stride-16 map times 4)")
+        return v
+
+
+class MBAConfig(_Strict):
+    """Mask-Biased Attention. ``enabled: false`` is the Sa2VA baseline."""
+
+    enabled: bool = True
+    num_heads: int = 8
+    tau: float = 1.0
+    strength: float = 1.0
+    mode: Literal["gate", "bias"] = "gate"
+    use_prior: bool = True
+    topk_tokens: int | None = 2
+    use_film: bool = False
+    dropout: float = 0.0
+    language_tokens: Literal["seg_plus_expression", "seg_only"] = "seg_plus_expression"
+    max_expression_tokens: int = 16
+
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"mba.tau={v} must be > 0 (it divides the prior logits)")
+        return v
+
+    @field_validator("topk_tokens")
+    @classmethod
+    def _topk(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"mba.topk_tokens={v} must be >= 1, or null for all tokens")
+        return v
+
+
+class LossConfig(_Strict):
+    """Loss weights and schedules (DESIGN §3; values follow Sa2VA's and the SALMA paper's)."""
+
+    lm_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    dice_eps: float = 1.0
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    tmc_weight: float = 0.1
+    tmc_temperature: float = 0.15
+    boundary_weight: float = 0.05
+    aux_warmup_fraction: float = 0.2
+    gamma_warmup_fraction: float = 0.1
+
+    @model_validator(mode="after")
+    def _check(self) -> "LossConfig":
+        for name in ("aux_warmup_fraction", "gamma_warmup_fraction", "importance_sample_ratio"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"loss.{name}={value} must lie in [0, 1]")
+        if self.tmc_temperature <= 0:
+            raise ValueError("loss.tmc_temperature must be > 0")
+        return self
+
+
+class LoraConfig(_Strict):
+    """LoRA on the LLM through PEFT. ``target_modules: null`` = every linear layer of the language
+    model except the output head."""
+
+    enabled: bool = True
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+
+
+class FreezeConfig(_Strict):
+    vision_encoder: bool = True
+    llm: bool = True
+    sam_encoder: bool = True
+
+
+class SalmaConfig(_Strict):
+    preset: Literal["tiny", "salma-1b"] = "salma-1b"
+    mllm: MLLMConfig = Field(default_factory=MLLMConfig)
+    sam: SamConfig = Field(default_factory=SamConfig)
+    mba: MBAConfig = Field(default_factory=MBAConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    seed: int = 0
+
+
+def tiny_config() -> SalmaConfig:
+    """The embedded default: random init, builds offline in well under a second, trains on CPU."""
+    sam_overrides = [
+        "++model.image_size=128",
+        "++model.image_encoder.trunk.embed_dim=16",
+        "++model.image_encoder.trunk.num_heads=1",
+        "++model.image_encoder.trunk.stages=[1,2,1,1]",
+        "++model.image_encoder.trunk.global_att_blocks=[2]",
+        "++model.image_encoder.trunk.window_spec=[8,4,4,4]",
+        "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]",
+        "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+        "++model.image_encoder.neck.d_model=32",
+        "++model.image_encoder.neck.position_encoding.num_pos_feats=32",
+        "++model.memory_attention.d_model=32",
+        "++model.memory_attention.layer.d_model=32",
+        "++model.memory_attention.layer.dim_feedforward=64",
+        "++model.memory_attention.layer.self_attention.embedding_dim=32",
+        "++model.memory_attention.layer.self_attention.feat_sizes=[8,8]",
+        "++model.memory_attention.layer.cross_attention.embedding_dim=32",
+        "++model.memory_attention.layer.cross_attention.feat_sizes=[8,8]",
+        "++model.memory_attention.layer.cross_attention.kv_in_dim=16",
+        "++model.memory_attention.num_layers=1",
+        "++model.memory_encoder.out_dim=16",
+        "++model.memory_encoder.position_encoding.num_pos_feats=16",
+        "++model.memory_encoder.mask_downsampler.embed_dim=32",
+        "++model.memory_encoder.fuser.layer.dim=32",
+    ]
+    return SalmaConfig(
+        preset="tiny",
+        mllm=MLLMConfig(
+            path=None,
+            tokenizer="tiny",
+            vision=VisionArch(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14
+            ),
+            text=TextArch(
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=128,
+                vocab_size=0,  # set from the tiny tokenizer by the builder
+                max_position_embeddings=2048,
+                rope_theta=10000.0,
+            ),
+            tile_size=56,
+            max_tiles=2,
+        ),
+        sam=SamConfig(config_name="configs/sam2.1/sam2.1_hiera_t.yaml", image_size=128, overrides=sam_overrides),
+        mba=MBAConfig(num_heads=2),
+        loss=LossConfig(num_points=1024),
+        lora=LoraConfig(enabled=False),
+        freeze=FreezeConfig(vision_encoder=False, llm=False, sam_encoder=False),
+    )
+
+
+def salma_1b_config() -> SalmaConfig:
+    """InternVL2.5-1B (InternViT-300M + Qwen2.5-0.5B) + SAM-2.1 Hiera-L, the paper's recipe."""
+    return SalmaConfig(preset="salma-1b")
+
+
+def preset_config(name: str) -> SalmaConfig:
+    match name:
+        case "tiny":
+            return tiny_config()
+        case "salma-1b":
+            return salma_1b_config()
+        case _:
+            raise ValueError(f"unknown model preset {name!r}; choose 'tiny' or 'salma-1b'")
+
+
+def deep_update(base: dict[str, Any], delta: dict[str, Any], *, where: str = "") -> dict[str, Any]:
+    """Recursively apply ``delta`` onto ``base`` (a new dict). Nested dicts merge; other values
+    replace. Keys absent from ``base`` are kept so that validation reports them as unknown."""
+    out = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value, where=f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_model_config(delta: dict[str, Any] | None) -> SalmaConfig:
+    """Preset defaults + the experiment's deltas → a validated ``SalmaConfig``."""
+    delta = dict(delta or {})
+    preset = delta.get("preset", "tiny")
+    base = preset_config(preset).model_dump()
+    return SalmaConfig.model_validate(deep_update(base, delta))

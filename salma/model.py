@@ -1,0 +1,247 @@
+"""The whole SALMA model: MLLM → ``[SEG]`` prompts → SAM-2 with Mask-Biased Attention → losses.
+
+The Sa2VA baseline is this same class with ``mba=None`` (``mba.enabled: false`` in config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from salma import losses
+from salma.batch import SalmaBatch
+from salma.mask_biased_attention import MaskBiasedAttention
+from salma.mllm import SalmaMLLM
+from salma.sam_adapter import FrameFeatures, SamAdapter
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    lm: float = 1.0
+    bce: float = 2.0
+    dice: float = 0.5
+    dice_eps: float = 1.0
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    tmc: float = 0.1
+    tmc_temperature: float = 0.15
+    boundary: float = 0.05
+    aux_warmup_fraction: float = 0.2
+    gamma_warmup_fraction: float = 0.1
+
+
+@dataclass
+class SegmentationOutput:
+    """What one language-conditioned decode produced for a set of (object, frame) pairs."""
+
+    mask_logits: torch.Tensor  # (P, 1, 4h, 4w)
+    iou: torch.Tensor  # (P,)
+    object_score: torch.Tensor  # (P, 1)
+    features_before: torch.Tensor  # (P, C, h, w) stride-16 map before MBA
+    prior: torch.Tensor | None  # (P, 1, h, w) pre-pass logits, None without MBA
+    mba_energy: torch.Tensor | None  # (P, h, w) energy of the MBA update
+    language_change: torch.Tensor  # (P, h, w) squared norm of the language-induced feature change
+
+
+class SalmaModel(nn.Module):
+    def __init__(
+        self,
+        *,
+        mllm: SalmaMLLM,
+        sam: SamAdapter,
+        mba: MaskBiasedAttention | None,
+        seg_token_id: int,
+        use_expression_tokens: bool,
+        max_expression_tokens: int,
+        use_prior: bool,
+        loss_weights: LossWeights,
+        freeze_sam_encoder: bool,
+        tokenizer=None,
+        config=None,
+    ):
+        super().__init__()
+        self.mllm = mllm
+        self.sam = sam
+        self.mba = mba
+        hidden, prompt_dim = mllm.hidden_size, sam.embed_dim
+        # [SEG] hidden state → SAM prompt space (Sa2VA's text_hidden_fcs: D→D, ReLU, D→prompt).
+        self.seg_projector = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, prompt_dim))
+        # Expression tokens → SAM prompt space, for the MBA language tokens.
+        self.expression_projector = (
+            nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, prompt_dim))
+            if use_expression_tokens and mba is not None
+            else None
+        )
+        self.seg_token_id = seg_token_id
+        self.max_expression_tokens = max_expression_tokens
+        self.use_prior = use_prior
+        self.loss_weights = loss_weights
+        self.freeze_sam_encoder = freeze_sam_encoder
+        self.aux_scale = 1.0
+        # Not modules: the tokenizer and the resolved config travel with the model for the
+        # predictor and for export.
+        self.tokenizer = tokenizer
+        self.config = config
+
+    # ----------------------------------------------------------------- schedules
+    def set_schedule(self, step: int, total_steps: int) -> dict[str, float]:
+        """Set the MBA gamma warm-up and the auxiliary-loss ramp for this global step."""
+        w = self.loss_weights
+        gamma_scale = losses.linear_ramp(step, total_steps, w.gamma_warmup_fraction)
+        self.aux_scale = losses.linear_ramp(step, total_steps, w.aux_warmup_fraction)
+        if self.mba is not None:
+            self.mba.set_warmup_scale(gamma_scale)
+        return {"gamma_scale": gamma_scale, "aux_scale": self.aux_scale}
+
+    # ----------------------------------------------------------------- pieces
+    def seg_hidden_states(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) → (O, D): the hidden state *at* each [SEG] position, row by row."""
+        return hidden[input_ids == self.seg_token_id]
+
+    def language_tokens(
+        self, seg_prompts: torch.Tensor, hidden: torch.Tensor, seg_sample_index: torch.Tensor, expr_positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """MBA keys/values per object: the [SEG] prompt, then the projected expression tokens.
+
+        Returns tokens (O, 1 + E, C) and their validity mask (O, 1 + E).
+        """
+        seg = seg_prompts[:, None]  # (O, 1, C)
+        seg_mask = torch.ones(seg.shape[:2], dtype=torch.bool, device=seg.device)
+        if self.expression_projector is None or expr_positions.shape[1] == 0:
+            return seg, seg_mask
+        positions = expr_positions[:, : self.max_expression_tokens]  # (O, E)
+        valid = positions >= 0
+        rows = hidden[seg_sample_index]  # (O, L, D)
+        gathered = torch.gather(rows, 1, positions.clamp(min=0)[..., None].expand(-1, -1, rows.shape[-1]))
+        expr = self.expression_projector(gathered)  # (O, E, C)
+        return torch.cat([seg, expr], dim=1), torch.cat([seg_mask, valid], dim=1)
+
+    def encode_frames(self, sam_pixel_values: torch.Tensor, *, keep_backbone_out: bool = False) -> FrameFeatures:
+        if self.freeze_sam_encoder:
+            with torch.no_grad():
+                return self.sam.encode(sam_pixel_values, keep_backbone_out=keep_backbone_out)
+        return self.sam.encode(sam_pixel_values, keep_backbone_out=keep_backbone_out)
+
+    def frame_priors(self, features: FrameFeatures) -> torch.Tensor | None:
+        """One pre-pass per frame (not per object); None when MBA is off."""
+        if self.mba is None:
+            return None
+        if not self.use_prior:
+            # "+CMA without mask bias": a constant prior, i.e. a uniform gate.
+            return features.image_embed.new_zeros(features.image_embed.shape[0], 1, *features.image_embed.shape[-2:])
+        return self.sam.prior(features)
+
+    def segment(
+        self,
+        features: FrameFeatures,
+        priors: torch.Tensor | None,
+        language: torch.Tensor,
+        language_mask: torch.Tensor,
+        pair_object_index: torch.Tensor,
+        pair_frame_index: torch.Tensor,
+        *,
+        suppress_no_object: bool = False,
+    ) -> SegmentationOutput:
+        """Language-conditioned decode of every (object, frame) pair, MBA first when enabled."""
+        visual = features.image_embed[pair_frame_index]  # (P, C, h, w)
+        high_res = [h[pair_frame_index] for h in features.high_res]
+        pair_language = language[pair_object_index]  # (P, T, C)
+        pair_mask = language_mask[pair_object_index]
+        prior = None
+        energy = None
+        modified = visual
+        if self.mba is not None:
+            prior = priors[pair_frame_index]
+            modified, info = self.mba(visual, pair_language, pair_mask, prior)
+            energy = info["energy"]
+        prompt = pair_language[:, :1]  # the [SEG] prompt embedding is the sparse prompt
+        out = self.sam.decode(modified, high_res, prompt, suppress_no_object=suppress_no_object)
+        change = (modified - visual).detach().pow(2).sum(dim=1)  # (P, h, w)
+        return SegmentationOutput(
+            mask_logits=out.masks,
+            iou=out.iou,
+            object_score=out.object_score,
+            features_before=visual,
+            prior=prior,
+            mba_energy=energy,
+            language_change=change,
+        )
+
+    # ----------------------------------------------------------------- training forward
+    def forward(self, batch: SalmaBatch) -> dict[str, torch.Tensor]:
+        w = self.loss_weights
+        mllm_out = self.mllm(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values
+        )
+        terms: dict[str, torch.Tensor] = {"lm": losses.lm_loss(mllm_out.logits, batch.labels)}
+        zero = mllm_out.logits.sum() * 0.0
+        seg_hidden = self.seg_hidden_states(mllm_out.hidden_states, batch.input_ids)
+        if seg_hidden.shape[0] != batch.num_objects:
+            raise ValueError(
+                f"batch has {batch.num_objects} objects but {seg_hidden.shape[0]} [SEG] tokens in input_ids"
+            )
+        if batch.pair_object_index.numel():
+            seg_prompts = self.seg_projector(seg_hidden)  # (O, C)
+            language, language_mask = self.language_tokens(
+                seg_prompts, mllm_out.hidden_states, batch.seg_sample_index, batch.expr_positions
+            )
+            features = self.encode_frames(batch.sam_pixel_values)
+            priors = self.frame_priors(features)
+            seg = self.segment(
+                features, priors, language, language_mask, batch.pair_object_index, batch.pair_frame_index
+            )
+            size = batch.gt_masks.shape[-2:]
+            pred = self.sam.upscale(seg.mask_logits, size)[:, 0]  # (P, S, S)
+            gt = batch.gt_masks.float()
+            terms.update(
+                losses.mask_bce_dice_loss(
+                    pred,
+                    gt,
+                    batch.mask_weight,
+                    num_points=w.num_points,
+                    oversample_ratio=w.oversample_ratio,
+                    importance_sample_ratio=w.importance_sample_ratio,
+                    bce_weight=w.bce,
+                    dice_weight=w.dice,
+                    dice_eps=w.dice_eps,
+                )
+            )
+            terms["boundary"] = w.boundary * losses.boundary_loss(seg.mask_logits[:, 0], gt, batch.mask_weight)
+            terms["tmc"] = w.tmc * self._tmc(seg_prompts, seg, gt, batch)
+        else:
+            for name in ("mask_bce", "mask_dice", "boundary", "tmc"):
+                terms[name] = zero
+        total = (
+            w.lm * terms["lm"]
+            + terms["mask_bce"]
+            + terms["mask_dice"]
+            + self.aux_scale * (terms["tmc"] + terms["boundary"])
+        )
+        # Every trainable parameter takes part in the graph, with zero weight where the batch did
+        # not use it (text-only samples, MBA with gamma still 0): distributed data parallel and
+        # DeepSpeed ZeRO then never wait for a gradient that is not coming.
+        total = total + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
+        terms["total"] = total
+        return terms
+
+    def _tmc(self, seg_prompts: torch.Tensor, seg: SegmentationOutput, gt: torch.Tensor, batch: SalmaBatch) -> torch.Tensor:
+        """Text–mask contrast on one supervised, non-empty frame per object (its first)."""
+        valid = (batch.mask_weight > 0) & gt.flatten(1).any(dim=1)  # (P,)
+        pair_ids = torch.nonzero(valid).flatten()
+        objects = batch.pair_object_index[pair_ids]
+        first = {}
+        for p, o in zip(pair_ids.tolist(), objects.tolist()):
+            first.setdefault(o, p)
+        if len(first) < 2:
+            return seg_prompts.sum() * 0.0
+        obj_idx = torch.tensor(list(first.keys()), device=gt.device)
+        pair_idx = torch.tensor(list(first.values()), device=gt.device)
+        return losses.text_mask_contrastive_loss(
+            seg_prompts[obj_idx],
+            seg.features_before[pair_idx],
+            gt[pair_idx],
+            temperature=self.loss_weights.tmc_temperature,
+        )
