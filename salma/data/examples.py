@@ -148,3 +148,19 @@ def collate(examples: list[dict[str, np.ndarray]], *, pad_token_id: int) -> Salm
     )
     batch.validate()
     return batch
+
+
+def example_to_bytes(example: dict[str, np.ndarray]) -> bytes:
+    """Serialise an example for a Ray Data row (``.npz``; no pickle, so rows are safe to load)."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **example)
+    return buffer.getvalue()
+
+
+def example_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    import io
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}

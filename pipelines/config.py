@@ -1,0 +1,183 @@
+"""Typed experiment configuration: the model (deltas on a preset), data, training, tracking, eval.
+
+An experiment YAML holds only deltas from these defaults. Unknown keys anywhere are errors, and
+``key=value`` command-line overrides use dotted paths (``train.max_steps=20``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from salma.config import SalmaConfig, deep_update, resolve_model_config
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class SourceConfig(_Strict):
+    """One dataset in the mixture. ``format`` is a reader of ``salma.data.sources``; ``repeats``
+    (integer, applied in the index) and ``weight`` (sampling ratio between sources) shape it."""
+
+    name: str
+    format: str
+    root: str
+    split: str = "train"
+    repeats: int = 1
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("repeats")
+    @classmethod
+    def _repeats(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"repeats={v} must be >= 1 (drop the source to exclude it)")
+        return v
+
+
+class SyntheticConfig(_Strict):
+    """Generate the synthetic datasets before the job starts (the embedded default)."""
+
+    enabled: bool = False
+    out: str = "data/synthetic"
+    size: Literal["small", "medium"] = "small"
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    sources: list[SourceConfig] = Field(default_factory=list)
+    eval_sources: list[SourceConfig] = Field(default_factory=list)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    num_frames: int = 5
+    frame_sampling: Literal["random", "consecutive"] = "random"
+    max_objects: int = 5
+    max_bad_fraction: float = 0.05
+    bad_report: str = "bad_records.json"
+    seed: int = 0
+
+    @field_validator("max_bad_fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"data.max_bad_fraction={v} must lie in [0, 1]")
+        return v
+
+
+class TrainConfig(_Strict):
+    num_workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    zero_stage: int = 2
+    batch_size_per_worker: int = 2
+    grad_accum: int = 1
+    max_steps: int = 100
+    lr: float = 4e-5
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    warmup_fraction: float = 0.05
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    max_failures: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.num_workers < 0:
+            raise ValueError("train.num_workers must be >= 0 (0 runs the loop in the driver process)")
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(f"train.zero_stage={self.zero_stage}: use 0, 1 or 2 (ZeRO-2 is the recipe)")
+        if self.max_steps < 1:
+            raise ValueError("train.max_steps must be >= 1")
+        if self.precision == "bf16" and self.use_gpu is False:
+            pass  # bf16 works on CPU with DeepSpeed, only slower; allowed on purpose
+        return self
+
+
+class TrackingConfig(_Strict):
+    """MLflow. ``uri: null`` → ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<workdir>/mlflow.db``."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "salma"
+
+
+class EvalConfig(_Strict):
+    num_key_frames: int = 5
+    key_frame_sampling: Literal["uniform", "first"] = "uniform"
+    max_samples: int | None = None
+    num_actors: int = 1
+    visual_samples: int = 4
+
+
+class ExperimentConfig(_Strict):
+    name: str = "salma"
+    workdir: str = "runs"
+    model: dict[str, Any] = Field(default_factory=dict)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("model")
+    @classmethod
+    def _model_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
+        resolve_model_config(v)  # raises with the offending field
+        return v
+
+    @property
+    def model_config_resolved(self) -> SalmaConfig:
+        return resolve_model_config(self.model)
+
+    def absolute(self, path: str) -> str:
+        """Relative paths in a config are relative to the working directory of the launch;
+        Ray workers change directory, so the pipeline resolves them once, on the driver."""
+        return str(Path(path).expanduser().resolve())
+
+    def resolved(self) -> dict[str, Any]:
+        """The complete config (model preset expanded) as plain data: what gets logged."""
+        data = self.model_dump(mode="json")
+        data["model"] = self.model_config_resolved.model_dump(mode="json")
+        return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.max_steps=20", "model.mba.enabled=false"]`` → nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_experiment(path: str | os.PathLike | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read an experiment YAML (deltas), apply overrides, validate. Errors name the file."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"experiment config {path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise ValueError(f"experiment config {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"experiment config {path} must be a mapping at the top level")
+    data = deep_update(data, parse_overrides(overrides or []))
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ValueError(f"invalid experiment config {path or '<defaults>'}:\n{err}") from None
