@@ -1,0 +1,1 @@
+"""The SALMA platform: thin Ray glue (data, train, tune, infer, evaluate, tracking, CLI) over ``salma``."""
