@@ -61,16 +61,11 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
     if config.mllm.gradient_checkpointing:
         mllm.model.gradient_checkpointing_enable()
     s = config.sam
-    if str(device) == "meta":
-        with torch.device("meta"):
-            sam_model = build_sam2_model(
-                config_name=s.config_name, checkpoint=None, overrides=s.overrides, image_size=s.image_size,
-                device="meta",
-            )
-    else:
-        sam_model = build_sam2_model(
-            config_name=s.config_name, checkpoint=s.checkpoint, overrides=s.overrides, image_size=s.image_size
-        )
+    # SAM-2 is built on the CPU even for device="meta": Hiera's constructor calls .item().
+    checkpoint = None if str(device) == "meta" else s.checkpoint
+    sam_model = build_sam2_model(
+        config_name=s.config_name, checkpoint=checkpoint, overrides=s.overrides, image_size=s.image_size
+    )
     sam = SamAdapter(sam=sam_model)
     mba = None
     if config.mba.enabled:

@@ -8,7 +8,7 @@ import numpy as np
 
 from salma.batch import SalmaBatch
 from salma.config import SalmaConfig, tiny_config
-from salma.conversation import referring_round
+from salma.conversation import Round, referring_round
 from salma.data.examples import ImageGeometry, collate, encode_example
 
 _COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
@@ -55,6 +55,8 @@ def random_batch(
     for _ in range(batch_size):
         frames, masks, expressions = random_sample(rng, num_frames=num_frames, num_objects=num_objects)
         rounds = [referring_round(e, media=media, rng=text_rng) for e in expressions]
+        if not rounds:  # a question-answer sample with no mask to produce
+            rounds = [Round(prefix=f"How many squares are in this {media}?", answer="two.")]
         examples.append(
             encode_example(frames=frames, masks=masks, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry)
         )

@@ -71,6 +71,8 @@ def encode_example(
     frames: list of F (H, W, 3) uint8 (empty for text-only); masks: (O, F, H, W) bool, one row per
     referent in the order of the ``[SEG]`` answers in ``rounds`` (None or O = 0 for no masks).
     """
+    if not rounds:
+        raise ValueError("an example needs at least one conversation round")
     tiles = mllm_tiles(frames, media, geometry) if frames else []
     encoded = encode_rounds(tokenizer, rounds, tokens_per_image=tokens_per_image(len(tiles), media, geometry))
     g = geometry

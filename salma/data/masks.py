@@ -1,0 +1,163 @@
+"""COCO RLE helpers (pycocotools): encode, decode, merge, polygons, validation.
+
+Every mask the readers store is a compressed COCO RLE ``{"size": [h, w], "counts": str}``:
+pycocotools' compressed string with ``counts`` decoded to ``str`` so the record stays
+JSON-serialisable. ``segmentation_to_rle`` accepts the three COCO segmentation encodings
+(polygon list, uncompressed RLE with a list of run lengths, compressed RLE with ``bytes`` or
+``str`` counts) and always returns the stored form.
+
+pycocotools decodes a malformed counts string without complaint (and may write past the mask
+buffer), so ``validate_rle`` re-parses the string and checks that the runs cover exactly
+``h * w`` pixels before anything is decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as coco_mask
+
+RLE = dict[str, Any]
+
+
+def encode_mask(mask: np.ndarray) -> RLE:
+    """(H, W) bool/uint8 mask -> compressed RLE with ``str`` counts."""
+    if mask.ndim != 2:
+        raise ValueError(f"encode_mask expects an (H, W) mask, got shape {mask.shape}")
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: RLE) -> np.ndarray:
+    """Compressed RLE (``str`` or ``bytes`` counts) -> (H, W) bool mask. Validates first."""
+    validate_rle(rle)
+    return coco_mask.decode(_as_pycocotools(rle)).astype(bool)
+
+
+def empty_rle(height: int, width: int) -> RLE:
+    return encode_mask(np.zeros((height, width), dtype=bool))
+
+
+def merge_rles(rles: Sequence[RLE]) -> RLE:
+    """Union of several masks of the same size (at least one)."""
+    if not rles:
+        raise ValueError("merge_rles needs at least one RLE")
+    sizes = {tuple(r["size"]) for r in rles}
+    if len(sizes) != 1:
+        raise ValueError(f"merge_rles: masks of different sizes {sorted(sizes)}")
+    if len(rles) == 1:
+        return _as_stored(rles[0])
+    merged = coco_mask.merge([_as_pycocotools(r) for r in rles], intersect=0)
+    return _as_stored(merged)
+
+
+def polygons_to_rle(polygons: Sequence[Sequence[float]], height: int, width: int) -> RLE:
+    """COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` (parts of one object) -> one merged RLE."""
+    parts = [list(map(float, p)) for p in polygons]
+    if not parts:
+        return empty_rle(height, width)
+    for p in parts:
+        # pycocotools reads a 4-number list as a box, so a polygon needs at least 3 points.
+        if len(p) < 6 or len(p) % 2:
+            raise ValueError(f"a polygon needs an even number (>= 6) of coordinates, got {len(p)}")
+    return merge_rles([_as_stored(r) for r in coco_mask.frPyObjects(parts, height, width)])
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> RLE:
+    """Any COCO segmentation (polygons, uncompressed or compressed RLE) -> stored RLE."""
+    if isinstance(segmentation, list):
+        if segmentation and isinstance(segmentation[0], dict):
+            # A list of RLEs (GranDf's ``rle_masks``): parts of one object.
+            return merge_rles([segmentation_to_rle(s, height, width) for s in segmentation])
+        return polygons_to_rle(segmentation, height, width)
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        size = [int(s) for s in segmentation["size"]]
+        if size != [height, width]:
+            raise ValueError(f"RLE size {size} disagrees with the image size {[height, width]}")
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            # Uncompressed RLE (COCO's iscrowd annotations).
+            if sum(int(c) for c in counts) != height * width:
+                raise ValueError("uncompressed RLE runs do not cover the image")
+            return _as_stored(coco_mask.frPyObjects(segmentation, height, width))
+        rle = _as_stored(segmentation)
+        validate_rle(rle)
+        return rle
+    raise ValueError(f"unrecognised segmentation of type {type(segmentation).__name__}")
+
+
+def rle_area(rle: RLE) -> int:
+    return int(coco_mask.area(_as_pycocotools(rle)))
+
+
+def rle_bbox(rle: RLE) -> list[float]:
+    """[x, y, w, h] like COCO's ``bbox``."""
+    return [float(v) for v in coco_mask.toBbox(_as_pycocotools(rle))]
+
+
+def validate_rle(rle: Any) -> None:
+    """Raise ValueError unless ``rle`` is a well-formed compressed RLE."""
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise ValueError("an RLE is a dict with 'size' and 'counts'")
+    size = rle["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(int(s) >= 0 for s in size)):
+        raise ValueError(f"bad RLE size {size!r}")
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    if not isinstance(counts, str):
+        raise ValueError("compressed RLE counts must be a string")
+    runs = _parse_counts(counts)
+    if any(r < 0 for r in runs):
+        raise ValueError("RLE has a negative run length")
+    total = sum(runs)
+    expected = int(size[0]) * int(size[1])
+    if total != expected:
+        raise ValueError(f"RLE runs cover {total} pixels, the mask has {expected}")
+
+
+def _parse_counts(text: str) -> list[int]:
+    """Run lengths of a COCO compressed counts string.
+
+    Format (pycocotools ``rleFrString``): each run is a little-endian group of 5-bit chunks
+    stored as ``chr(chunk + 48)``; bit 0x20 of a chunk means "more chunks follow", bit 0x10 of the
+    last chunk is the sign; from the third run on, the value is a delta to the run two before.
+    """
+    runs: list[int] = []
+    pos = 0
+    while pos < len(text):
+        value = 0
+        shift = 0
+        while True:
+            if pos >= len(text):
+                raise ValueError("RLE counts string ends inside a run")
+            chunk = ord(text[pos]) - 48
+            if not 0 <= chunk < 64:
+                raise ValueError(f"RLE counts has an invalid character {text[pos]!r}")
+            pos += 1
+            value |= (chunk & 0x1F) << shift
+            shift += 5
+            if not chunk & 0x20:
+                if chunk & 0x10:
+                    value -= 1 << shift
+                break
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def _as_pycocotools(rle: RLE) -> RLE:
+    counts = rle["counts"]
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts}
+
+
+def _as_stored(rle: RLE) -> RLE:
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts}

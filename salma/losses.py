@@ -1,0 +1,319 @@
+"""SALMA's training losses, as pure functions of tensors.
+
+- Mask loss: sigmoid BCE (×2.0) and Dice (×0.5, eps 1) on uncertainty-sampled points, the
+  Mask2Former recipe (Cheng et al. 2022; detectron2's ``point_sample`` and
+  ``get_uncertain_point_coords_with_randomness``) with the weights, point count and ratios Sa2VA
+  trains with (12544 points, oversample 3, importance 0.75).
+- LLM next-token cross-entropy on the answer tokens.
+- Text–mask contrastive loss (TMC): symmetric InfoNCE between the ``[SEG]`` prompt embeddings and
+  mask-pooled pre-MBA features (×0.1, temperature 0.15).
+- Boundary loss: L1 between per-sample normalised Sobel edge maps (×0.05).
+- ``linear_ramp`` for the auxiliary-loss and MBA-gamma warm-ups.
+
+``mask_bce_dice_loss`` returns its terms already multiplied by their weights (the weights are its
+arguments); ``text_mask_contrastive_loss`` and ``boundary_loss`` return the unweighted loss, and
+the model multiplies them by ``TMC_WEIGHT`` / ``BOUNDARY_WEIGHT`` times the ramp.
+
+Every loss that takes per-pair ``weight`` averages as ``Σ w·l / Σ w``: a pair of weight 0 still
+enters the graph (its parameters get a zero, not a missing, gradient, so DeepSpeed's gradient
+reduction never waits for a parameter that did not take part) but does not change the value.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Sa2VA's mask-loss configuration (CrossEntropyLoss(use_sigmoid, loss_weight=2.0),
+# DiceLoss(naive_dice, loss_weight=0.5, eps=1.0), 12544 = 112² points, as in Mask2Former).
+MASK_BCE_WEIGHT = 2.0
+MASK_DICE_WEIGHT = 0.5
+DICE_EPS = 1.0
+NUM_MASK_POINTS = 12544
+OVERSAMPLE_RATIO = 3.0
+IMPORTANCE_SAMPLE_RATIO = 0.75
+# SALMA's auxiliary losses.
+TMC_WEIGHT = 0.1
+TMC_TEMPERATURE = 0.15
+BOUNDARY_WEIGHT = 0.05
+# Warm-ups, as fractions of the total number of optimiser steps.
+AUX_RAMP_FRACTION = 0.2
+GAMMA_RAMP_FRACTION = 0.1
+
+IGNORE_INDEX = -100
+
+# Smallest weight sum a weighted mean divides by: with all weights 0 the numerator is exactly 0,
+# so the mean is 0 (and in the graph) instead of NaN.
+_MIN_WEIGHT_SUM = 1e-6
+# Sobel magnitude sqrt(g² + eps) keeps the gradient finite where the map is flat.
+_SOBEL_EPS = 1e-12
+_EDGE_NORM_EPS = 1e-6
+
+
+def point_sample(input: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinearly sample ``input`` at normalised point coordinates.
+
+    Args:
+        input: (N, C, H, W).
+        coords: (N, K, 2) points as (x, y) in [0, 1] over the whole map (0 and 1 are the outer
+            edges of the border pixels, i.e. ``align_corners=False``).
+
+    Returns:
+        (N, C, K).
+
+    detectron2's ``point_sample``, except ``padding_mode="border"`` instead of zeros: with zero
+    padding, points in the outer half-pixel ring blend with 0, which pulls confident logits
+    towards 0 (so uncertainty sampling wastes points on the image border) and ground truth towards
+    background there.
+    """
+    grid = 2.0 * coords.unsqueeze(2) - 1.0  # (N, K, 1, 2) in [-1, 1]
+    sampled = F.grid_sample(
+        input, grid.to(input.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )  # (N, C, K, 1)
+    return sampled.squeeze(3)
+
+
+@torch.no_grad()
+def sample_uncertain_points(
+    logits: torch.Tensor,
+    num_points: int,
+    oversample_ratio: float = OVERSAMPLE_RATIO,
+    importance_sample_ratio: float = IMPORTANCE_SAMPLE_RATIO,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Choose points where a mask prediction is uncertain, plus uniformly random points.
+
+    Mask2Former's ``get_uncertain_point_coords_with_randomness``: draw
+    ``num_points·oversample_ratio`` uniform candidates, keep the
+    ``num_points·importance_sample_ratio`` with the smallest ``|logit|`` (closest to the decision
+    boundary), and fill the rest with fresh uniform points so that confident regions are still
+    supervised. No gradient: the points are chosen on the prediction, not learned.
+
+    Args:
+        logits: (P, 1, H, W) mask logits.
+        num_points: K, points per mask.
+        oversample_ratio: >= 1.
+        importance_sample_ratio: in [0, 1].
+        generator: optional RNG on ``logits``' device, for reproducible draws.
+
+    Returns:
+        (P, K, 2) coordinates (x, y) in [0, 1]; the uncertain points come first.
+    """
+    if oversample_ratio < 1:
+        raise ValueError(f"oversample_ratio={oversample_ratio} must be >= 1.")
+    if not 0.0 <= importance_sample_ratio <= 1.0:
+        raise ValueError(f"importance_sample_ratio={importance_sample_ratio} must be in [0, 1].")
+    num_masks = logits.shape[0]
+    num_candidates = int(num_points * oversample_ratio)
+    num_uncertain = int(importance_sample_ratio * num_points)
+    num_random = num_points - num_uncertain
+    device = logits.device
+
+    candidates = torch.rand(num_masks, num_candidates, 2, device=device, generator=generator)
+    candidate_logits = point_sample(logits.float(), candidates)  # (P, 1, K·ratio)
+    uncertainty = -candidate_logits.abs().squeeze(1)  # (P, K·ratio)
+    chosen = uncertainty.topk(num_uncertain, dim=1).indices  # (P, K_uncertain)
+    uncertain = candidates.gather(1, chosen.unsqueeze(-1).expand(-1, -1, 2))  # (P, K_uncertain, 2)
+    random = torch.rand(num_masks, num_random, 2, device=device, generator=generator)
+    return torch.cat([uncertain, random], dim=1)  # (P, K, 2)
+
+
+def mask_bce_dice_loss(
+    pred_logits: torch.Tensor,
+    gt: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    num_points: int = NUM_MASK_POINTS,
+    oversample_ratio: float = OVERSAMPLE_RATIO,
+    importance_sample_ratio: float = IMPORTANCE_SAMPLE_RATIO,
+    bce_weight: float = MASK_BCE_WEIGHT,
+    dice_weight: float = MASK_DICE_WEIGHT,
+    dice_eps: float = DICE_EPS,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Point-sampled sigmoid BCE and Dice between predicted mask logits and ground truth.
+
+    Points are chosen on the prediction (``sample_uncertain_points``, no gradient); the ground
+    truth is sampled bilinearly at the same normalised coordinates, so it may have a different
+    resolution from the prediction. Dice is mmdet's "naive" Dice per mask,
+    ``1 - (2·Σpg + eps) / (Σp + Σg + eps)``, as Sa2VA uses it; BCE is the mean over a mask's
+    points.
+    Both are averaged over pairs as ``Σ w·l / Σ w``. Computed in float32.
+
+    Args:
+        pred_logits: (P, H, W) mask logits.
+        gt: (P, Hg, Wg) ground truth, bool or float in [0, 1].
+        weight: (P,) per-pair weight (0 for pairs that exist only to keep parameters in the graph).
+
+    Returns:
+        ``{"mask_bce": bce_weight·BCE, "mask_dice": dice_weight·Dice}``: scalars, already
+        weighted.
+    """
+    if pred_logits.shape[0] == 0:
+        zero = pred_logits.float().sum() * 0.0
+        return {"mask_bce": zero, "mask_dice": zero}
+    pred = pred_logits.float().unsqueeze(1)  # (P, 1, H, W)
+    target = gt.to(device=pred.device, dtype=torch.float32).unsqueeze(1)  # (P, 1, Hg, Wg)
+    coords = sample_uncertain_points(
+        pred, num_points, oversample_ratio, importance_sample_ratio, generator=generator
+    )  # (P, K, 2)
+    point_gt = point_sample(target, coords).squeeze(1)  # (P, K)
+    point_logits = point_sample(pred, coords).squeeze(1)  # (P, K)
+
+    bce = F.binary_cross_entropy_with_logits(point_logits, point_gt, reduction="none").mean(dim=1)
+    prob = point_logits.sigmoid()
+    intersection = (prob * point_gt).sum(dim=1)  # (P,)
+    total = prob.sum(dim=1) + point_gt.sum(dim=1)  # (P,)
+    dice = 1.0 - (2.0 * intersection + dice_eps) / (total + dice_eps)  # (P,)
+
+    w = weight.to(device=pred.device, dtype=torch.float32)
+    return {
+        "mask_bce": bce_weight * _weighted_mean(bce, w),
+        "mask_dice": dice_weight * _weighted_mean(dice, w),
+    }
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, mean over the supervised tokens.
+
+    Args:
+        logits: (B, L, V) the LLM's logits; position l predicts token l+1.
+        labels: (B, L) token ids, ``-100`` where not supervised (everything but the answers).
+
+    Returns:
+        Scalar. 0 (still in the graph) when no token is supervised.
+    """
+    # Upcast as transformers' ForCausalLMLoss does: log-softmax over a large vocabulary in bf16
+    # loses the small probabilities.
+    shift_logits = logits[:, :-1].float().flatten(0, 1)  # (B·(L-1), V)
+    shift_labels = labels[:, 1:].flatten().to(shift_logits.device)  # (B·(L-1),)
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    # Dividing a sum by a clamped count (instead of reduction="mean", NaN on an empty selection)
+    # keeps the no-label case at 0 without a host sync.
+    count = (shift_labels != IGNORE_INDEX).sum().clamp_min(1)
+    return total / count
+
+
+def text_mask_contrastive_loss(
+    seg_embed: torch.Tensor,
+    visual: torch.Tensor,
+    masks: torch.Tensor,
+    temperature: float = TMC_TEMPERATURE,
+) -> torch.Tensor:
+    """Symmetric InfoNCE between ``[SEG]`` prompts and mask-pooled visual features (TMC).
+
+    Object o's visual vector is its feature map averaged under its ground-truth mask (resized to
+    the feature map: area averaging when shrinking, so a small object keeps a nonzero weight;
+    bilinear when enlarging). Both sides are L2-normalised; the O×O cosine similarities divided by
+    ``temperature`` are the logits of a cross-entropy over objects in both directions (text→mask
+    and mask→text, CLIP-style). The visual side is detached: the loss moves the language prompts
+    towards the (pre-MBA) features of their objects, not the features towards the prompts.
+
+    Objects with an empty mask are excluded. With fewer than two objects left there is no
+    negative, and the loss is ``0·Σ seg_embed`` (zero, in the graph). Objects are negatives of
+    each other even if two of them refer to the same thing (e.g. two expressions of one object);
+    the batch sampler keeps that rare.
+
+    Args:
+        seg_embed: (O, C) language prompt embeddings.
+        visual: (O, C, H, W) pre-MBA feature map of each object's frame.
+        masks: (O, Hm, Wm) ground-truth masks, bool or float.
+        temperature: softmax temperature.
+
+    Returns:
+        Scalar (unweighted; the model applies ``TMC_WEIGHT``).
+    """
+    height, width = visual.shape[-2:]
+    visual = visual.detach().float()
+    masks = masks.to(device=visual.device, dtype=torch.float32)
+    mask_weights = _resize_masks(masks, (height, width))  # (O, H, W)
+    mass = mask_weights.flatten(1).sum(dim=1)  # (O,)
+    valid = mass > 0
+    if int(valid.sum()) < 2:
+        return seg_embed.float().sum() * 0.0
+    pooled = torch.einsum("ohw,ochw->oc", mask_weights, visual) / mass.unsqueeze(1)  # (O, C)
+    text = F.normalize(seg_embed.float()[valid], dim=-1)  # (O', C)
+    image = F.normalize(pooled[valid], dim=-1)  # (O', C)
+    logits = text @ image.T / temperature  # (O', O'), row: text, column: mask
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def boundary_loss(
+    pred_logits: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """L1 between per-sample normalised Sobel edge maps of prediction and ground truth.
+
+    Edge maps are the Sobel gradient magnitudes of ``sigmoid(pred_logits)`` and of ``gt``, each
+    divided by its own maximum (+eps) so that a soft prediction's weaker edges are compared by
+    shape, not by contrast. The ground truth is resized to the prediction when they differ (area
+    averaging when shrinking, bilinear when enlarging). Borders are replicate-padded so that a
+    mask touching the image border has no edge there. Mean over pixels, then ``Σ w·l / Σ w``
+    over pairs. Computed in float32.
+
+    Args:
+        pred_logits: (P, H, W) mask logits.
+        gt: (P, Hg, Wg) ground truth, bool or float in [0, 1].
+        weight: (P,) per-pair weight.
+
+    Returns:
+        Scalar (unweighted; the model applies ``BOUNDARY_WEIGHT``).
+    """
+    if pred_logits.shape[0] == 0:
+        return pred_logits.float().sum() * 0.0
+    prob = pred_logits.float().sigmoid()  # (P, H, W)
+    target = _resize_masks(gt.to(device=prob.device, dtype=torch.float32), prob.shape[-2:])
+    difference = (_normalised_sobel_edges(prob) - _normalised_sobel_edges(target)).abs()
+    per_pair = difference.flatten(1).mean(dim=1)  # (P,)
+    return _weighted_mean(per_pair, weight.to(device=prob.device, dtype=torch.float32))
+
+
+def linear_ramp(step: int, total_steps: int, fraction: float) -> float:
+    """Linear warm-up factor in [0, 1]: 0 at step 0, 1 from ``fraction·total_steps`` on.
+
+    ``fraction`` 0 (or no steps) means no warm-up: always 1.0. The auxiliary losses use
+    ``AUX_RAMP_FRACTION`` (0.2), the MBA residual scale ``GAMMA_RAMP_FRACTION`` (0.1).
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"ramp fraction {fraction} must be in [0, 1].")
+    ramp_steps = fraction * total_steps
+    if ramp_steps <= 0:
+        return 1.0
+    return float(min(max(step / ramp_steps, 0.0), 1.0))
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(P,), (P,) → scalar ``Σ w·v / Σ w``; 0 when every weight is 0."""
+    return (values * weight).sum() / weight.sum().clamp_min(_MIN_WEIGHT_SUM)
+
+
+def _resize_masks(masks: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """(M, Hm, Wm) float → (M, H, W): area averaging when shrinking, bilinear otherwise."""
+    height, width = int(size[0]), int(size[1])
+    if tuple(masks.shape[-2:]) == (height, width):
+        return masks
+    shrinking = masks.shape[-2] >= height and masks.shape[-1] >= width
+    if shrinking:
+        resized = F.interpolate(masks.unsqueeze(1), size=(height, width), mode="area")
+    else:
+        resized = F.interpolate(
+            masks.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False
+        )
+    return resized.squeeze(1)  # (M, H, W)
+
+
+def _normalised_sobel_edges(maps: torch.Tensor) -> torch.Tensor:
+    """(P, H, W) → (P, H, W) Sobel gradient magnitude divided by its per-map maximum (+eps)."""
+    sobel_x = torch.tensor(
+        [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=maps.device, dtype=maps.dtype
+    )
+    kernels = torch.stack([sobel_x, sobel_x.T]).unsqueeze(1)  # (2, 1, 3, 3)
+    padded = F.pad(maps.unsqueeze(1), (1, 1, 1, 1), mode="replicate")  # (P, 1, H+2, W+2)
+    gradients = F.conv2d(padded, kernels)  # (P, 2, H, W)
+    squared = gradients.pow(2).sum(dim=1)  # (P, H, W)
+    # sqrt(s + eps) − sqrt(eps): exactly 0 on flat regions, finite gradient at s = 0.
+    eps = torch.tensor(_SOBEL_EPS, device=maps.device, dtype=maps.dtype)
+    magnitude = (torch.sqrt(squared + eps) - torch.sqrt(eps)).clamp_min(0.0)
+    peak = magnitude.flatten(1).amax(dim=1).view(-1, 1, 1)  # (P, 1, 1)
+    return magnitude / (peak + _EDGE_NORM_EPS)
