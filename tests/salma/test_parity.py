@@ -1,0 +1,48 @@
+"""Parity with the wrapped packages: our wrappers must not change what they wrap."""
+
+import torch
+
+from salma.builder import build_salma
+from salma.config import resolve_model_config
+from salma.testing import random_batch, tiny_salma_config
+
+
+def test_mllm_wrapper_logits_equal_the_raw_transformers_model():
+    model = build_salma(tiny_salma_config()).eval()
+    batch = random_batch(model.config, batch_size=2, num_frames=2)
+    with torch.no_grad():
+        ours = model.mllm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values)
+        raw = model.mllm.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values
+        )
+    assert torch.equal(ours.logits, raw.logits)
+
+
+def test_sam_adapter_without_language_matches_the_sam2_package():
+    """No language, MBA off: our decode equals SAM2Base._forward_sam_heads on the same weights."""
+    model = build_salma(resolve_model_config({"preset": "tiny", "mba": {"enabled": False}})).eval()
+    sam = model.sam.sam
+    images = torch.randn(3, 3, sam.image_size, sam.image_size)
+    with torch.no_grad():
+        features = model.sam.encode(images)
+        ours = model.sam.decode(features.image_embed, features.high_res, None, suppress_no_object=True)
+        # The package's own single-image path: backbone → features + no-memory embedding → heads.
+        backbone_out = sam.forward_image(images)
+        _, vision_feats, _, sizes = sam._prepare_backbone_features(backbone_out)
+        pix = vision_feats[-1] + sam.no_mem_embed
+        pix = pix.permute(1, 2, 0).view(3, -1, *sizes[-1])
+        high_res = [f.permute(1, 2, 0).view(3, -1, *s) for f, s in zip(vision_feats[:-1], sizes[:-1])]
+        ref = sam._forward_sam_heads(backbone_features=pix, high_res_features=high_res, multimask_output=True)
+    low_res_multimasks, _, ious, low_res_masks, *_ = ref
+    assert torch.equal(ours.multimasks, low_res_multimasks)
+    assert torch.equal(ours.ious, ious)
+    assert torch.equal(ours.masks, low_res_masks)
+
+
+def test_prior_is_the_best_mask_resized_to_the_feature_map_and_detached():
+    model = build_salma(tiny_salma_config())
+    images = torch.randn(2, 3, model.sam.image_size, model.sam.image_size)
+    features = model.sam.encode(images)
+    prior = model.sam.prior(features)
+    h, w = features.image_embed.shape[-2:]
+    assert prior.shape == (2, 1, h, w) and not prior.requires_grad
