@@ -26,7 +26,12 @@ def build_internvl(config: SalmaConfig, tokenizer, *, device: str | torch.device
     m = config.mllm
     image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     if m.path is not None:
-        model = InternVLForConditionalGeneration.from_pretrained(m.path, dtype=torch.float32)
+        model, info = InternVLForConditionalGeneration.from_pretrained(
+            m.path, dtype=torch.float32, output_loading_info=True
+        )
+        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if problems:
+            raise ValueError(f"{m.path}: the MLLM checkpoint does not match its architecture: {problems}")
         if model.config.image_token_id != image_token_id:
             raise ValueError(
                 f"{m.path}: config.image_token_id={model.config.image_token_id} but the tokenizer maps "

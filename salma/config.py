@@ -225,6 +225,7 @@ def tiny_config() -> SalmaConfig:
         "++model.memory_attention.layer.cross_attention.feat_sizes=[8,8]",
         "++model.memory_attention.layer.cross_attention.kv_in_dim=16",
         "++model.memory_attention.num_layers=1",
+        "++model.memory_encoder.in_dim=32",
         "++model.memory_encoder.out_dim=16",
         "++model.memory_encoder.position_encoding.num_pos_feats=16",
         "++model.memory_encoder.mask_downsampler.embed_dim=32",
