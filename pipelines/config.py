@@ -57,6 +57,7 @@ class DataConfig(_Strict):
     max_objects: int = 5
     max_bad_fraction: float = 0.05
     bad_report: str = "bad_records.json"
+    cpus_per_task: float = 0.5  # Ray Data decode tasks; keep CPUs free beside the train workers
     seed: int = 0
 
     @field_validator("max_bad_fraction")

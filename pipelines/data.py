@@ -1,31 +1,234 @@
-"""Training data for Ray Train workers.
+"""The training data pipeline on Ray Data: mixture → per-rank shard → decoded examples → batches.
 
-INTERIM (being replaced by the Ray Data mixture pipeline in this same change series): yields
-deterministic random batches so the training loop can be developed against the final interface.
+How it is laid out, and why:
+
+- The **mixture** is the list of (source, record) pairs of every configured source, each source
+  repeated ``repeats`` times, permuted by ``(data.seed, epoch)``. Rank r of W takes positions
+  r, r+W, r+2W, … of that permutation: each worker has its own shard and one epoch covers the
+  mixture once.
+- Each worker turns its shard into examples with **Ray Data** (``from_items → map_batches``:
+  decode frames and masks, sample frames/objects, tile, template, tokenize), streamed with
+  ``preserve_order`` so the sequence of examples is a pure function of the config. The sampling
+  RNG of an example is seeded by ``(seed, epoch, position)``. This is what makes a restarted run
+  see exactly the data an uninterrupted run would: the data position (rows consumed) is part of
+  every checkpoint, and a resumed iterator starts there.
+- **Bad input** never crashes the job mid-epoch and never produces a half-filled batch: a record
+  that fails to decode is dropped (the batch is filled from the next good ones) and counted with
+  its file and reason. Once at least ``MIN_ROWS_FOR_THRESHOLD`` rows have been seen and the
+  skipped fraction exceeds ``data.max_bad_fraction``, the iterator raises ``TooManyBadRecords``
+  naming the worst offenders. Broken top-level files fail at start (``DatasetFormatError``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import random
+import time
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
-from pipelines.config import ExperimentConfig
+import numpy as np
+
+from pipelines.config import DataConfig, ExperimentConfig, SourceConfig
 from salma.batch import SalmaBatch
+from salma.data.errors import BadRecordError
+from salma.data.examples import ImageGeometry, collate, example_from_bytes, example_to_bytes
+from salma.data.record import SampleRecord
+from salma.data.sampling import SamplingOptions, sample_example
+from salma.data.sources import read_source
+
+logger = logging.getLogger(__name__)
+
+MIN_ROWS_FOR_THRESHOLD = 20
+ENCODE_BATCH_ROWS = 4
+
+
+class TooManyBadRecords(RuntimeError):
+    pass
+
+
+@dataclass
+class BadRecordLog:
+    """Skipped records counted per (file, reason), plus the rows seen, for the threshold."""
+
+    counts: Counter = field(default_factory=Counter)
+    rows_seen: int = 0
+
+    def add(self, path: str, reason: str) -> None:
+        self.counts[(path, reason)] += 1
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def fraction(self) -> float:
+        return self.skipped / self.rows_seen if self.rows_seen else 0.0
+
+    def worst(self, n: int = 5) -> list[tuple[str, str, int]]:
+        return [(p, r, c) for (p, r), c in self.counts.most_common(n)]
+
+    def check(self, max_fraction: float) -> None:
+        if self.rows_seen >= MIN_ROWS_FOR_THRESHOLD and self.fraction > max_fraction:
+            offenders = "; ".join(f"{p}: {r} (x{c})" for p, r, c in self.worst())
+            raise TooManyBadRecords(
+                f"{self.skipped} of {self.rows_seen} records were unusable ({self.fraction:.1%} > "
+                f"data.max_bad_fraction={max_fraction:.1%}). Worst offenders: {offenders}"
+            )
+
+    def to_json(self) -> dict:
+        return {
+            "rows_seen": self.rows_seen,
+            "skipped": self.skipped,
+            "fraction": self.fraction,
+            "records": [{"file": p, "reason": r, "count": c} for (p, r), c in sorted(self.counts.items())],
+        }
+
+    def write(self, path: str | Path) -> None:
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2))
+        tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- the mixture
+def read_mixture(sources: list[SourceConfig], *, bad: BadRecordLog | None = None) -> list[list[SampleRecord]]:
+    """Read every source (in config order). Index-time bad records go to ``bad``; a broken
+    top-level file raises ``DatasetFormatError`` naming it."""
+    on_bad = None if bad is None else (lambda err: bad.add(err.path, err.reason))
+    out = []
+    for s in sources:
+        records = read_source(s.format, s.root, s.split, on_bad=on_bad, **s.options)
+        if not records:
+            raise ValueError(f"data source {s.name!r} ({s.format} at {s.root}, split {s.split}) has no usable records")
+        logger.info("source %s: %d records (x%d repeats)", s.name, len(records), s.repeats)
+        out.append(records)
+    return out
+
+
+def mixture_order(sizes: list[int], repeats: list[int], *, seed: int, epoch: int) -> list[tuple[int, int]]:
+    """The epoch's permutation of (source index, record index), repeats applied."""
+    items = [(s, i) for s, (n, r) in enumerate(zip(sizes, repeats)) for _ in range(r) for i in range(n)]
+    random.Random(f"{seed}:{epoch}").shuffle(items)
+    return items
+
+
+# --------------------------------------------------------------------------- Ray Data map
+@lru_cache(maxsize=4)
+def _encoder_state(model_config_json: str):
+    from salma.config import SalmaConfig
+    from salma.tokenizer import load_tokenizer
+
+    config = SalmaConfig.model_validate_json(model_config_json)
+    tokenizer = load_tokenizer(config.mllm.tokenizer or config.mllm.path or "tiny")
+    return tokenizer, ImageGeometry.from_config(config)
+
+
+def encode_rows(batch: dict[str, np.ndarray], *, model_config_json: str, options: dict, seed: int) -> dict:
+    """Ray Data ``map_batches`` function: records (JSON) → examples (npz bytes) or bad reasons."""
+    tokenizer, geometry = _encoder_state(model_config_json)
+    sampling = SamplingOptions(**options)
+    examples, errors = [], []
+    for text, key in zip(batch["record"], batch["key"]):
+        record = SampleRecord.from_json(str(text))
+        rng = random.Random(f"{seed}:{key}")
+        try:
+            example = sample_example(record, rng=rng, options=sampling, tokenizer=tokenizer, geometry=geometry)
+            examples.append(example_to_bytes(example))
+            errors.append("")
+        except BadRecordError as err:
+            examples.append(b"")
+            errors.append(json.dumps([err.path, err.reason]))
+    return {"example": np.array(examples, dtype=object), "error": np.array(errors, dtype=object)}
+
+
+# --------------------------------------------------------------------------- worker side
+class WorkerBatches:
+    """Iterator of micro-batches for one rank. ``position`` = rows of this rank's stream consumed
+    (across epochs), the data position a checkpoint stores."""
+
+    def __init__(self, cfg: ExperimentConfig, *, rank: int, world_size: int, tokenizer, start_position: int = 0):
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.pad_token_id = tokenizer.pad_token_id
+        self.position = start_position
+        self.bad = BadRecordLog()
+        self.data_wait_s = 0.0
+        data = cfg.data
+        self.sources = read_mixture(data.sources)
+        self.sizes = [len(r) for r in self.sources]
+        self.repeats = [s.repeats for s in data.sources]
+        self.rows_per_epoch = len(range(rank, sum(n * r for n, r in zip(self.sizes, self.repeats)), world_size))
+        if self.rows_per_epoch == 0:
+            raise ValueError(f"rank {rank} of {world_size} gets no data: the mixture is smaller than the world size")
+        self.model_config_json = cfg.model_config_resolved.model_dump_json()
+        self.options = dict(num_frames=data.num_frames, frame_sampling=data.frame_sampling, max_objects=data.max_objects)
+        self._examples = self._example_stream()
+
+    def _epoch_rows(self, epoch: int, skip: int) -> list[dict]:
+        order = mixture_order(self.sizes, self.repeats, seed=self.cfg.data.seed, epoch=epoch)[self.rank :: self.world_size]
+        return [
+            {"record": self.sources[s][i].to_json(), "key": f"{epoch}:{self.rank}:{pos}"}
+            for pos, (s, i) in enumerate(order)
+            if pos >= skip
+        ]
+
+    def _example_stream(self) -> Iterator[dict[str, np.ndarray]]:
+        import ray
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True
+        epoch, skip = divmod(self.position, self.rows_per_epoch)
+        while True:
+            rows = self._epoch_rows(epoch, skip)
+            logger.info("rank %d: epoch %d, %d rows from position %d", self.rank, epoch, len(rows), skip)
+            ds = ray.data.from_items(rows).map_batches(
+                encode_rows,
+                batch_size=ENCODE_BATCH_ROWS,
+                fn_kwargs=dict(model_config_json=self.model_config_json, options=self.options, seed=self.cfg.data.seed),
+                num_cpus=self.cfg.data.cpus_per_task,
+            )
+            for row in ds.iter_rows():
+                self.position += 1
+                self.bad.rows_seen += 1
+                if row["error"]:
+                    path, reason = json.loads(row["error"])
+                    self.bad.add(path, reason)
+                    logger.warning("rank %d skipped %s: %s", self.rank, path, reason)
+                    self.bad.check(self.cfg.data.max_bad_fraction)
+                    continue
+                yield example_from_bytes(row["example"])
+            epoch, skip = epoch + 1, 0
+
+    def __iter__(self) -> "WorkerBatches":
+        return self
+
+    def __next__(self) -> SalmaBatch:
+        start = time.perf_counter()
+        examples = [next(self._examples) for _ in range(self.cfg.train.batch_size_per_worker)]
+        self.data_wait_s += time.perf_counter() - start
+        return collate(examples, pad_token_id=self.pad_token_id)
 
 
 def worker_batches(
-    cfg: ExperimentConfig, *, rank: int, world_size: int, start_step: int, tokenizer
-) -> Iterator[SalmaBatch]:
-    """Micro-batches for this rank, starting at global step ``start_step``: ``grad_accum``
-    micro-batches per step, the same sequence on every run with the same config (so a resumed
-    run sees exactly the data an uninterrupted one would)."""
-    from salma.testing import random_batch
+    cfg: ExperimentConfig, *, rank: int, world_size: int, start_step: int, tokenizer, start_position: int | None = None
+) -> WorkerBatches:
+    """Micro-batches for this rank. Pass the checkpointed ``start_position`` (``.position`` of
+    the iterator when the checkpoint was taken) to resume exactly; without it, a run that starts
+    at ``start_step`` > 0 replays the stream from the beginning and drops the examples of the
+    earlier steps (exact, but it decodes them again)."""
+    if start_position is not None:
+        return WorkerBatches(cfg, rank=rank, world_size=world_size, tokenizer=tokenizer, start_position=start_position)
+    it = WorkerBatches(cfg, rank=rank, world_size=world_size, tokenizer=tokenizer)
+    for _ in range(start_step * cfg.train.grad_accum * cfg.train.batch_size_per_worker):
+        next(it._examples)
+    return it
 
-    model_cfg = cfg.model_config_resolved
-    step = start_step
-    while True:
-        for micro in range(cfg.train.grad_accum):
-            seed = ((cfg.data.seed * 1_000_003 + step) * 97 + micro) * 131 + rank
-            yield random_batch(
-                model_cfg, cfg.train.batch_size_per_worker, cfg.data.num_frames, seed=seed, tokenizer=tokenizer
-            )
-        step += 1
+
+def check_sources(data: DataConfig) -> dict[str, int]:
+    """Driver-side fail-fast check before any worker starts: every source parses and has records.
+    Returns the record count per source."""
+    return {s.name: len(r) for s, r in zip(data.sources, read_mixture(data.sources))}

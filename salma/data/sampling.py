@@ -1,0 +1,67 @@
+"""One training example from one record: which frames, which objects, which phrasing.
+
+Per sample (DESIGN §3): videos give ``num_frames`` frames (random or consecutive, then sorted) ×
+up to ``max_objects`` referents; images give up to ``max_objects`` referents. Each referent is
+asked about with one of its expressions, in one round of the chat. Conversation records (VQA,
+video QA) keep their turns; grounded-caption records (GCG) answer with one ``[SEG]`` per phrase.
+
+Everything random comes from the ``rng`` passed in, so an example is a pure function of
+(record, seed): the training pipeline seeds it per (epoch, position) for exact replay.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from salma.conversation import Round, referring_round
+from salma.data.decode import decode_masks, load_frames
+from salma.data.examples import ImageGeometry, encode_example
+from salma.data.record import SampleRecord
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    num_frames: int = 5
+    frame_sampling: Literal["random", "consecutive"] = "random"
+    max_objects: int = 5
+
+
+def sample_frame_positions(num_frames: int, options: SamplingOptions, rng: random.Random) -> list[int]:
+    """Sorted positions of the frames to use (all of them when the video is short)."""
+    if num_frames <= options.num_frames:
+        return list(range(num_frames))
+    if options.frame_sampling == "consecutive":
+        start = rng.randrange(num_frames - options.num_frames + 1)
+        return list(range(start, start + options.num_frames))
+    return sorted(rng.sample(range(num_frames), options.num_frames))
+
+
+def sample_example(
+    record: SampleRecord, *, rng: random.Random, options: SamplingOptions, tokenizer, geometry: ImageGeometry
+) -> dict[str, np.ndarray]:
+    """Decode, sample and encode one record. Raises ``BadRecordError`` for unusable input."""
+    media = record.media
+    if media == "none":
+        positions: list[int] = []
+    elif media == "image":
+        positions = [0]
+    else:
+        positions = sample_frame_positions(record.num_frames, options, rng)
+    frames = load_frames(record, positions) if positions else []
+    if record.conversation and not record.referents:  # VQA / video QA: no masks
+        rounds = [Round(prefix=t.question, answer=t.answer) for t in record.conversation]
+        return encode_example(frames=frames, masks=None, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry)
+    height, width = frames[0].shape[:2]
+    if record.conversation:  # grounded captioning: every referent, in caption order
+        referents = record.referents
+        rounds = [Round(prefix=t.question, answer=t.answer) for t in record.conversation]
+    else:
+        count = min(options.max_objects, len(record.referents))
+        referents = [record.referents[i] for i in sorted(rng.sample(range(len(record.referents)), count))]
+        rounds = [referring_round(rng.choice(r.expressions), media=media, rng=rng) for r in referents]
+    masks = np.stack([decode_masks(r, positions, height, width) for r in referents])  # (O, F, H, W)
+    return encode_example(frames=frames, masks=masks, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry)
