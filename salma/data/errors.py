@@ -51,6 +51,7 @@ BAD_REASONS: Final[tuple[str, ...]] = (
     "missing image file",
     "missing frame file",
     "missing video file",
+    "missing annotation file",
     "truncated or unreadable image",
     "unreadable video",
     "video has no frames",

@@ -22,6 +22,10 @@ from pycocotools import mask as coco_mask
 RLE = dict[str, Any]
 
 
+class MaskSizeError(ValueError):
+    """An RLE whose ``size`` is not the size of the image it annotates."""
+
+
 def encode_mask(mask: np.ndarray) -> RLE:
     """(H, W) bool/uint8 mask -> compressed RLE with ``str`` counts."""
     if mask.ndim != 2:
@@ -31,9 +35,17 @@ def encode_mask(mask: np.ndarray) -> RLE:
 
 
 def decode_rle(rle: RLE) -> np.ndarray:
-    """Compressed RLE (``str`` or ``bytes`` counts) -> (H, W) bool mask. Validates first."""
-    validate_rle(rle)
-    return coco_mask.decode(_as_pycocotools(rle)).astype(bool)
+    """Compressed RLE (``str`` or ``bytes`` counts) -> (H, W) bool mask. Validates first.
+
+    Decoded from the validated run lengths with numpy rather than ``pycocotools.mask.decode``
+    (same result; pycocotools' decode also raises a numpy 2 DeprecationWarning on every call).
+    """
+    runs = _validated_runs(rle)
+    height, width = int(rle["size"][0]), int(rle["size"][1])
+    values = np.zeros(len(runs), dtype=bool)
+    values[1::2] = True  # runs alternate background, foreground, starting with background
+    flat = np.repeat(values, runs)  # (W * H,) column-major, like COCO
+    return flat.reshape(width, height).T.copy()
 
 
 def empty_rle(height: int, width: int) -> RLE:
@@ -48,9 +60,9 @@ def merge_rles(rles: Sequence[RLE]) -> RLE:
     if len(sizes) != 1:
         raise ValueError(f"merge_rles: masks of different sizes {sorted(sizes)}")
     if len(rles) == 1:
-        return _as_stored(rles[0])
+        return stored_rle(rles[0])
     merged = coco_mask.merge([_as_pycocotools(r) for r in rles], intersect=0)
-    return _as_stored(merged)
+    return stored_rle(merged)
 
 
 def polygons_to_rle(polygons: Sequence[Sequence[float]], height: int, width: int) -> RLE:
@@ -62,7 +74,7 @@ def polygons_to_rle(polygons: Sequence[Sequence[float]], height: int, width: int
         # pycocotools reads a 4-number list as a box, so a polygon needs at least 3 points.
         if len(p) < 6 or len(p) % 2:
             raise ValueError(f"a polygon needs an even number (>= 6) of coordinates, got {len(p)}")
-    return merge_rles([_as_stored(r) for r in coco_mask.frPyObjects(parts, height, width)])
+    return merge_rles([stored_rle(r) for r in coco_mask.frPyObjects(parts, height, width)])
 
 
 def segmentation_to_rle(segmentation: Any, height: int, width: int) -> RLE:
@@ -75,14 +87,14 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> RLE:
     if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         size = [int(s) for s in segmentation["size"]]
         if size != [height, width]:
-            raise ValueError(f"RLE size {size} disagrees with the image size {[height, width]}")
+            raise MaskSizeError(f"RLE size {size} disagrees with the image size {[height, width]}")
         counts = segmentation["counts"]
         if isinstance(counts, list):
             # Uncompressed RLE (COCO's iscrowd annotations).
             if sum(int(c) for c in counts) != height * width:
                 raise ValueError("uncompressed RLE runs do not cover the image")
-            return _as_stored(coco_mask.frPyObjects(segmentation, height, width))
-        rle = _as_stored(segmentation)
+            return stored_rle(coco_mask.frPyObjects(segmentation, height, width))
+        rle = stored_rle(segmentation)
         validate_rle(rle)
         return rle
     raise ValueError(f"unrecognised segmentation of type {type(segmentation).__name__}")
@@ -99,6 +111,10 @@ def rle_bbox(rle: RLE) -> list[float]:
 
 def validate_rle(rle: Any) -> None:
     """Raise ValueError unless ``rle`` is a well-formed compressed RLE."""
+    _validated_runs(rle)
+
+
+def _validated_runs(rle: Any) -> list[int]:
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ValueError("an RLE is a dict with 'size' and 'counts'")
     size = rle["size"]
@@ -116,6 +132,7 @@ def validate_rle(rle: Any) -> None:
     expected = int(size[0]) * int(size[1])
     if total != expected:
         raise ValueError(f"RLE runs cover {total} pixels, the mask has {expected}")
+    return runs
 
 
 def _parse_counts(text: str) -> list[int]:
@@ -156,7 +173,8 @@ def _as_pycocotools(rle: RLE) -> RLE:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts}
 
 
-def _as_stored(rle: RLE) -> RLE:
+def stored_rle(rle: RLE) -> RLE:
+    """The same RLE with ``str`` counts and ``int`` sizes (no validation)."""
     counts = rle["counts"]
     if isinstance(counts, bytes):
         counts = counts.decode("ascii")

@@ -92,7 +92,7 @@ def _load_foreground(path: Path) -> dict[str, Any]:
 
 
 def _type_id(entry: dict) -> dict[str, Any]:
-    return {"type_id": int(entry["type_id"])} if "type_id" in entry else {}
+    return {"type_id": entry["type_id"]} if "type_id" in entry else {}
 
 
 def _video_size(video: VideoEntry) -> tuple[int, int] | None:

@@ -296,7 +296,8 @@ def _referent(
             return None
     meta: dict[str, Any] = {"mask_file": masks.path}
     if "anno_id" in entry:
-        meta["anno_ids"] = list(entry["anno_id"])
+        anno_ids = entry["anno_id"]
+        meta["anno_ids"] = list(anno_ids) if isinstance(anno_ids, list) else [anno_ids]
     if distractor_ids is not None:
         meta["distractor_ids"] = distractor_ids
         meta["distractor_masks"] = distractor_masks
