@@ -232,3 +232,21 @@ def check_sources(data: DataConfig) -> dict[str, int]:
     """Driver-side fail-fast check before any worker starts: every source parses and has records.
     Returns the record count per source."""
     return {s.name: len(r) for s, r in zip(data.sources, read_mixture(data.sources))}
+
+
+def ensure_synthetic(cfg: ExperimentConfig) -> dict | None:
+    """Write the synthetic datasets when the config asks for them and they are not there yet
+    (or were written with another seed or size). Returns the manifest, or None if disabled."""
+    syn = cfg.data.synthetic
+    if not syn.enabled:
+        return None
+    from salma.data.synthetic import write_synthetic
+
+    out = Path(syn.out).expanduser().resolve()
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("seed") == syn.seed and manifest.get("size") == syn.size:
+            return manifest
+    logger.info("writing synthetic datasets to %s (seed %d, size %s)", out, syn.seed, syn.size)
+    return write_synthetic(out, seed=syn.seed, size=syn.size)
