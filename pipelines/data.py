@@ -206,6 +206,10 @@ class WorkerBatches:
     def __iter__(self) -> "WorkerBatches":
         return self
 
+    def close(self) -> None:
+        """Stop the Ray Data stream now (before ``ray.shutdown``, or when training ends early)."""
+        self._examples.close()
+
     def __next__(self) -> SalmaBatch:
         start = time.perf_counter()
         examples = [next(self._examples) for _ in range(self.cfg.train.batch_size_per_worker)]
