@@ -158,7 +158,13 @@ class WorkerBatches:
         self.bad = BadRecordLog()
         self.data_wait_s = 0.0
         data = cfg.data
-        self.sources = read_mixture(data.sources)
+        # Records the readers already dropped (missing files, empty expressions, ...) count as
+        # skipped rows too; rank 0 alone counts them so a merged report has each once.
+        index_bad = BadRecordLog()
+        self.sources = read_mixture(data.sources, bad=index_bad)
+        if rank == 0:
+            self.bad.counts.update(index_bad.counts)
+            self.bad.rows_seen += index_bad.skipped
         self.sizes = [len(r) for r in self.sources]
         self.repeats = [s.repeats for s in data.sources]
         self.rows_per_epoch = len(range(rank, sum(n * r for n, r in zip(self.sizes, self.repeats)), world_size))

@@ -206,7 +206,6 @@ class SalmaConfig(_Strict):
 def tiny_config() -> SalmaConfig:
     """The embedded default: random init, builds offline in well under a second, trains on CPU."""
     sam_overrides = [
-        "++model.image_size=128",
         "++model.image_encoder.trunk.embed_dim=16",
         "++model.image_encoder.trunk.num_heads=1",
         "++model.image_encoder.trunk.stages=[1,2,1,1]",
