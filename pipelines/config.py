@@ -73,6 +73,7 @@ class TrainConfig(_Strict):
     cpus_per_worker: float = 1.0
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    torch_adam: bool | None = None  # None: torch's AdamW on CPU, DeepSpeed's FusedAdam on GPU
     zero_stage: int = 2
     batch_size_per_worker: int = 2
     grad_accum: int = 1
@@ -84,7 +85,8 @@ class TrainConfig(_Strict):
     warmup_fraction: float = 0.05
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
-    max_failures: int = 0
+    max_failures: int = 0  # worker-group restarts after a failure, each from the latest checkpoint
+    startup_retries: int = 2  # attempts to start the worker group again when it cannot start (-1: forever)
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end
     seed: int = 0
@@ -97,6 +99,14 @@ class TrainConfig(_Strict):
             raise ValueError(f"train.zero_stage={self.zero_stage}: use 0, 1 or 2 (ZeRO-2 is the recipe)")
         if self.max_steps < 1:
             raise ValueError("train.max_steps must be >= 1")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("train.checkpoint_every and train.log_every must be >= 1 (steps)")
+        if self.keep_checkpoints < 1:
+            raise ValueError("train.keep_checkpoints must be >= 1 (the latest is needed to resume)")
+        if self.grad_accum < 1 or self.batch_size_per_worker < 1:
+            raise ValueError("train.grad_accum and train.batch_size_per_worker must be >= 1")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError(f"train.warmup_fraction={self.warmup_fraction} must lie in [0, 1]")
         if self.precision == "bf16" and self.use_gpu is False:
             pass  # bf16 works on CPU with DeepSpeed, only slower; allowed on purpose
         return self
@@ -111,11 +121,42 @@ class TrackingConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    """Batch inference and evaluation (``pipelines.infer``, ``pipelines.evaluate``).
+
+    ``num_actors`` predictor actors of ``cpus_per_actor`` CPUs (and one GPU each when ``use_gpu``;
+    None: GPUs when the cluster has them); 0 runs the predictor in the calling process, without
+    Ray. ``generate: false`` teacher-forces the answer "It is [SEG]." instead of decoding (the
+    benchmark convention is to generate; teacher forcing measures the segmentation branch alone).
+    ``metric_workers`` processes compute the video metrics (None: one per CPU).
+    """
+
     num_key_frames: int = 5
     key_frame_sampling: Literal["uniform", "first"] = "uniform"
     max_samples: int | None = None
     num_actors: int = 1
     visual_samples: int = 4
+    generate: bool = True
+    max_new_tokens: int = 32
+    cpus_per_actor: float = 1.0
+    use_gpu: bool | None = None
+    threads_per_actor: int = 1
+    metric_workers: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalConfig":
+        if self.num_actors < 0:
+            raise ValueError("eval.num_actors must be >= 0 (0 predicts in the calling process, without Ray)")
+        if self.num_key_frames < 1 or self.max_new_tokens < 1 or self.threads_per_actor < 1:
+            raise ValueError("eval.num_key_frames, eval.max_new_tokens and eval.threads_per_actor must be >= 1")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError("eval.max_samples must be >= 1, or null for the whole split")
+        if self.visual_samples < 0:
+            raise ValueError("eval.visual_samples must be >= 0 (0: no visual report)")
+        if self.cpus_per_actor <= 0:
+            raise ValueError(f"eval.cpus_per_actor={self.cpus_per_actor} must be > 0")
+        if self.metric_workers is not None and self.metric_workers < 1:
+            raise ValueError("eval.metric_workers must be >= 1, or null for one per CPU")
+        return self
 
 
 class ExperimentConfig(_Strict):

@@ -1,0 +1,278 @@
+"""Training checkpoints: written atomically, validated completely before use.
+
+A checkpoint is one folder, ``checkpoint_<step:06d>``::
+
+    salma_checkpoint.json        step, world size, resolved config, trained parameter names (rank 0)
+    manifest_rank_<r>.json       rank r's own state (its data position) and the size and SHA-256
+                                 of every file it wrote; written last
+    (both carry the ``save_id`` all ranks agreed on for this save, so parts of two different
+    attempts at the same step can never pass for one checkpoint)
+    deepspeed/latest, deepspeed/state/...   DeepSpeed's own files (engine.save_checkpoint)
+
+Each rank first writes its part into a private ``<name>.rank<r>.partial`` staging folder, flushes
+every file to disk, writes its manifest, and only then renames the folder to ``<name>.rank<r>``
+(an atomic rename): a process killed half-way leaves a ``.partial`` folder that nothing ever
+reads. The staged folders are then published — merged by Ray into the run folder, which Ray
+registers only once *every* rank has uploaded (``ray.train.report``), or renamed into the run
+folder in local mode. A reader trusts nothing: ``read_checkpoint`` checks the metadata and every
+rank's manifest against the files (sizes and hashes) and rejects a torn folder with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_FILE = "salma_checkpoint.json"
+DEEPSPEED_DIR = "deepspeed"
+DEEPSPEED_TAG = "state"
+_MANIFEST = "manifest_rank_{rank}.json"
+_NAME = re.compile(r"^checkpoint_(\d{6,})$")
+
+
+class InvalidCheckpointError(RuntimeError):
+    """A checkpoint folder that is incomplete, torn or does not fit the run resuming from it."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What ``read_checkpoint`` found in a complete checkpoint."""
+
+    path: str
+    step: int
+    world_size: int
+    config: dict[str, Any]
+    rank_states: list[dict[str, Any]]  # per rank, e.g. {"data_position": 123}
+    trainable_parameters: list[str]
+    reshaped_scalars: list[str]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint_{step:06d}"
+
+
+# ----------------------------------------------------------------------------------------- write
+def stage_checkpoint(
+    engine,
+    staging_root: str,
+    *,
+    step: int,
+    rank: int,
+    save_id: str,
+    rank_state: dict[str, Any],
+    meta: dict[str, Any] | None,
+    before_commit: Callable[[], None] | None = None,
+) -> str:
+    """Write this rank's part of the checkpoint of ``step`` and return its complete staged folder.
+
+    Every rank must call this (DeepSpeed's save is collective), with the same ``save_id``
+    (unique per save, chosen by rank 0 and broadcast). ``rank_state`` is this rank's
+    own resume state (its data position); ``meta`` (rank 0 only) is the content of
+    ``salma_checkpoint.json``. ``before_commit`` runs after the data files are written
+    and before the manifest and the rename (the fault-injection tests kill the process there).
+    """
+    final = os.path.join(staging_root, f"{checkpoint_name(step)}.rank{rank}")
+    partial = final + ".partial"
+    for stale in (final, partial):
+        if os.path.exists(stale):  # left by an attempt that died at this step
+            shutil.rmtree(stale)
+    os.makedirs(os.path.join(partial, DEEPSPEED_DIR))
+    engine.save_checkpoint(
+        os.path.join(partial, DEEPSPEED_DIR), tag=DEEPSPEED_TAG, exclude_frozen_parameters=True
+    )
+    if meta is not None:
+        _write_json(os.path.join(partial, META_FILE), {"format_version": FORMAT_VERSION, "save_id": save_id, **meta})
+    if before_commit is not None:
+        before_commit()
+    files = {rel: _describe(os.path.join(partial, rel)) for rel in _relative_files(partial)}
+    for rel in files:
+        _fsync_file(os.path.join(partial, rel))
+    manifest = {"rank": rank, "save_id": save_id, "state": rank_state, "files": files}
+    _write_json(os.path.join(partial, _MANIFEST.format(rank=rank)), manifest)
+    _fsync_tree_dirs(partial)
+    os.rename(partial, final)
+    _fsync_dir(staging_root)
+    return final
+
+
+def publish_local(staged: str, run_dir: str, step: int) -> str:
+    """Local mode (one process): move the staged folder into the run folder, atomically."""
+    target = os.path.join(run_dir, checkpoint_name(step))
+    if os.path.exists(target):
+        # Only a torn folder can be here: a complete one would have been resumed from.
+        shutil.rmtree(target)
+    os.rename(staged, target)
+    _fsync_dir(run_dir)
+    return target
+
+
+def prune_local(run_dir: str, keep: int) -> list[str]:
+    """Local mode: delete all but the ``keep`` newest checkpoints (Ray does this itself)."""
+    found = sorted(_checkpoint_folders(run_dir))
+    doomed = [path for _, path in found[:-keep]] if keep > 0 else []
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
+# ------------------------------------------------------------------------------------------ read
+def read_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
+    """Validate a checkpoint folder completely (metadata, every rank's manifest, the size and
+    SHA-256 of every listed file) and return what it holds; ``InvalidCheckpointError`` if not."""
+    path = str(path)
+    meta = _read_json(path, META_FILE)
+    try:
+        if meta["format_version"] != FORMAT_VERSION:
+            raise InvalidCheckpointError(f"{path}: checkpoint format {meta['format_version']} is not {FORMAT_VERSION}")
+        world_size = int(meta["world_size"])
+        rank_states = [_check_rank(path, rank, meta["save_id"]) for rank in range(world_size)]
+        return CheckpointInfo(
+            path=path,
+            step=int(meta["step"]),
+            world_size=world_size,
+            config=dict(meta["config"]),
+            rank_states=rank_states,
+            trainable_parameters=list(meta["trainable_parameters"]),
+            reshaped_scalars=list(meta["reshaped_scalars"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise InvalidCheckpointError(f"{path}: malformed checkpoint metadata ({err!r})") from None
+
+
+def _check_rank(path: str, rank: int, save_id: str) -> dict[str, Any]:
+    """Check one rank's files against its manifest; returns the rank's state."""
+    manifest = _read_json(path, _MANIFEST.format(rank=rank))
+    if manifest["save_id"] != save_id:
+        raise InvalidCheckpointError(f"{path}: rank {rank}'s part belongs to another save of this step")
+    for rel, expected in manifest["files"].items():
+        file = os.path.join(path, rel)
+        if not os.path.isfile(file):
+            raise InvalidCheckpointError(f"{path}: {rel} (rank {rank}) is missing")
+        if os.path.getsize(file) != expected["size"] or _sha256(file) != expected["sha256"]:
+            raise InvalidCheckpointError(f"{path}: {rel} (rank {rank}) is truncated or altered")
+    return dict(manifest["state"])
+
+
+def find_latest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
+    """The newest *valid* checkpoint of a local run folder; torn ones are skipped with a warning."""
+    for _, path in sorted(_checkpoint_folders(str(run_dir)), reverse=True):
+        try:
+            return read_checkpoint(path)
+        except InvalidCheckpointError as err:
+            logger.warning("skipping checkpoint: %s", err)
+    return None
+
+
+def restore_engine(engine, path: str, *, world_size: int, trainable_parameters: list[str]) -> CheckpointInfo:
+    """Validate ``path`` and load model, optimizer and scheduler state into a DeepSpeed engine."""
+    info = read_checkpoint(path)
+    if info.world_size != world_size:
+        raise InvalidCheckpointError(
+            f"{path} was written by {info.world_size} workers and this run has {world_size}: ZeRO "
+            f"partitions the optimizer state per worker, so resume with train.num_workers={info.world_size}"
+        )
+    if info.trainable_parameters != trainable_parameters:
+        changed = sorted(set(info.trainable_parameters) ^ set(trainable_parameters))
+        raise InvalidCheckpointError(
+            f"{path}: the trained parameters differ from this model's ({changed[:5]}...); the model "
+            "or freezing config changed since the checkpoint was written"
+        )
+    # Frozen parameters are not in the checkpoint (exclude_frozen_parameters): the builder already
+    # loaded them from the pretrained weights, and the check above proves nothing else is missing.
+    load_path, _ = engine.load_checkpoint(
+        os.path.join(path, DEEPSPEED_DIR), tag=DEEPSPEED_TAG, load_module_strict=False
+    )
+    if load_path is None:
+        raise InvalidCheckpointError(f"{path}: DeepSpeed could not load {DEEPSPEED_DIR}/{DEEPSPEED_TAG}")
+    return info
+
+
+def load_model_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The trained weights of a checkpoint as a ``state_dict`` in the model's own shapes (for
+    export and evaluation). Frozen weights are not included: they come from the pretrained model."""
+    import torch
+
+    info = read_checkpoint(path)
+    states = os.path.join(str(path), DEEPSPEED_DIR, DEEPSPEED_TAG, "mp_rank_00_model_states.pt")
+    module = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    for name in info.reshaped_scalars:
+        module[name] = module[name].reshape(())
+    return module
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _checkpoint_folders(run_dir: str) -> list[tuple[int, str]]:
+    if not os.path.isdir(run_dir):
+        return []
+    out = []
+    for entry in os.scandir(run_dir):
+        match = _NAME.match(entry.name)
+        if match and entry.is_dir():
+            out.append((int(match.group(1)), entry.path))
+    return out
+
+
+def _relative_files(root: str) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
+
+
+def _describe(file: str) -> dict[str, Any]:
+    return {"size": os.path.getsize(file), "sha256": _sha256(file)}
+
+
+def _sha256(file: str) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(folder: str, name: str) -> dict[str, Any]:
+    file = os.path.join(folder, name)
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InvalidCheckpointError(f"{folder}: {name} is missing (incomplete checkpoint)") from None
+    except json.JSONDecodeError as err:
+        raise InvalidCheckpointError(f"{folder}: {name} is not valid JSON ({err})") from None
+
+
+def _write_json(file: str, data: dict[str, Any]) -> None:
+    with open(file, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_file(file: str) -> None:
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: str) -> None:
+    # Makes a rename durable; some filesystems do not support fsync on a directory.
+    try:
+        _fsync_file(folder)
+    except OSError:
+        pass
+
+
+def _fsync_tree_dirs(root: str) -> None:
+    for folder, _, _ in os.walk(root):
+        _fsync_dir(folder)

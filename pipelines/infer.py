@@ -1,0 +1,668 @@
+"""Batch inference over a dataset split with Ray Data, written in the public result layouts.
+
+    salma infer --model PATH_OR_PRESET --dataset FORMAT:ROOT --split SPLIT --out DIR [options]
+
+One row per record (an image with all its referring sentences, or a video with all its
+expressions) goes through ``map_batches`` on an actor pool; each actor loads the model once and
+wraps the same ``SalmaPredictor`` a notebook uses. Every sentence is one prediction; every frame
+of a video is predicted (the MLLM sees the key frames, SAM-2 tracks to the others). The mask of a
+prediction is the one of its first ``[SEG]``; an answer without ``[SEG]`` is an empty mask.
+
+Output folder::
+
+    <out>/run_info.json       model, dataset and settings that produced the predictions
+    <out>/shards/<key>.json   one per record, written atomically: the unit of resumption
+    <out>/results.json        all predictions (written atomically once every record is done):
+                              videos: {video_id: {exp_id: {"expression", "prediction_masks":
+                              [COCO RLE per frame]}}} (the layout the MeViS / ReVOS / Sa2VA
+                              evaluation scripts read); images (RefCOCO family): a list of
+                              {"image_id", "ref_id", "sent_index", "sent_id", "sentence",
+                              "answer", "segmentation": COCO RLE}, one per sentence
+    <out>/Annotations/<video_id>/<exp_id>/<frame>.png   videos: 0/255 single-channel PNGs,
+                              frame names as in the dataset (the benchmark servers' layout)
+    <out>/submission.zip      with ``--zip``: the PNGs zipped for the benchmark server
+    <out>/diagnostics.json    per prediction: answer, key frames, attention-drift energy sums
+    <out>/visuals/<key>.png   visual report of the first ``--visual-samples`` records
+    <out>/bad_records.json    records whose frames or masks could not be decoded, if any
+
+Rerunning with the same ``--out`` skips every record whose shard is complete; a truncated or
+partial shard is predicted again. No results file is ever left half-written (temporary file +
+``os.replace``). ``--model`` is an exported model folder (``salma export``) or a preset name
+(``tiny``: random weights, for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pipelines.config import EvalConfig, SourceConfig, load_experiment
+from pipelines.prediction_folder import (
+    ANNOTATIONS_DIR,
+    BAD_RECORDS,
+    DIAGNOSTICS,
+    RESULTS,
+    RUN_INFO,
+    SHARD_VERSION,
+    SHARDS_DIR,
+    SUBMISSION,
+    VISUALS_DIR,
+    check_run_info,
+    merge_results,
+    read_complete_shard,
+    shard_key,
+    write_json_atomic,
+    write_record_outputs,
+    zip_submission,
+)
+from salma.data.decode import decode_masks, load_frames
+from salma.data.errors import BadRecordError
+from salma.data.masks import encode_mask
+from salma.data.record import Referent, SampleRecord
+from salma.data.sources import SOURCE_FORMAT_NAMES, read_source
+
+logger = logging.getLogger(__name__)
+
+IMAGE_FORMATS = ("refcoco",)
+VIDEO_FORMATS = ("mevis", "revos", "ref_youtube_vos", "ref_davis17", "ref_sav")
+_LOG_EVERY_S = 10.0
+
+
+class InferenceError(RuntimeError):
+    """Inference could not produce a complete result (records that could not be decoded)."""
+
+
+@dataclass
+class InferSummary:
+    out_dir: str
+    name: str
+    records: int
+    predicted: int
+    resumed: int
+    bad: int
+    frames: int
+    seconds: float
+    results_path: str | None
+    # Per predicted record: sample_id, frames, seconds, started_at / finished_at (wall clock).
+    per_record: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------ dataset spec
+def parse_dataset(
+    spec: str, *, split: str, options: Mapping[str, Any] | None = None, name: str | None = None
+) -> SourceConfig:
+    """``"refcoco:data/synthetic/refer/refcoco"`` → a ``SourceConfig`` with an absolute root."""
+    fmt, sep, root = spec.partition(":")
+    if not sep or not root:
+        raise ValueError(f"--dataset {spec!r} must be FORMAT:ROOT, e.g. mevis:data/mevis")
+    if fmt not in SOURCE_FORMAT_NAMES:
+        raise ValueError(f"--dataset {spec!r}: unknown format {fmt!r}; choose one of {', '.join(SOURCE_FORMAT_NAMES)}")
+    options = dict(options or {})
+    root = str(Path(root).expanduser().resolve())
+    source = SourceConfig(name="", format=fmt, root=root, split=split, options=options)
+    source.name = name or default_name(source)
+    return source
+
+
+def default_name(source: SourceConfig) -> str:
+    """``refcoco_val``, ``refcoco_plus_testA``, ``mevis_valid_u``: what metric names carry."""
+    dataset = str(source.options.get("dataset", source.format)) if source.format == "refcoco" else source.format
+    return metric_safe(f"{dataset}_{source.split}")
+
+
+def metric_safe(text: str) -> str:
+    """MLflow metric names allow letters, digits, ``_ - . / `` and spaces: ``+`` becomes ``_plus``."""
+    return re.sub(r"[^A-Za-z0-9_./-]", "_", text.replace("+", "_plus"))
+
+
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["dataset=refcocog", "split_by=umd"]`` → reader keyword arguments (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r} must be key=value")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def media_of(source: SourceConfig) -> str:
+    if source.format in IMAGE_FORMATS:
+        return "image"
+    if source.format in VIDEO_FORMATS:
+        return "video"
+    raise ValueError(
+        f"format {source.format!r} has no segmentation benchmark; infer runs on "
+        f"{', '.join(IMAGE_FORMATS + VIDEO_FORMATS)}"
+    )
+
+
+def read_records(source: SourceConfig, max_samples: int | None = None) -> list[SampleRecord]:
+    media_of(source)
+    records = read_source(source.format, source.root, source.split, **source.options)
+    records.sort(key=lambda r: r.sample_id)
+    return records[:max_samples] if max_samples is not None else records
+
+
+# ------------------------------------------------------------------------------ model
+@dataclass
+class ShippedModel:
+    """An in-memory model as its config and weights, which is how it travels to the actors.
+
+    Pickling the module itself is not reliable: transformers installs output-capturing forward
+    hooks on first use that do not survive the trip (the copy returns no hidden states). The actor
+    rebuilds the architecture from the config and loads the weights strictly, as an exported
+    folder would (non-persistent buffers such as MBA's warm-up scale take their defaults).
+    """
+
+    config: dict[str, Any]
+    state: dict[str, Any]
+
+    @classmethod
+    def of(cls, model) -> "ShippedModel":
+        return cls(model.config.model_dump(mode="json"), {k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+    def build(self):
+        from salma.builder import build_salma
+        from salma.config import SalmaConfig
+
+        model = build_salma(SalmaConfig.model_validate(self.config))
+        model.load_state_dict(self.state, strict=True)
+        return model
+
+
+def load_model(model: Any):
+    """A ``SalmaModel`` from: a model, a ``ShippedModel`` (or a Ray object reference to one), an
+    exported folder, or a preset name (``tiny``: random weights seeded by the preset's seed,
+    identical in every actor)."""
+    from salma.config import preset_config
+    from salma.model import SalmaModel
+
+    if isinstance(model, SalmaModel):
+        return model
+    if not isinstance(model, (str, os.PathLike, ShippedModel)):
+        import ray
+
+        if not isinstance(model, ray.ObjectRef):
+            raise TypeError(f"model must be a SalmaModel, a folder or a preset name, got {type(model).__name__}")
+        model = ray.get(model)
+    if isinstance(model, ShippedModel):
+        return model.build()
+    spec = str(model)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        from salma.export import CONFIG_FILE, load_exported
+
+        if (path / CONFIG_FILE).is_file():
+            return load_exported(path)
+        if (path / "salma_checkpoint.json").is_file():
+            raise ValueError(
+                f"{path} is a training checkpoint; export it first "
+                f"(salma export --checkpoint {path} --out DIR) and pass --model DIR"
+            )
+        raise ValueError(f"{path} is neither an exported SALMA model (no {CONFIG_FILE}) nor a preset name")
+    try:
+        config = preset_config(spec)
+    except ValueError:
+        raise ValueError(
+            f"--model {spec!r} is not a folder and not a preset; pass an exported model folder "
+            "(salma export) or a preset name such as 'tiny'"
+        ) from None
+    from salma.builder import build_salma
+
+    return build_salma(config)
+
+
+def describe_model(model: Any) -> str:
+    """What ``run_info.json`` records as the model (absolute for folders)."""
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model).expanduser()
+        return str(path.resolve()) if path.is_dir() else str(model)
+    return "<in-memory model>"
+
+
+# ------------------------------------------------------------------------------ the actor
+class RecordPredictor:
+    """Ray Data callable class: one ``SalmaPredictor`` per actor (the model is loaded once, in
+    ``__init__``), one record per row. Returns each record's shard (JSON) and its visual report
+    (PNG bytes, empty when not asked for)."""
+
+    def __init__(self, *, model: Any, settings: dict[str, Any], device: str = "cpu", threads: int = 1):
+        import torch
+
+        from salma.predictor import SalmaPredictor
+
+        torch.set_num_threads(threads)
+        self.settings = EvalConfig.model_validate(settings)
+        self.predictor = SalmaPredictor(
+            load_model(model),
+            num_key_frames=self.settings.num_key_frames,
+            key_frame_sampling=self.settings.key_frame_sampling,
+            max_new_tokens=self.settings.max_new_tokens,
+            device=device,
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shards, visuals = [], []
+        for key, record_json, visual in zip(batch["key"], batch["record"], batch["visual"], strict=True):
+            record = SampleRecord.from_json(str(record_json))
+            shard, png = predict_record(self.predictor, record, key=str(key), generate=self.settings.generate,
+                                        visual=bool(visual))
+            shards.append(json.dumps(shard, separators=(",", ":")))
+            visuals.append(png or b"")
+        return {"key": np.asarray(batch["key"], dtype=object), "shard": np.asarray(shards, dtype=object),
+                "visual_png": np.asarray(visuals, dtype=object)}
+
+
+def predict_record(
+    predictor, record: SampleRecord, *, key: str, generate: bool, visual: bool
+) -> tuple[dict, bytes | None]:
+    """Every sentence of one record → its shard: one entry per (referent, sentence), per-frame RLE."""
+    started, started_at = time.perf_counter(), time.time()
+    try:
+        frames = load_frames(record, range(record.num_frames))
+    except BadRecordError as err:
+        return _bad_shard(key, record, err), None
+    media_input = frames[0] if len(frames) == 1 else np.stack(frames)  # (H, W, 3) or (T, H, W, 3)
+    height, width = frames[0].shape[:2]
+    predictions, figure = [], None
+    for referent in record.referents:
+        for index, expression in enumerate(referent.expressions):
+            prediction = predictor.segment(media_input, expression, generate=generate)
+            video = _first_mask(prediction.masks, len(frames), height, width)  # (T, H, W)
+            try:  # the ground truth is decoded only here, for the drift sums and the figure
+                drift = _drift_entry(prediction, referent, height, width)
+                if visual and figure is None:
+                    figure = _visual(record, referent, frames, video, prediction, expression)
+            except BadRecordError as err:
+                return _bad_shard(key, record, err), None
+            predictions.append({
+                "ref_id": referent.ref_id,
+                "sent_index": index,
+                "expression": expression,
+                "answer": prediction.answer,
+                "num_masks": len(prediction.masks),
+                "key_frames": list(prediction.key_frames),
+                "masks": [encode_mask(m) for m in video],
+                "drift": drift,
+            })
+    shard = {
+        "version": SHARD_VERSION,
+        "key": key,
+        "sample_id": record.sample_id,
+        "media": record.media,
+        "height": height,
+        "width": width,
+        "frame_names": frame_names(record),
+        "predictions": predictions,
+        "seconds": time.perf_counter() - started,
+        "started_at": started_at,  # wall clock, for throughput across actors
+        "finished_at": time.time(),
+        "complete": True,
+    }
+    return shard, figure
+
+
+def _bad_shard(key: str, record: SampleRecord, err: BadRecordError) -> dict:
+    return {"version": SHARD_VERSION, "key": key, "sample_id": record.sample_id,
+            "error": {"path": err.path, "reason": err.reason, "detail": err.detail}}
+
+
+def _first_mask(masks: list[np.ndarray], num_frames: int, height: int, width: int) -> np.ndarray:
+    """The first [SEG]'s mask as (T, H, W); empty when the answer had no [SEG]."""
+    if not masks:
+        return np.zeros((num_frames, height, width), dtype=bool)
+    mask = np.asarray(masks[0], dtype=bool)
+    return mask[None] if mask.ndim == 2 else mask
+
+
+def _energy_of(prediction) -> tuple[np.ndarray | None, str]:
+    """(K, h, w) map of the first [SEG]: the MBA update energy, or the language-conditioned
+    feature change when MBA is off (baseline runs)."""
+    if prediction.mba_energy is not None and len(prediction.mba_energy):
+        return prediction.mba_energy[0], "mba_energy"
+    if prediction.language_change is not None and len(prediction.language_change):
+        return prediction.language_change[0], "language_change"
+    return None, "none"
+
+
+def _drift_entry(prediction, referent: Referent, height: int, width: int) -> dict[str, Any] | None:
+    """Energy sums on target and distractor for data whose distractors are known."""
+    from salma.drift_score import drift_terms
+
+    distractors = referent.meta.get("distractor_masks")
+    if distractors is None:
+        return None
+    energy, signal = _energy_of(prediction)
+    if energy is None:
+        return {"signal": signal, "target": None, "distractor": None, "total": None}
+    keys = list(prediction.key_frames)
+    target = decode_masks(referent, keys, height, width)  # (K, H, W)
+    distractor = decode_masks(Referent(referent.ref_id, [], [], distractors, {}), keys, height, width)
+    terms = drift_terms(energy, target, distractor)
+    return {"signal": signal, "target": terms.target, "distractor": terms.distractor, "total": terms.total,
+            "target_area": terms.target_area, "distractor_area": terms.distractor_area}
+
+
+def _visual(record, referent, frames, video, prediction, expression) -> bytes:
+    from pipelines.visual_report import render_prediction_figure
+
+    keys = list(prediction.key_frames) or [0]
+    t = keys[0]
+    height, width = frames[0].shape[:2]
+    ground_truth = decode_masks(referent, [t], height, width)[0] if referent.masks else None
+    distractors = referent.meta.get("distractor_masks")
+    distractor = None
+    if distractors is not None:
+        distractor = decode_masks(Referent(referent.ref_id, [], [], distractors, {}), [t], height, width)[0]
+    energy, signal = _energy_of(prediction)
+    answer = prediction.answer if len(prediction.answer) <= 60 else prediction.answer[:57] + "..."
+    return render_prediction_figure(
+        frame=frames[t],
+        ground_truth=ground_truth,
+        prediction=video[t],
+        prior=None if prediction.prior is None else prediction.prior[0],
+        energy=None if energy is None else energy[0],
+        energy_label="MBA update energy" if signal == "mba_energy" else "language feature change",
+        distractor=distractor,
+        title=f"{record.sample_id} / {referent.ref_id} (frame {t}): \"{expression}\" → {answer}",
+    )
+
+
+def frame_names(record: SampleRecord) -> list[str]:
+    """Frame names as the dataset spells them (file stems), for the PNG layout."""
+    if record.frames:
+        return [Path(f).stem for f in record.frames]
+    return [f"{i:05d}" for i in (record.frame_indices or [])]
+
+
+# ------------------------------------------------------------------------------ rows and execution
+def _inference_row(record: SampleRecord, *, visual: bool) -> dict[str, Any]:
+    """What an actor needs of a record: frames, sentences, and ground truth only where the drift
+    score or the visual report uses it (ground truth is large and the predictor never sees it)."""
+    referents = []
+    for r in record.referents:
+        has_distractor = "distractor_masks" in r.meta
+        meta = {"distractor_masks": r.meta["distractor_masks"]} if has_distractor else {}
+        masks = r.masks if (visual or has_distractor) else []
+        referents.append(Referent(r.ref_id, r.object_ids, r.expressions, masks, meta))
+    slim = SampleRecord(
+        source=record.source, split=record.split, sample_id=record.sample_id, media=record.media,
+        height=record.height, width=record.width, frames=record.frames, referents=referents,
+        video_path=record.video_path, frame_indices=record.frame_indices,
+    )
+    return {"key": shard_key(record.sample_id), "record": slim.to_json(), "visual": visual}
+
+
+def predict_rows(
+    rows: list[dict[str, Any]], *, model: Any, settings: EvalConfig, use_gpu: bool
+) -> Iterator[dict[str, Any]]:
+    """Yield one output row per input row, from a Ray Data actor pool, or in this process when
+    ``settings.num_actors == 0``."""
+    constructor = {"model": model, "settings": settings.model_dump(), "device": "cuda" if use_gpu else "cpu",
+                   "threads": settings.threads_per_actor}
+    if settings.num_actors == 0:
+        predictor = RecordPredictor(**constructor)
+        for row in rows:
+            out = predictor({k: np.asarray([v], dtype=object) for k, v in row.items()})
+            yield {k: v[0] for k, v in out.items()}
+        return
+    import ray
+
+    from salma.model import SalmaModel
+
+    if isinstance(model, SalmaModel):
+        constructor["model"] = ray.put(ShippedModel.of(model))  # one copy in the object store
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # one row per block: balanced actors
+    dataset = dataset.map_batches(
+        RecordPredictor,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=settings.num_actors),
+        fn_constructor_kwargs=constructor,
+        num_cpus=settings.cpus_per_actor,
+        num_gpus=1 if use_gpu else 0,
+        # sam2's tracker draws a progress bar per video; tqdm reads this when it is imported.
+        runtime_env={"env_vars": {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(settings.threads_per_actor)}},
+    )
+    yield from dataset.iter_rows()
+
+
+def ensure_ray(address: str | None = None) -> bool:
+    """Connect to (or start) Ray unless the caller already did; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, log_to_driver=True)
+    return True
+
+
+def _gpus_wanted(settings: EvalConfig) -> bool:
+    """``eval.use_gpu``, else: GPUs when the cluster (or, without Ray, this machine) has them."""
+    if settings.use_gpu is not None:
+        return settings.use_gpu
+    if settings.num_actors == 0:
+        import torch
+
+        return torch.cuda.is_available()
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+class _Progress:
+    def __init__(self, name: str, total: int, resumed: int):
+        self.name, self.total, self.done, self.frames = name, total, resumed, 0
+        self.resumed = resumed
+        self.started = self.last = time.perf_counter()
+
+    def add(self, frames: int) -> None:
+        self.done += 1
+        self.frames += frames
+        now = time.perf_counter()
+        if now - self.last >= _LOG_EVERY_S or self.done == self.total:
+            self.last = now
+            elapsed = now - self.started
+            rate = (self.done - self.resumed) / elapsed if elapsed > 0 else 0.0
+            left = (self.total - self.done) / rate if rate > 0 else float("inf")
+            logger.info("infer %s: %d/%d records, %.2f records/s, %.1f frames/s, about %.0f s left",
+                        self.name, self.done, self.total, rate, self.frames / elapsed if elapsed else 0.0, left)
+
+
+# ------------------------------------------------------------------------------ entry point
+def infer(
+    model: Any,
+    source: SourceConfig,
+    out_dir: str | os.PathLike,
+    *,
+    settings: EvalConfig | None = None,
+    resume: bool = True,
+    zip_annotations: bool = False,
+    max_bad_fraction: float = 0.0,
+    address: str | None = None,
+) -> InferSummary:
+    """Predict every sentence of ``source`` and write the output folder (module docstring).
+
+    model: an exported folder, a preset name, or an in-memory ``SalmaModel`` (shipped to the
+    actors as config + weights; with ``num_actors=0`` it is used as is, and switched to eval
+    mode). ``resume=False`` discards earlier outputs in ``out_dir``. Uses the Ray cluster already
+    initialised in this process, else ``ray.init(address)``. Raises ``InferenceError`` when more
+    than ``max_bad_fraction`` of the records could not be decoded (after writing everything else,
+    so a rerun only retries those).
+    """
+    settings = settings or EvalConfig()
+    media = media_of(source)
+    out = _prepare_folder(out_dir, resume=resume, info={
+        "model": describe_model(model), "name": source.name, "format": source.format, "root": source.root,
+        "split": source.split, "options": source.options, "media": media, **settings.model_dump(),
+    })
+    records = read_records(source, settings.max_samples)
+    if not records:
+        raise InferenceError(f"{source.format}:{source.root} split {source.split!r} has no usable records")
+    todo, resumed = _pending(out, records)
+    logger.info("infer %s: %d records, %d already predicted, %d to predict", source.name, len(records),
+                len(records) - len(todo), len(todo))
+    started = time.perf_counter()
+    visual_keys = {shard_key(r.sample_id) for r in records[: settings.visual_samples]}
+    bad, per_record = _predict_pending(out, source.name, todo, len(records), resumed, model=model, settings=settings,
+                                       visual_keys=visual_keys, address=address)
+    seconds = time.perf_counter() - started
+    _check_bad(out, bad, len(records), max_bad_fraction)
+    bad_ids = {b["sample_id"] for b in bad}
+    results = merge_results(out, [r for r in records if r.sample_id not in bad_ids], media)
+    if zip_annotations and media == "video":
+        logger.info("wrote %s", zip_submission(out, source.format))
+    frames = sum(r["frames"] for r in per_record)
+    summary = InferSummary(str(out), source.name, len(records), len(per_record), resumed, len(bad), frames, seconds,
+                           str(results), per_record)
+    logger.info("infer %s: %d records predicted, %d resumed, %d bad; %d frames in %.1f s (%.1f frames/s) → %s",
+                source.name, summary.predicted, resumed, len(bad), frames, seconds, summary.frames_per_second, results)
+    return summary
+
+
+def _prepare_folder(out_dir: str | os.PathLike, *, resume: bool, info: dict[str, Any]) -> Path:
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for stale in (SHARDS_DIR, ANNOTATIONS_DIR, VISUALS_DIR):
+            shutil.rmtree(out / stale, ignore_errors=True)
+        for stale in (RUN_INFO, RESULTS, DIAGNOSTICS, BAD_RECORDS, SUBMISSION):
+            (out / stale).unlink(missing_ok=True)
+    check_run_info(out, info)
+    return out
+
+
+def _pending(out: Path, records: Iterable[SampleRecord]) -> tuple[list[SampleRecord], int]:
+    todo, resumed = [], 0
+    for record in records:
+        if read_complete_shard(out / SHARDS_DIR / f"{shard_key(record.sample_id)}.json", record) is None:
+            todo.append(record)
+        else:
+            resumed += 1
+    return todo, resumed
+
+
+def _predict_pending(
+    out: Path, name: str, todo: list[SampleRecord], total: int, resumed: int, *, model: Any, settings: EvalConfig,
+    visual_keys: set[str], address: str | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Predict the records without a complete shard, writing each one's outputs as it arrives.
+    Returns (bad records, timing of each predicted record)."""
+    bad: list[dict[str, Any]] = []
+    per_record: list[dict[str, Any]] = []
+    if not todo:
+        return bad, per_record
+    if settings.num_actors > 0:
+        ensure_ray(address)
+    rows = [_inference_row(r, visual=shard_key(r.sample_id) in visual_keys) for r in todo]
+    progress = _Progress(name, total, resumed)
+    for row in predict_rows(rows, model=model, settings=settings, use_gpu=_gpus_wanted(settings)):
+        shard = json.loads(row["shard"])
+        if "error" in shard:
+            bad.append({"sample_id": shard["sample_id"], **shard["error"]})
+            logger.warning("record %s skipped: %s (%s)", shard["sample_id"], shard["error"]["reason"],
+                           shard["error"]["path"])
+            progress.add(0)
+            continue
+        write_record_outputs(out, shard, bytes(row["visual_png"]) or None)
+        frames = len(shard["frame_names"]) * len(shard["predictions"])
+        per_record.append({k: shard[k] for k in ("sample_id", "seconds", "started_at", "finished_at")}
+                          | {"frames": frames})
+        progress.add(frames)
+    return bad, per_record
+
+
+def _check_bad(out: Path, bad: list[dict[str, Any]], total: int, max_bad_fraction: float) -> None:
+    (out / BAD_RECORDS).unlink(missing_ok=True)
+    if not bad:
+        return
+    write_json_atomic(out / BAD_RECORDS, bad)
+    if len(bad) > max_bad_fraction * total:
+        raise InferenceError(
+            f"{len(bad)} of {total} records could not be decoded (see {out / BAD_RECORDS}); "
+            "fix or remove them and rerun (finished records are kept), or raise --max-bad-fraction"
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> EvalConfig:
+    """The eval section of ``--config`` (or the defaults) with the flags given on the command line."""
+    settings = load_experiment(args.config).eval if args.config else EvalConfig()
+    flags = {
+        "num_actors": args.num_actors, "cpus_per_actor": args.cpus_per_actor, "use_gpu": args.gpu,
+        "num_key_frames": args.num_key_frames, "key_frame_sampling": args.key_frame_sampling,
+        "max_samples": args.max_samples, "visual_samples": args.visual_samples,
+        "max_new_tokens": args.max_new_tokens, "threads_per_actor": args.threads_per_actor,
+        "generate": False if args.teacher_force else None,
+    }
+    return EvalConfig.model_validate(settings.model_dump() | {k: v for k, v in flags.items() if v is not None})
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--dataset", required=required, metavar="FORMAT:ROOT",
+                        help=f"dataset format and folder; formats: {', '.join(IMAGE_FORMATS + VIDEO_FORMATS)}")
+    parser.add_argument("--split", required=required, help="split name as the reader knows it (val, valid_u, ...)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="reader option, repeatable (e.g. dataset=refcocog, split_by=umd, masks=png)")
+    parser.add_argument("--name", help="benchmark name in metric names (default FORMAT_SPLIT, e.g. refcoco_val)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="salma infer", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("--model", required=True, help="exported model folder or preset name (tiny)")
+    add_dataset_arguments(parser, required=True)
+    parser.add_argument("--out", required=True, help="output folder (reused: finished records are skipped)")
+    parser.add_argument("--config", help="experiment YAML whose eval: section gives the defaults")
+    parser.add_argument("--num-actors", type=int, help="predictor actors (0: in this process, no Ray)")
+    parser.add_argument("--cpus-per-actor", type=float)
+    parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
+                        help="one GPU per actor (default: when the cluster has GPUs)")
+    parser.add_argument("--threads-per-actor", type=int)
+    parser.add_argument("--num-key-frames", type=int)
+    parser.add_argument("--key-frame-sampling", choices=("uniform", "first"))
+    parser.add_argument("--max-samples", type=int, help="only the first N records (sorted by id)")
+    parser.add_argument("--visual-samples", type=int, help="records drawn in the visual report")
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--teacher-force", action="store_true",
+                        help='answer "It is [SEG]." instead of generating (untrained models, branch checks)')
+    parser.add_argument("--restart", action="store_true", help="discard earlier predictions in --out")
+    parser.add_argument("--zip", action="store_true",
+                        help="also write submission.zip for the benchmark server (video datasets)")
+    parser.add_argument("--max-bad-fraction", type=float, default=0.0)
+    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    source = parse_dataset(args.dataset, split=args.split, options=parse_options(args.option), name=args.name)
+    import ray
+
+    ray_was_up = ray.is_initialized()
+    try:
+        summary = infer(args.model, source, args.out, settings=settings_from_args(args), resume=not args.restart,
+                        zip_annotations=args.zip, max_bad_fraction=args.max_bad_fraction, address=args.address)
+    finally:
+        if not ray_was_up and ray.is_initialized():
+            ray.shutdown()
+    print(f"{summary.name}: {summary.records} records ({summary.predicted} predicted, {summary.resumed} resumed), "
+          f"{summary.frames_per_second:.1f} frames/s → {summary.results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

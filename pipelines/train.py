@@ -1,0 +1,505 @@
+"""Distributed training: a Ray Train ``TorchTrainer`` with DeepSpeed ZeRO-2 inside each worker.
+
+    python -m pipelines.train --config experiments/X.yaml [key=value ...]
+    python -m pipelines.train --resume RUNS/NAME [key=value ...]      (salma train … is the same)
+
+The driver prepares the run folder and the MLflow run, resolves the DeepSpeed setup from the
+resources (bf16 + NCCL on GPU, fp32 + gloo on CPU) and starts the trainer. Each worker builds the
+model with ``build_salma``, wraps it in DeepSpeed on Ray's process group, resumes from the latest
+checkpoint if there is one (a restart after a failure, or ``--resume``), and runs the steps:
+the MBA gamma / auxiliary-loss schedules from the global step, ``grad_accum`` micro-batches,
+clipping, AdamW with warm-up + cosine. Every ``checkpoint_every`` steps all ranks write their
+part of the checkpoint and call ``ray.train.report`` (a barrier). ``train.num_workers: 0`` runs the
+same loop in the calling process (Ray Train's local mode) for tests and debugging.
+
+Determinism: the data interface yields the same micro-batches for a given global step, and the
+torch RNG is re-seeded from (seed, step, micro-batch, rank) before every forward pass, so a run
+resumed from a checkpoint replays exactly the steps an uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pipelines import tracking
+from pipelines.checkpoint import (
+    checkpoint_name,
+    find_latest_checkpoint,
+    prune_local,
+    publish_local,
+    restore_engine,
+    stage_checkpoint,
+)
+from pipelines.config import ExperimentConfig, load_experiment
+from pipelines.data import check_sources, worker_batches
+from pipelines.deepspeed_config import DistributedSetup, deepspeed_config, resolve_distributed_setup
+from pipelines.fault_injection import ENV_VAR as FAULT_ENV_VAR
+from pipelines.fault_injection import FaultInjection
+from pipelines.lr_schedule import warmup_cosine_scheduler
+from pipelines.run_folder import RunFolder
+
+logger = logging.getLogger(__name__)
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: str
+    checkpoint: str | None
+    mlflow_run_id: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# ====================================================================================== driver
+def train(cfg: ExperimentConfig, *, resume: str | None = None) -> TrainResult:
+    """Train ``cfg`` to ``train.max_steps``; ``resume`` continues the run in that run folder."""
+    cfg = prepare_data(cfg)
+    run = RunFolder.existing(resume) if resume else RunFolder.new(cfg)
+    if cfg.train.num_workers == 0 and run.local_path is None:
+        raise ValueError(f"train.num_workers=0 (local mode) needs a local run folder, not {run.path}")
+    setup = resolve_distributed_setup(cfg.train, gpus_available=_gpus_available(cfg.train.num_workers))
+    previous = run.run_info()
+    tracker = tracking.start_run(
+        cfg,
+        run_name=run.name,
+        resume_run_id=previous.get("mlflow_run_id"),
+        tags={"experiment": cfg.name, "preset": cfg.model_config_resolved.preset, "run_dir": run.path},
+    )
+    tracking_uri = getattr(tracker, "tracking_uri", None)
+    try:
+        run.record_attempt(cfg, mlflow_run_id=tracker.run_id, tracking_uri=tracking_uri)
+        _log_run_start(tracker, cfg, run, resumed=resume is not None)
+        result = _trainer(cfg, run, setup, tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id).fit()
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    metrics = dict(result.metrics or {})
+    final = {f"final/{k}": v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}
+    tracker.log_metrics(final, step=int(metrics.get("step", cfg.train.max_steps)))
+    tracker.finish("FINISHED")
+    checkpoint = f"{run.path}/{os.path.basename(result.checkpoint.path)}" if result.checkpoint else None
+    return TrainResult(run_dir=run.path, checkpoint=checkpoint, mlflow_run_id=tracker.run_id, metrics=metrics)
+
+
+def prepare_data(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Driver-side, before any worker starts: make the data paths absolute (workers change
+    directory), write the synthetic datasets when ``data.synthetic.enabled`` and they are not
+    there yet, and fail fast if a source does not parse or is empty."""
+    data = cfg.data
+    sources = [s.model_copy(update={"root": cfg.absolute(s.root)}) for s in data.sources]
+    eval_sources = [s.model_copy(update={"root": cfg.absolute(s.root)}) for s in data.eval_sources]
+    synthetic = data.synthetic.model_copy(update={"out": cfg.absolute(data.synthetic.out)})
+    if synthetic.enabled and not Path(synthetic.out, "manifest.json").exists():
+        from salma.data.synthetic import write_synthetic
+
+        write_synthetic(synthetic.out, seed=synthetic.seed, size=synthetic.size)
+    data = data.model_copy(update={"sources": sources, "eval_sources": eval_sources, "synthetic": synthetic})
+    check_sources(data)
+    return cfg.model_copy(update={"data": data, "workdir": cfg.absolute(cfg.workdir)})
+
+
+def _gpus_available(num_workers: int) -> bool:
+    if num_workers == 0:
+        return torch.cuda.is_available()
+    if not ray.is_initialized():
+        ray.init()  # $RAY_ADDRESS when set (a job on a cluster), else a local Ray
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _log_run_start(tracker: tracking.Tracker, cfg: ExperimentConfig, run: RunFolder, *, resumed: bool) -> None:
+    resolved = cfg.resolved()
+    tracker.log_params(tracking.flatten_params(resolved))
+    tracker.set_tags({**tracking.system_tags(REPO_DIR), "salma.resumed": str(resumed).lower()})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "config.yaml")
+        Path(path).write_text(run.read_text("config.yaml"))
+        tracker.log_artifact(path)
+
+
+def _trainer(
+    cfg: ExperimentConfig, run: RunFolder, setup: DistributedSetup, *, tracking_uri: str | None, mlflow_run_id: str | None
+) -> TorchTrainer:
+    t = cfg.train
+    resume_from = find_latest_checkpoint(run.local_path) if run.local_path else None
+    loop_config = {
+        "experiment": cfg.model_dump(mode="json"),
+        "setup": asdict(setup),
+        "run_dir": run.path,
+        "local_run_dir": run.local_path,
+        # Ray's own latest checkpoint wins when it has one (a restart, or a relaunch under the
+        # same run name); this covers runs first trained in local mode.
+        "resume_checkpoint": resume_from.path if resume_from else None,
+        "tracking_uri": tracking_uri,
+        "mlflow_run_id": mlflow_run_id,
+    }
+    fault = os.environ.get(FAULT_ENV_VAR)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=setup.backend),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=setup.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=run.name,
+            storage_path=run.storage_path,
+            failure_config=ray.train.FailureConfig(
+                max_failures=t.max_failures, controller_failure_limit=t.startup_retries
+            ),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            worker_runtime_env={"env_vars": {FAULT_ENV_VAR: fault}} if fault else None,
+        ),
+    )
+
+
+# ====================================================================================== worker
+@dataclass
+class _Worker:
+    """Everything one worker's loop needs, built once by ``_setup_worker``."""
+
+    cfg: ExperimentConfig
+    setup: DistributedSetup
+    rank: int
+    world_size: int
+    engine: Any
+    scheduler: Any
+    trainable: list[str]
+    reshaped_scalars: list[str]
+    tracker: tracking.Tracker
+    staging_root: str
+    local_run_dir: str | None
+    fault: FaultInjection | None
+
+    @property
+    def local_mode(self) -> bool:
+        return self.cfg.train.num_workers == 0
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The function Ray Train runs in every worker (or in-process with ``num_workers: 0``)."""
+    cfg = ExperimentConfig.model_validate(loop_config["experiment"])
+    setup = DistributedSetup(**loop_config["setup"])
+    context = ray.train.get_context()
+    with _process_group(setup):
+        worker = _setup_worker(cfg, setup, loop_config, rank=context.get_world_rank(), world_size=context.get_world_size())
+        start_step, data_position = _restore(worker, loop_config)
+        batches = worker_batches(
+            cfg, rank=worker.rank, world_size=worker.world_size, start_step=start_step,
+            tokenizer=worker.engine.module.tokenizer, start_position=data_position,
+        )
+        try:
+            _run_steps(worker, batches, start_step)
+            _write_bad_records(worker, batches)
+        finally:
+            # The stream holds a Ray Data iterator inside a reference cycle: release it now, while
+            # Ray is up; collected at interpreter exit it would try to reconnect to a Ray that is
+            # gone (an error in local mode, a hang in a plain process).
+            del batches
+            gc.collect()
+
+
+@contextmanager
+def _process_group(setup: DistributedSetup) -> Iterator[None]:
+    """Ray has set up torch.distributed in its workers. In local mode, make a one-process group so
+    that DeepSpeed runs the same code path, and tear it down with DeepSpeed's own
+    ``destroy_process_group``, which also forgets the groups DeepSpeed derived from it (a second
+    local run in the same process would otherwise reuse stale ones)."""
+    if dist.is_initialized():
+        yield
+        return
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed refuses to start without it
+    dist.init_process_group(setup.backend, store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        import deepspeed.comm
+
+        if deepspeed.comm.is_initialized():
+            deepspeed.comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
+
+
+def _setup_worker(
+    cfg: ExperimentConfig, setup: DistributedSetup, loop_config: dict[str, Any], *, rank: int, world_size: int
+) -> _Worker:
+    engine, scheduler, trainable, reshaped = build_engine(cfg, setup)
+    local_run_dir = loop_config["local_run_dir"]
+    if cfg.train.num_workers == 0:
+        staging_root = os.path.join(local_run_dir, ".staging")
+    else:
+        staging_root = os.path.join(tempfile.gettempdir(), "salma-staging", os.path.basename(loop_config["run_dir"]))
+    os.makedirs(staging_root, exist_ok=True)
+    tracker = tracking.worker_tracker(
+        tracking_uri=loop_config["tracking_uri"], run_id=loop_config["mlflow_run_id"], rank=rank
+    )
+    tracker.set_tags(
+        tracking.hardware_tags(
+            world_size=world_size, backend=setup.backend, precision=setup.precision, use_gpu=setup.use_gpu
+        )
+    )
+    return _Worker(
+        cfg=cfg, setup=setup, rank=rank, world_size=world_size, engine=engine, scheduler=scheduler,
+        trainable=trainable, reshaped_scalars=reshaped, tracker=tracker, staging_root=staging_root,
+        local_run_dir=local_run_dir, fault=FaultInjection.from_env(),
+    )
+
+
+def build_engine(cfg: ExperimentConfig, setup: DistributedSetup) -> tuple[Any, Any, list[str], list[str]]:
+    """``build_salma`` → DeepSpeed engine with AdamW and the warm-up + cosine schedule.
+
+    Returns the engine, the LR scheduler, the names of the trained parameters and the names of
+    0-dim parameters stored as 1-element vectors (see ``_vectorise_scalar_parameters``).
+    """
+    import deepspeed
+
+    from salma.builder import build_salma
+
+    if setup.use_gpu:
+        torch.cuda.set_device(ray.train.torch.get_device())
+    model = build_salma(cfg.model_config_resolved)
+    reshaped = _vectorise_scalar_parameters(model)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(cfg.train, setup),
+        lr_scheduler=lambda optimizer: warmup_cosine_scheduler(
+            optimizer, total_steps=cfg.train.max_steps, warmup_fraction=cfg.train.warmup_fraction
+        ),
+    )
+    engine.train()
+    return engine, scheduler, trainable, reshaped
+
+
+def _vectorise_scalar_parameters(model: torch.nn.Module) -> list[str]:
+    """DeepSpeed 0.19 broadcasts every parameter at start-up through a byte view, which fails on
+    0-dim tensors (``mba.gamma``). Store such parameters as 1-element vectors for training; they
+    broadcast against the same operands, and ``pipelines.checkpoint.load_model_state`` gives them
+    back their own shape."""
+    names = []
+    for name, param in model.named_parameters():
+        if param.dim() == 0:
+            param.data = param.data.reshape(1)
+            names.append(name)
+    return names
+
+
+def _restore(worker: _Worker, loop_config: dict[str, Any]) -> tuple[int, int | None]:
+    """Load the checkpoint to resume from, if any; returns the global step to start at and this
+    rank's data position (None: start of the data)."""
+    # Staged parts a killed attempt of this rank left behind are never used: clear them.
+    for pattern in (f"*.rank{worker.rank}", f"*.rank{worker.rank}.partial"):
+        for stale in Path(worker.staging_root).glob(pattern):
+            shutil.rmtree(stale)
+    checkpoint = ray.train.get_checkpoint()
+    kwargs = {"world_size": worker.world_size, "trainable_parameters": worker.trainable}
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            info = restore_engine(worker.engine, folder, **kwargs)
+    elif loop_config["resume_checkpoint"]:
+        info = restore_engine(worker.engine, loop_config["resume_checkpoint"], **kwargs)
+    else:
+        return 0, None
+    logger.info("rank %d resumed from %s at step %d", worker.rank, info.path, info.step)
+    return info.step, int(info.rank_states[worker.rank]["data_position"])
+
+
+def _run_steps(worker: _Worker, batches: Iterator, start_step: int) -> None:
+    t = worker.cfg.train
+    window = _MetricWindow()
+    throughput = _Throughput()
+    dtype = torch.bfloat16 if worker.setup.precision == "bf16" else None
+    for step in range(start_step, t.max_steps):
+        if worker.fault:
+            worker.fault.maybe_fire(phase="step", step=step, rank=worker.rank, before=_wait_for_commit)
+        begin = time.perf_counter()
+        lr = worker.scheduler.get_last_lr()[0]
+        schedules = worker.engine.module.set_schedule(step, t.max_steps)
+        losses, data_wait = train_step(worker.engine, batches, step=step, cfg=worker.cfg, rank=worker.rank, dtype=dtype)
+        seconds = time.perf_counter() - begin
+        throughput.step_done()
+        samples = t.batch_size_per_worker * t.grad_accum * worker.world_size
+        window.add({
+            **{f"loss/{k}": v for k, v in losses.items()},
+            "samples_per_s": samples / seconds, "data_wait_s": data_wait, "data_wait_fraction": data_wait / seconds,
+        })
+        done = step + 1
+        metrics = {
+            "step": done, "lr": lr, **schedules, **window.means(), "steps_per_s": throughput.rate(),
+            "data/skipped_records": float(batches.bad.skipped),
+        }
+        if done % t.log_every == 0 or done == t.max_steps:
+            worker.tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=done)
+            window = _MetricWindow()
+            if worker.rank == 0:
+                logger.info("step %d/%d loss %.4f lr %.3g", done, t.max_steps, metrics["loss/total"], lr)
+        if done % t.checkpoint_every == 0 or done == t.max_steps:
+            _checkpoint_and_report(worker, done, metrics, data_position=batches.position)
+
+
+def train_step(engine, batches: Iterator, *, step: int, cfg: ExperimentConfig, rank: int, dtype) -> tuple[dict[str, float], float]:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the mean of every loss term
+    and the seconds spent waiting for data. DeepSpeed scales the loss by the accumulation and
+    steps the optimizer (with clipping) and the LR schedule at the accumulation boundary."""
+    sums: dict[str, float] = {}
+    data_wait = 0.0
+    for micro in range(cfg.train.grad_accum):
+        begin = time.perf_counter()
+        batch = next(batches)
+        data_wait += time.perf_counter() - begin
+        torch.manual_seed(step_seed(cfg.train.seed, step, micro, rank))
+        terms = engine(batch.to(engine.device, dtype=dtype))
+        engine.backward(terms["total"])
+        engine.step()
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+    return {name: value / cfg.train.grad_accum for name, value in sums.items()}, data_wait
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """The torch RNG seed of one micro-batch (the model samples points for its mask losses)."""
+    return (((seed * 1_000_003 + step) * 97 + micro) * 131 + rank) % (2**63)
+
+
+def _checkpoint_and_report(worker: _Worker, step: int, metrics: dict[str, Any], *, data_position: int) -> None:
+    """All ranks stage their part atomically; only complete parts are published and reported."""
+    meta = _checkpoint_meta(worker, step) if worker.rank == 0 else None
+
+    def fault_point() -> None:
+        if worker.fault:
+            worker.fault.maybe_fire(phase="checkpoint", step=step, rank=worker.rank)
+
+    staged = stage_checkpoint(
+        worker.engine, worker.staging_root, step=step, rank=worker.rank, save_id=_agree_on_save_id(),
+        rank_state={"data_position": data_position}, meta=meta, before_commit=fault_point,
+    )
+    if worker.local_mode:
+        published = publish_local(staged, worker.local_run_dir, step)
+        prune_local(worker.local_run_dir, worker.cfg.train.keep_checkpoints)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(published))
+    else:
+        # Ray copies every rank's folder into <run>/<name> and registers the checkpoint only when
+        # all ranks have reported, so a rank lost half-way leaves nothing that is ever resumed.
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(staged),
+            checkpoint_dir_name=checkpoint_name(step),
+            delete_local_checkpoint_after_upload=True,
+        )
+
+
+def _agree_on_save_id() -> str:
+    """A fresh id for this save, chosen by rank 0 and broadcast (a collective: every rank)."""
+    box = [uuid.uuid4().hex]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _checkpoint_meta(worker: _Worker, step: int) -> dict[str, Any]:
+    return {
+        "step": step,
+        "world_size": worker.world_size,
+        "config": worker.cfg.resolved(),
+        "trainable_parameters": worker.trainable,
+        "reshaped_scalars": worker.reshaped_scalars,
+    }
+
+
+def _write_bad_records(worker: _Worker, batches) -> None:
+    """Each rank's skipped-record report (file and reason of every unusable record)."""
+    if worker.local_run_dir is None:
+        return
+    report = Path(worker.cfg.data.bad_report)
+    path = Path(worker.local_run_dir, f"{report.stem}.rank{worker.rank}{report.suffix}")
+    batches.bad.write(path)
+    worker.tracker.log_artifact(str(path))
+
+
+def _wait_for_commit() -> None:
+    """Before an injected kill: let Ray register the checkpoint reported last, so the restart
+    deterministically resumes from it."""
+    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+
+
+class _MetricWindow:
+    """Means of the per-step values since the last log."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self._sums[name] = self._sums.get(name, 0.0) + value
+        self._count += 1
+
+    def means(self) -> dict[str, float]:
+        return {name: value / max(1, self._count) for name, value in self._sums.items()}
+
+
+class _Throughput:
+    """Optimizer steps per second since the end of this attempt's first step (which pays for
+    warm-up: allocation, first-touch, lazy initialisation)."""
+
+    def __init__(self) -> None:
+        self._first_end: float | None = None
+        self._last_end = 0.0
+        self._steps = 0
+
+    def step_done(self) -> None:
+        now = time.perf_counter()
+        if self._first_end is None:
+            self._first_end = now
+        else:
+            self._steps += 1
+            self._last_end = now
+
+    def rate(self) -> float:
+        if self._steps == 0:
+            return 0.0
+        return self._steps / (self._last_end - self._first_end)
+
+
+# ========================================================================================= CLI
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="salma train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="experiment YAML (deltas on the defaults)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this run folder")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=20")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.resume and not args.config:
+        cfg = RunFolder.existing(args.resume).load_config(args.overrides)
+    else:
+        cfg = load_experiment(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
+    print(json.dumps(asdict(result), indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

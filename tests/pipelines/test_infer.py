@@ -1,0 +1,153 @@
+"""Batch inference in process (``num_actors=0``): output layouts, resumption, refusals, bad
+records. The Ray actor-pool run is in ``test_evaluate.py`` (end to end, compared with these
+in-process predictions). The tiny model is exported with MBA switched on (γ = 0.5), so the drift
+energies are not all zero."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import infer as infer_module
+from pipelines.config import EvalConfig
+from pipelines.infer import infer, parse_dataset
+from pipelines.prediction_folder import OutputFolderError, prediction_id, shard_key
+from salma.data.masks import decode_rle
+from salma.data.sources import read_source
+
+FAST = EvalConfig(num_actors=0, generate=False, num_key_frames=3, visual_samples=1)
+
+
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory) -> Path:
+    import torch
+
+    from salma.builder import build_salma
+    from salma.export import export_model
+    from salma.testing import tiny_salma_config
+
+    model = build_salma(tiny_salma_config())
+    with torch.no_grad():
+        model.mba.gamma.fill_(0.5)
+    return export_model(model, tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def mevis_run(exported_model, synthetic_data, tmp_path_factory):
+    source = parse_dataset(f"mevis:{synthetic_data / 'mevis'}", split="drift")
+    out = tmp_path_factory.mktemp("infer") / "mevis_drift"
+    summary = infer(exported_model, source, out, settings=FAST)
+    return source, out, summary
+
+
+def test_parse_dataset_names_benchmarks_for_metric_names(tmp_path):
+    source = parse_dataset(f"refcoco:{tmp_path}", split="testA", options={"dataset": "refcoco+"})
+    assert (source.format, source.root, source.name) == ("refcoco", str(tmp_path.resolve()), "refcoco_plus_testA")
+    assert parse_dataset(f"mevis:{tmp_path}", split="valid_u").name == "mevis_valid_u"
+    for bad in ("mevis", f"nope:{tmp_path}", "mevis:"):
+        with pytest.raises(ValueError, match="FORMAT:ROOT|unknown format"):
+            parse_dataset(bad, split="val")
+
+
+def test_video_results_and_png_layout(mevis_run):
+    source, out, summary = mevis_run
+    records = read_source("mevis", source.root, "drift")
+    results = json.loads((out / "results.json").read_text())
+    assert summary.predicted == len(records) and summary.resumed == 0 and summary.bad == 0
+    assert set(results) == {r.sample_id for r in records}
+    for record in records:
+        names = [Path(f).stem for f in record.frames]
+        for referent in record.referents:
+            entry = results[record.sample_id][prediction_id(referent.ref_id, 0)]
+            assert entry["expression"] == referent.expressions[0]
+            assert len(entry["prediction_masks"]) == record.num_frames  # every frame predicted
+            folder = out / "Annotations" / record.sample_id / referent.ref_id
+            assert sorted(p.stem for p in folder.glob("*.png")) == sorted(names)
+            for name, rle in zip(names, entry["prediction_masks"]):
+                assert rle["size"] == [record.height, record.width]
+                with Image.open(folder / f"{name}.png") as png:
+                    assert png.mode == "L"  # single channel
+                    pixels = np.asarray(png)
+                assert set(np.unique(pixels)) <= {0, 255}
+                assert np.array_equal(pixels == 255, decode_rle(rle))
+    assert len(list((out / "visuals").glob("*.png"))) == 1
+    assert not list(out.rglob("*.tmp"))
+    diagnostics = json.loads((out / "diagnostics.json").read_text())
+    assert all(d["drift"]["signal"] == "mba_energy" and d["drift"]["total"] > 0 for d in diagnostics)
+
+
+def test_refcoco_results_have_one_entry_per_sentence(exported_model, synthetic_data, tmp_path):
+    source = parse_dataset(f"refcoco:{synthetic_data / 'refer' / 'refcoco'}", split="val")
+    infer(exported_model, source, tmp_path, settings=FAST)
+    records = read_source("refcoco", source.root, "val")
+    results = json.loads((tmp_path / "results.json").read_text())
+    sentences = {(r.ref_id, i) for rec in records for r in rec.referents for i in range(len(r.expressions))}
+    assert {(e["ref_id"], e["sent_index"]) for e in results} == sentences
+    sizes = {(rec.height, rec.width) for rec in records}
+    assert all(tuple(e["segmentation"]["size"]) in sizes and e["sent_id"] is not None for e in results)
+    assert not (tmp_path / "Annotations").exists()
+
+
+def test_rerun_skips_finished_records_and_redoes_broken_shards(mevis_run, tmp_path, monkeypatch):
+    source, first, _ = mevis_run
+    out = tmp_path / "copy"
+    shutil.copytree(first, out)
+    before = (out / "results.json").read_text()
+    shards = sorted((out / "shards").glob("*.json"))
+    shards[0].write_text(shards[0].read_text()[:40])  # truncated (a crash mid-write without os.replace)
+    partial = json.loads(shards[1].read_text())
+    partial["predictions"] = partial["predictions"][:-1]  # a sentence missing
+    shards[1].write_text(json.dumps(partial))
+    summary = infer(_model_of(first), source, out, settings=FAST)
+    assert (summary.predicted, summary.resumed) == (2, summary.records - 2)
+    assert (out / "results.json").read_text() == before  # same predictions, deterministic
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished run must not load the model again")
+
+    monkeypatch.setattr(infer_module, "RecordPredictor", no_model)
+    again = infer(_model_of(first), source, out, settings=FAST)
+    assert (again.predicted, again.resumed) == (0, again.records)
+
+
+def _model_of(out: Path) -> str:
+    return json.loads((out / "run_info.json").read_text())["model"]
+
+
+def test_a_folder_of_other_settings_is_refused(mevis_run, tmp_path):
+    source, first, _ = mevis_run
+    out = tmp_path / "copy"
+    shutil.copytree(first, out)
+    with pytest.raises(OutputFolderError, match="num_key_frames"):
+        infer(_model_of(first), source, out, settings=FAST.model_copy(update={"num_key_frames": 2}))
+
+
+def test_undecodable_record_is_reported_and_the_rest_written(exported_model, synthetic_data, tmp_path):
+    root = tmp_path / "mevis"
+    shutil.copytree(synthetic_data / "mevis" / "valid_u", root / "valid_u")
+    records = read_source("mevis", root, "valid_u")
+    broken = records[0]
+    Path(broken.frames[1]).unlink()
+    source = parse_dataset(f"mevis:{root}", split="valid_u", options={"check_files": False})
+    with pytest.raises(infer_module.InferenceError, match="1 of 2 records could not be decoded"):
+        infer(exported_model, source, tmp_path / "out", settings=FAST)
+    bad = json.loads((tmp_path / "out" / "bad_records.json").read_text())
+    assert [(b["sample_id"], b["reason"]) for b in bad] == [(broken.sample_id, "missing frame file")]
+    assert (tmp_path / "out" / "shards" / f"{shard_key(records[1].sample_id)}.json").is_file()
+    summary = infer(exported_model, source, tmp_path / "out", settings=FAST, max_bad_fraction=0.5)
+    assert (summary.predicted, summary.resumed, summary.bad) == (0, 1, 1)
+    assert set(json.loads((tmp_path / "out" / "results.json").read_text())) == {records[1].sample_id}
+
+
+def test_a_training_checkpoint_gets_a_clear_error(tmp_path):
+    (tmp_path / "salma_checkpoint.json").write_text("{}")
+    with pytest.raises(ValueError, match="salma export --checkpoint"):
+        infer_module.load_model(tmp_path)
+    with pytest.raises(ValueError, match="not a folder and not a preset"):
+        infer_module.load_model("no-such-model")
+

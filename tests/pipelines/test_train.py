@@ -1,0 +1,125 @@
+"""Training in local mode (``train.num_workers: 0``, the loop runs in this process): a tiny run
+end to end, exact resume after a failure (``--resume``), and a failure while a checkpoint is being
+written. The multi-worker Ray runs, including the worker-kill test, are in test_train_ray.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from pipelines.checkpoint import load_model_state, read_checkpoint
+from pipelines.fault_injection import ENV_VAR, InjectedFault
+from pipelines.train import main, train
+
+LOSS_TERMS = ("lm", "mask_bce", "mask_dice", "boundary", "tmc", "total")
+
+
+def _mlflow(cfg):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=cfg.tracking.uri)
+
+
+def assert_same_weights(checkpoint_a: str, checkpoint_b: str) -> None:
+    a, b = load_model_state(checkpoint_a), load_model_state(checkpoint_b)
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def _arm(monkeypatch, tmp_path, **fault) -> None:
+    monkeypatch.setenv(ENV_VAR, json.dumps({"marker": str(tmp_path / "fault-fired"), **fault}))
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_cluster, tiny_experiment, tmp_path_factory):
+    """An uninterrupted 4-step run, checkpoints after steps 2 and 4."""
+    folder = tmp_path_factory.mktemp("reference")
+    cfg = tiny_experiment(folder)
+    return cfg, train(cfg)
+
+
+def test_tiny_run_writes_a_loadable_checkpoint_and_tracks_every_loss_term(reference_run):
+    cfg, result = reference_run
+    assert result.checkpoint == os.path.join(result.run_dir, "checkpoint_000004")
+    assert sorted(p for p in os.listdir(result.run_dir) if p.startswith("checkpoint_")) == [
+        "checkpoint_000002", "checkpoint_000004",
+    ]
+    assert result.metrics["step"] == 4
+    assert all(math.isfinite(result.metrics[f"loss/{term}"]) for term in LOSS_TERMS)
+
+    info = read_checkpoint(result.checkpoint)
+    assert (info.step, info.world_size) == (4, 1)
+    assert info.rank_states == [{"data_position": 4}]  # 4 steps x 1 sample
+    assert info.reshaped_scalars == ["mba.gamma"]
+    from salma.builder import build_salma
+
+    model = build_salma(cfg.model_config_resolved)
+    model.load_state_dict(load_model_state(result.checkpoint))  # strict: every key, every shape
+
+    client = _mlflow(cfg)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["preset"] == "tiny" and run.data.tags["experiment"] == "tiny"
+    assert run.data.tags["hw.world_size"] == "1" and run.data.tags["hw.precision"] == "fp32"
+    assert run.data.params["train.max_steps"] == "4"
+    for name in [f"loss/{t}" for t in LOSS_TERMS] + ["lr", "gamma_scale", "aux_scale", "samples_per_s", "data_wait_s"]:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2, 3, 4], name
+    lrs = [m.value for m in client.get_metric_history(run.info.run_id, "lr")]
+    # ceil(5% of 4) = 1 warm-up step at the full rate, then the cosine from 1 towards 0.
+    assert lrs[0] == lrs[1] == pytest.approx(1e-3) and lrs[1] > lrs[2] > lrs[3] > 0
+    assert "final/loss/total" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "bad_records.rank0.json"} <= artifacts
+
+
+def test_resume_after_a_failure_replays_the_same_steps(reference_run, tiny_experiment, tmp_path, monkeypatch):
+    ref_cfg, reference = reference_run
+    cfg = tiny_experiment(tmp_path)
+    _arm(monkeypatch, tmp_path, rank=0, step=3, action="raise", phase="step")
+    with pytest.raises(InjectedFault):
+        train(cfg)
+    (run_dir,) = [p.path for p in os.scandir(tmp_path / "runs") if p.name.startswith("tiny-")]
+    assert sorted(p for p in os.listdir(run_dir) if p.startswith("checkpoint_")) == ["checkpoint_000002"]
+
+    assert main(["--resume", run_dir]) == 0  # the config comes from the run folder
+    final = os.path.join(run_dir, "checkpoint_000004")
+    assert_same_weights(final, reference.checkpoint)
+
+    client = _mlflow(cfg)
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["salma.resumed"] == "true"
+    # Step 3 ran twice (before the failure and after resuming from step 2), identically, and
+    # matches the uninterrupted run.
+    history = client.get_metric_history(run.info.run_id, "loss/total")
+    assert [m.step for m in history] == [1, 2, 3, 3, 4]
+    reference_history = _mlflow(ref_cfg).get_metric_history(reference.mlflow_run_id, "loss/total")
+    assert [m.value for m in history[3:]] == [m.value for m in reference_history[2:]]
+    assert history[2].value == history[3].value
+
+
+def test_failure_while_writing_a_checkpoint_leaves_nothing_readable_behind(
+    reference_run, tiny_experiment, tmp_path, monkeypatch
+):
+    _, reference = reference_run
+    cfg = tiny_experiment(tmp_path)
+    _arm(monkeypatch, tmp_path, rank=0, step=4, action="raise", phase="checkpoint")
+    with pytest.raises(InjectedFault):
+        train(cfg)
+    (run_dir,) = [p.path for p in os.scandir(tmp_path / "runs") if p.name.startswith("tiny-")]
+    assert sorted(p for p in os.listdir(run_dir) if p.startswith("checkpoint_")) == ["checkpoint_000002"]
+    assert os.listdir(os.path.join(run_dir, ".staging")) == ["checkpoint_000004.rank0.partial"]
+
+    result = train(cfg, resume=run_dir)
+    assert result.checkpoint == os.path.join(run_dir, "checkpoint_000004")
+    assert_same_weights(result.checkpoint, reference.checkpoint)
+    assert os.listdir(os.path.join(run_dir, ".staging")) == []
+
+
+def test_resume_needs_a_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a training run folder"):
+        main(["--resume", str(tmp_path)])
