@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 MIN_ROWS_FOR_THRESHOLD = 20
 ENCODE_BATCH_ROWS = 4
+LOG_EVERY_ROWS = 200
 
 
 class TooManyBadRecords(RuntimeError):
@@ -187,6 +188,10 @@ class WorkerBatches:
 
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
+        # Progress bars from several train workers interleave into unreadable logs; this
+        # iterator logs rows/s itself instead (every LOG_EVERY_ROWS rows).
+        ctx.enable_progress_bars = False
+        started, last_log = time.perf_counter(), 0
         epoch, skip = divmod(self.position, self.rows_per_epoch)
         while True:
             rows = self._epoch_rows(epoch, skip)
@@ -200,6 +205,11 @@ class WorkerBatches:
             for row in ds.iter_rows():
                 self.position += 1
                 self.bad.rows_seen += 1
+                if self.bad.rows_seen - last_log >= LOG_EVERY_ROWS:
+                    last_log = self.bad.rows_seen
+                    rate = self.bad.rows_seen / (time.perf_counter() - started)
+                    logger.info("rank %d data: %d rows (%.1f rows/s), %d skipped, epoch %d",
+                                self.rank, self.bad.rows_seen, rate, self.bad.skipped, epoch)
                 if row["error"]:
                     path, reason = json.loads(row["error"])
                     self.bad.add(path, reason)

@@ -23,15 +23,16 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "quicksta
 
 
 def results_table(metrics: dict[str, float], sources: list[str]) -> str:
-    """Markdown table: one row per evaluation split, cIoU / gIoU for images, J / F / J&F for videos,
-    the attention-drift score where the split has distractors."""
-    columns = ["ciou", "giou", "j", "f", "jf", "drift_target_share"]
-    lines = ["| split | cIoU | gIoU | J | F | J&F | drift target share |", "|---|---|---|---|---|---|---|"]
+    """Markdown table: one row per evaluation split, cIoU / gIoU for images, J / F / J&F for videos
+    (all in percent, as the benchmark scripts print them), the attention-drift target share
+    where the split has distractors."""
+    columns = ["ciou", "giou", "j", "f", "jf", "drift/target_share"]
+    lines = ["| split | cIoU % | gIoU % | J % | F % | J&F % | drift target share |", "|---|---|---|---|---|---|---|"]
     for name in sources:
         cells = []
         for col in columns:
             value = metrics.get(f"eval/{name}/{col}")
-            cells.append("" if value is None else f"{value:.3f}")
+            cells.append("" if value is None else f"{value:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
