@@ -5,9 +5,10 @@ A checkpoint is one folder, ``checkpoint_<step:06d>``::
     salma_checkpoint.json        step, world size, resolved config, trained parameter names (rank 0)
     manifest_rank_<r>.json       rank r's own state (its data position) and the size and SHA-256
                                  of every file it wrote; written last
-    (both carry the ``save_id`` all ranks agreed on for this save, so parts of two different
-    attempts at the same step can never pass for one checkpoint)
     deepspeed/latest, deepspeed/state/...   DeepSpeed's own files (engine.save_checkpoint)
+
+Metadata and manifests carry the ``save_id`` all ranks agreed on for this save, so parts of two
+attempts at the same step can never pass for one checkpoint.
 
 Each rank first writes its part into a private ``<name>.rank<r>.partial`` staging folder, flushes
 every file to disk, writes its manifest, and only then renames the folder to ``<name>.rank<r>``

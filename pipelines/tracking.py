@@ -144,12 +144,17 @@ def resolve_tracking_uri(tracking: TrackingConfig, *, workdir: str) -> str:
     return uri
 
 
+def tracking_uri(cfg: ExperimentConfig) -> str:
+    """The tracking URI of an experiment (``resolve_tracking_uri`` with its workdir)."""
+    return resolve_tracking_uri(cfg.tracking, workdir=cfg.absolute(cfg.workdir))
+
+
 def start_run(cfg: ExperimentConfig, *, run_name: str, resume_run_id: str | None, tags: Mapping[str, Any]) -> Tracker:
     """The driver's tracker: a new MLflow run, or the run being resumed reopened by id."""
     if not cfg.tracking.enabled:
         return NoopTracker()
     workdir = cfg.absolute(cfg.workdir)
-    uri = resolve_tracking_uri(cfg.tracking, workdir=workdir)
+    uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     if resume_run_id is not None:

@@ -12,15 +12,17 @@ clipping, AdamW with warm-up + cosine. Every ``checkpoint_every`` steps all rank
 part of the checkpoint and call ``ray.train.report`` (a barrier). ``train.num_workers: 0`` runs the
 same loop in the calling process (Ray Train's local mode) for tests and debugging.
 
-Determinism: the data interface yields the same micro-batches for a given global step, and the
-torch RNG is re-seeded from (seed, step, micro-batch, rank) before every forward pass, so a run
-resumed from a checkpoint replays exactly the steps an uninterrupted run would have taken.
+Determinism: each rank's data stream is a pure function of the config and resumes from the data
+position its checkpoint part stores, and the torch RNG is re-seeded from (seed, step,
+micro-batch, rank) before every forward pass (the mask losses sample points), so a run resumed from
+a checkpoint replays exactly the steps an uninterrupted run would have taken: on CPU, with the same
+number of workers, the final weights are bit-identical (tests/pipelines/test_train_ray.py). On GPU,
+non-deterministic kernels and NCCL reduction order make it close but not bit-exact.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -29,7 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,10 +52,11 @@ from pipelines.checkpoint import (
     stage_checkpoint,
 )
 from pipelines.config import ExperimentConfig, load_experiment
-from pipelines.data import check_sources, worker_batches
+from pipelines.data import check_sources, ensure_synthetic, worker_batches
 from pipelines.deepspeed_config import DistributedSetup, deepspeed_config, resolve_distributed_setup
 from pipelines.fault_injection import ENV_VAR as FAULT_ENV_VAR
 from pipelines.fault_injection import FaultInjection
+from pipelines.held_out import HeldOutBatch
 from pipelines.lr_schedule import warmup_cosine_scheduler
 from pipelines.run_folder import RunFolder
 
@@ -64,32 +67,46 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class TrainResult:
+    """``run_dir``: the run folder; ``checkpoint_path``: its final checkpoint; ``run_id``: the
+    MLflow run (None untracked); ``metrics``: those reported with the final checkpoint."""
+
     run_dir: str
-    checkpoint: str | None
-    mlflow_run_id: str | None
+    checkpoint_path: str | None
+    run_id: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
 # ====================================================================================== driver
-def train(cfg: ExperimentConfig, *, resume: str | None = None) -> TrainResult:
-    """Train ``cfg`` to ``train.max_steps``; ``resume`` continues the run in that run folder."""
+def train(
+    cfg: ExperimentConfig,
+    *,
+    resume: str | None = None,
+    callbacks: list[ray.train.UserCallback] | None = None,
+    tags: dict[str, str] | None = None,
+) -> TrainResult:
+    """Train ``cfg`` to ``train.max_steps``; ``resume`` continues the run in that run folder.
+
+    ``callbacks`` go to Ray Train's ``RunConfig`` (``pipelines.tune`` passes Tune's report
+    callback); ``tags`` are added to a new MLflow run (a sweep's ``mlflow.parentRunId``)."""
     cfg = prepare_data(cfg)
     run = RunFolder.existing(resume) if resume else RunFolder.new(cfg)
     if cfg.train.num_workers == 0 and run.local_path is None:
         raise ValueError(f"train.num_workers=0 (local mode) needs a local run folder, not {run.path}")
-    setup = resolve_distributed_setup(cfg.train, gpus_available=_gpus_available(cfg.train.num_workers))
+    setup = resolve_distributed_setup(cfg.train, gpus_available=_gpus_available(cfg))
     previous = run.run_info()
     tracker = tracking.start_run(
         cfg,
         run_name=run.name,
         resume_run_id=previous.get("mlflow_run_id"),
-        tags={"experiment": cfg.name, "preset": cfg.model_config_resolved.preset, "run_dir": run.path},
+        tags={"experiment": cfg.name, "preset": cfg.model_config_resolved.preset, "run_dir": run.path, **(tags or {})},
     )
     tracking_uri = getattr(tracker, "tracking_uri", None)
     try:
         run.record_attempt(cfg, mlflow_run_id=tracker.run_id, tracking_uri=tracking_uri)
         _log_run_start(tracker, cfg, run, resumed=resume is not None)
-        result = _trainer(cfg, run, setup, tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id).fit()
+        result = _trainer(
+            cfg, run, setup, tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, callbacks=callbacks
+        ).fit()
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         raise
@@ -101,7 +118,7 @@ def train(cfg: ExperimentConfig, *, resume: str | None = None) -> TrainResult:
     tracker.log_metrics(final, step=int(metrics.get("step", cfg.train.max_steps)))
     tracker.finish("FINISHED")
     checkpoint = f"{run.path}/{os.path.basename(result.checkpoint.path)}" if result.checkpoint else None
-    return TrainResult(run_dir=run.path, checkpoint=checkpoint, mlflow_run_id=tracker.run_id, metrics=metrics)
+    return TrainResult(run_dir=run.path, checkpoint_path=checkpoint, run_id=tracker.run_id, metrics=metrics)
 
 
 def prepare_data(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -112,21 +129,40 @@ def prepare_data(cfg: ExperimentConfig) -> ExperimentConfig:
     sources = [s.model_copy(update={"root": cfg.absolute(s.root)}) for s in data.sources]
     eval_sources = [s.model_copy(update={"root": cfg.absolute(s.root)}) for s in data.eval_sources]
     synthetic = data.synthetic.model_copy(update={"out": cfg.absolute(data.synthetic.out)})
-    if synthetic.enabled and not Path(synthetic.out, "manifest.json").exists():
-        from salma.data.synthetic import write_synthetic
-
-        write_synthetic(synthetic.out, seed=synthetic.seed, size=synthetic.size)
     data = data.model_copy(update={"sources": sources, "eval_sources": eval_sources, "synthetic": synthetic})
+    cfg = cfg.model_copy(update={"data": data, "workdir": cfg.absolute(cfg.workdir)})
+    ensure_synthetic(cfg)
     check_sources(data)
-    return cfg.model_copy(update={"data": data, "workdir": cfg.absolute(cfg.workdir)})
+    return cfg
 
 
-def _gpus_available(num_workers: int) -> bool:
-    if num_workers == 0:
+def _gpus_available(cfg: ExperimentConfig) -> bool:
+    if cfg.train.num_workers == 0:
         return torch.cuda.is_available()
-    if not ray.is_initialized():
+    started_here = not ray.is_initialized()
+    if started_here:
         ray.init()  # $RAY_ADDRESS when set (a job on a cluster), else a local Ray
+    _check_cpu_budget(cfg, local=started_here and not os.environ.get("RAY_ADDRESS"))
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _check_cpu_budget(cfg: ExperimentConfig, *, local: bool) -> None:
+    """Each worker decodes its data with Ray Data tasks beside the train workers: if the workers
+    reserve every CPU, those tasks never run and training waits forever. Fail fast on a local Ray
+    (it cannot grow); only warn on a cluster, whose autoscaler may still add nodes."""
+    total = ray.cluster_resources().get("CPU", 0.0)
+    needed = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.data.cpus_per_task
+    if total >= needed:
+        return
+    message = (
+        f"the Ray cluster has {total:g} CPUs, but {cfg.train.num_workers} train workers x "
+        f"train.cpus_per_worker={cfg.train.cpus_per_worker:g} plus data.cpus_per_task="
+        f"{cfg.data.cpus_per_task:g} for decoding need {needed:g}: lower train.cpus_per_worker "
+        "(fractions are fine) or train.num_workers"
+    )
+    if local:
+        raise ValueError(message)
+    logger.warning(message)
 
 
 def _log_run_start(tracker: tracking.Tracker, cfg: ExperimentConfig, run: RunFolder, *, resumed: bool) -> None:
@@ -140,7 +176,13 @@ def _log_run_start(tracker: tracking.Tracker, cfg: ExperimentConfig, run: RunFol
 
 
 def _trainer(
-    cfg: ExperimentConfig, run: RunFolder, setup: DistributedSetup, *, tracking_uri: str | None, mlflow_run_id: str | None
+    cfg: ExperimentConfig,
+    run: RunFolder,
+    setup: DistributedSetup,
+    *,
+    tracking_uri: str | None,
+    mlflow_run_id: str | None,
+    callbacks: list[ray.train.UserCallback] | None = None,
 ) -> TorchTrainer:
     t = cfg.train
     resume_from = find_latest_checkpoint(run.local_path) if run.local_path else None
@@ -171,6 +213,7 @@ def _trainer(
             ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             worker_runtime_env={"env_vars": {FAULT_ENV_VAR: fault}} if fault else None,
+            callbacks=callbacks,
         ),
     )
 
@@ -192,6 +235,7 @@ class _Worker:
     staging_root: str
     local_run_dir: str | None
     fault: FaultInjection | None
+    held_out: HeldOutBatch | None = None
 
     @property
     def local_mode(self) -> bool:
@@ -214,11 +258,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             _run_steps(worker, batches, start_step)
             _write_bad_records(worker, batches)
         finally:
-            # The stream holds a Ray Data iterator inside a reference cycle: release it now, while
-            # Ray is up; collected at interpreter exit it would try to reconnect to a Ray that is
-            # gone (an error in local mode, a hang in a plain process).
-            del batches
-            gc.collect()
+            batches.close()  # stop the Ray Data stream while Ray is still up, not at exit
+    # Every staged part has been published; another rank may still be removing its own.
+    with suppress(OSError):  # not empty (another rank), or already gone
+        os.rmdir(worker.staging_root)
 
 
 @contextmanager
@@ -265,6 +308,7 @@ def _setup_worker(
         cfg=cfg, setup=setup, rank=rank, world_size=world_size, engine=engine, scheduler=scheduler,
         trainable=trainable, reshaped_scalars=reshaped, tracker=tracker, staging_root=staging_root,
         local_run_dir=local_run_dir, fault=FaultInjection.from_env(),
+        held_out=HeldOutBatch.from_config(cfg, tokenizer=engine.module.tokenizer),
     )
 
 
@@ -352,12 +396,15 @@ def _run_steps(worker: _Worker, batches: Iterator, start_step: int) -> None:
             "step": done, "lr": lr, **schedules, **window.means(), "steps_per_s": throughput.rate(),
             "data/skipped_records": float(batches.bad.skipped),
         }
+        report = done % t.checkpoint_every == 0 or done == t.max_steps
+        if report and worker.held_out is not None:
+            metrics.update(worker.held_out.losses(worker.engine, dtype=dtype))  # see pipelines.held_out
         if done % t.log_every == 0 or done == t.max_steps:
             worker.tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=done)
             window = _MetricWindow()
             if worker.rank == 0:
                 logger.info("step %d/%d loss %.4f lr %.3g", done, t.max_steps, metrics["loss/total"], lr)
-        if done % t.checkpoint_every == 0 or done == t.max_steps:
+        if report:
             _checkpoint_and_report(worker, done, metrics, data_position=batches.position)
 
 

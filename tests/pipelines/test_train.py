@@ -45,24 +45,24 @@ def reference_run(ray_cluster, tiny_experiment, tmp_path_factory):
 
 def test_tiny_run_writes_a_loadable_checkpoint_and_tracks_every_loss_term(reference_run):
     cfg, result = reference_run
-    assert result.checkpoint == os.path.join(result.run_dir, "checkpoint_000004")
+    assert result.checkpoint_path == os.path.join(result.run_dir, "checkpoint_000004")
     assert sorted(p for p in os.listdir(result.run_dir) if p.startswith("checkpoint_")) == [
         "checkpoint_000002", "checkpoint_000004",
     ]
     assert result.metrics["step"] == 4
     assert all(math.isfinite(result.metrics[f"loss/{term}"]) for term in LOSS_TERMS)
 
-    info = read_checkpoint(result.checkpoint)
+    info = read_checkpoint(result.checkpoint_path)
     assert (info.step, info.world_size) == (4, 1)
     assert info.rank_states == [{"data_position": 4}]  # 4 steps x 1 sample
     assert info.reshaped_scalars == ["mba.gamma"]
     from salma.builder import build_salma
 
     model = build_salma(cfg.model_config_resolved)
-    model.load_state_dict(load_model_state(result.checkpoint))  # strict: every key, every shape
+    model.load_state_dict(load_model_state(result.checkpoint_path))  # strict: every key, every shape
 
     client = _mlflow(cfg)
-    run = client.get_run(result.mlflow_run_id)
+    run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["preset"] == "tiny" and run.data.tags["experiment"] == "tiny"
     assert run.data.tags["hw.world_size"] == "1" and run.data.tags["hw.precision"] == "fp32"
@@ -88,7 +88,7 @@ def test_resume_after_a_failure_replays_the_same_steps(reference_run, tiny_exper
 
     assert main(["--resume", run_dir]) == 0  # the config comes from the run folder
     final = os.path.join(run_dir, "checkpoint_000004")
-    assert_same_weights(final, reference.checkpoint)
+    assert_same_weights(final, reference.checkpoint_path)
 
     client = _mlflow(cfg)
     (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
@@ -97,7 +97,7 @@ def test_resume_after_a_failure_replays_the_same_steps(reference_run, tiny_exper
     # matches the uninterrupted run.
     history = client.get_metric_history(run.info.run_id, "loss/total")
     assert [m.step for m in history] == [1, 2, 3, 3, 4]
-    reference_history = _mlflow(ref_cfg).get_metric_history(reference.mlflow_run_id, "loss/total")
+    reference_history = _mlflow(ref_cfg).get_metric_history(reference.run_id, "loss/total")
     assert [m.value for m in history[3:]] == [m.value for m in reference_history[2:]]
     assert history[2].value == history[3].value
 
@@ -115,9 +115,9 @@ def test_failure_while_writing_a_checkpoint_leaves_nothing_readable_behind(
     assert os.listdir(os.path.join(run_dir, ".staging")) == ["checkpoint_000004.rank0.partial"]
 
     result = train(cfg, resume=run_dir)
-    assert result.checkpoint == os.path.join(run_dir, "checkpoint_000004")
-    assert_same_weights(result.checkpoint, reference.checkpoint)
-    assert os.listdir(os.path.join(run_dir, ".staging")) == []
+    assert result.checkpoint_path == os.path.join(run_dir, "checkpoint_000004")
+    assert_same_weights(result.checkpoint_path, reference.checkpoint_path)
+    assert not os.path.exists(os.path.join(run_dir, ".staging"))  # the stale part cleared, then the folder
 
 
 def test_resume_needs_a_run_folder(tmp_path):

@@ -46,14 +46,14 @@ def test_two_workers_train_and_checkpoint(uninterrupted):
     cfg, result = uninterrupted
     assert result.metrics["step"] == 4
     assert all(math.isfinite(result.metrics[f"loss/{term}"]) for term in LOSS_TERMS)
-    info = read_checkpoint(result.checkpoint)
+    info = read_checkpoint(result.checkpoint_path)
     assert (info.step, info.world_size) == (4, 2)
     assert info.rank_states == [{"data_position": 4}, {"data_position": 4}]
     assert sorted(p for p in os.listdir(result.run_dir) if p.startswith("checkpoint_0")) == [
         "checkpoint_000002", "checkpoint_000004",
     ]
     (run,) = _runs(cfg)
-    assert run.info.run_id == result.mlflow_run_id and run.info.status == "FINISHED"
+    assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
     assert run.data.tags["hw.world_size"] == "2" and run.data.tags["hw.backend"] == "gloo"
     assert [step for step, _ in _history(cfg, run.info.run_id, "loss/total")] == [1, 2, 3, 4]
 
@@ -70,7 +70,7 @@ def test_killed_worker_is_restarted_from_the_checkpoint_and_ends_bit_identical(
     result = train(cfg)
     assert marker.exists(), "the fault did not fire"
     assert result.metrics["step"] == 4
-    assert_same_weights(result.checkpoint, reference.checkpoint)
+    assert_same_weights(result.checkpoint_path, reference.checkpoint_path)
 
     (run,) = _runs(cfg)  # the restart logged into the same MLflow run
     history = _history(cfg, run.info.run_id, "loss/total")
@@ -78,7 +78,7 @@ def test_killed_worker_is_restarted_from_the_checkpoint_and_ends_bit_identical(
     # 2; the replayed step 3 is identical, and the sequence of applied steps equals the reference.
     assert [step for step, _ in history] == [1, 2, 3, 3, 4]
     assert history[2][1] == history[3][1]
-    assert [v for _, v in history[:2] + history[3:]] == [v for _, v in _history(ref_cfg, reference.mlflow_run_id, "loss/total")]
+    assert [v for _, v in history[:2] + history[3:]] == [v for _, v in _history(ref_cfg, reference.run_id, "loss/total")]
 
 
 def test_resume_relaunches_a_failed_run_under_its_name(uninterrupted, tiny_experiment, tmp_path, monkeypatch):
@@ -91,6 +91,17 @@ def test_resume_relaunches_a_failed_run_under_its_name(uninterrupted, tiny_exper
     (run_dir,) = [p.path for p in os.scandir(tmp_path / "runs") if p.name.startswith("tiny-")]
     result = train(cfg, resume=run_dir)
     assert result.run_dir == run_dir
-    assert_same_weights(result.checkpoint, reference.checkpoint)
+    assert_same_weights(result.checkpoint_path, reference.checkpoint_path)
     (run,) = _runs(cfg)
     assert run.info.status == "FINISHED"
+
+
+def test_a_worker_group_that_cannot_start_fails_after_bounded_retries(ray_cluster, tiny_experiment, tmp_path, monkeypatch):
+    # 2 workers x 3 CPUs never fit the 4-CPU test cluster: each start attempt times out after 2 s,
+    # and after train.startup_retries=1 retry the run fails instead of waiting forever.
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "2")
+    cfg = tiny_experiment(tmp_path, "train.num_workers=2", "train.cpus_per_worker=3", "train.startup_retries=1")
+    with pytest.raises(ray.train.ControllerError):
+        train(cfg)
+    (run,) = _runs(cfg)
+    assert run.info.status == "FAILED"
