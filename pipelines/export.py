@@ -16,7 +16,7 @@ from pathlib import Path
 from pipelines.checkpoint import InvalidCheckpointError, find_latest_checkpoint, load_model_state, read_checkpoint
 from salma.builder import build_salma
 from salma.config import SalmaConfig
-from salma.export import export_model
+from salma.export import check_weights, export_model
 from salma.model import SalmaModel
 
 logger = logging.getLogger(__name__)
@@ -29,16 +29,13 @@ def load_checkpoint_model(path: str | Path) -> SalmaModel:
     model = build_salma(config)
     state = load_model_state(path)
     own = model.state_dict()
-    unexpected = sorted(set(state) - set(own))
-    missing = sorted(set(info.trainable_parameters) - set(state))
-    if unexpected or missing:
-        raise InvalidCheckpointError(
-            f"{path}: weights do not fit the model: {len(missing)} trained parameters missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
-    for key, value in state.items():
-        if own[key].shape != value.shape:
-            raise InvalidCheckpointError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}")
+    # Every trained parameter must be there; frozen ones may be present (they come from the
+    # pretrained model otherwise); nothing unknown.
+    expected = set(info.trainable_parameters) | (set(state) & set(own))
+    try:
+        check_weights(state, own, expected=expected, source=str(path))
+    except ValueError as err:
+        raise InvalidCheckpointError(str(err)) from None
     model.load_state_dict(state, strict=False)
     return model
 

@@ -48,18 +48,24 @@ def load_weights(model: torch.nn.Module, path: str | Path, *, expected: set[str]
     the model's), with matching shapes."""
     state = load_file(str(path))
     own = model.state_dict()
-    expected = set(own) if expected is None else expected
+    check_weights(state, own, expected=set(own) if expected is None else expected, source=str(path))
+    model.load_state_dict(state, strict=False)
+
+
+def check_weights(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], *, expected: set[str], source: str) -> None:
+    """Raise ValueError unless ``state`` holds exactly the ``expected`` keys (minus
+    ``STRICT_ALLOW_MISSING``), each with the shape the model (``own``) has."""
     missing = sorted(expected - set(state) - STRICT_ALLOW_MISSING)
-    unexpected = sorted(set(state) - expected)
+    unexpected = sorted(set(state) - set(own))
+    unexpected += sorted(k for k in set(state) & set(own) if k not in expected)
     if missing or unexpected:
         raise ValueError(
-            f"{path}: weights do not match the model: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{source}: weights do not match the model: {len(missing)} missing (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     for key, value in state.items():
         if own[key].shape != value.shape:
-            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
-    model.load_state_dict(state, strict=False)
+            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
 
 
 def export_model(model: SalmaModel, out_dir: str | Path) -> Path:
