@@ -57,16 +57,16 @@ def quickstart(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | 
     export_dir = Path(result.run_dir) / "export"
     export_checkpoint(result.checkpoint_path, export_dir)
     sources = cfg.data.eval_sources
+    uri = tracking_uri(cfg)
     metrics = evaluate_model(
         str(export_dir),
         sources,
         Path(result.run_dir) / "eval",
         num_actors=cfg.eval.num_actors,
         run_id=result.run_id,
-        tracking_uri=tracking_uri(cfg),
+        tracking_uri=uri,
     )
     total_s = time.perf_counter() - start
-    uri = tracking_uri(cfg)
     print("\n" + results_table(metrics, [s.name for s in sources]))
     print(f"\ntrained in {train_s / 60:.1f} min, total {total_s / 60:.1f} min")
     print(f"MLflow run: {result.run_id}  (tracking URI {uri})")

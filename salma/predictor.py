@@ -129,7 +129,7 @@ class SalmaPredictor:
             return Prediction(answer=answer, masks=[], key_frames=keys)
         num_segs = seg_hidden.shape[0]
         prompts = model.seg_projector(seg_hidden)  # (S, C)
-        expr = torch.tensor([p for p in encoded.expression_positions[0]] or [-1], device=self.device)
+        expr = torch.tensor(encoded.expression_positions[0] or [-1], device=self.device)
         language, language_mask = model.language_tokens(
             prompts, out.hidden_states, torch.zeros(num_segs, dtype=torch.long, device=self.device),
             expr[None].expand(num_segs, -1),

@@ -87,7 +87,7 @@ def encode_example(
         gt = np.zeros((0, len(frames), g.sam_size, g.sam_size), dtype=bool)
     # One row per object: referring rounds carry one expression each; a grounded caption has
     # several [SEG]s in one answer and no expression in the prompt (all -1 rows).
-    expr = [p for p in encoded.expression_positions[:num_objects]]
+    expr = encoded.expression_positions[:num_objects]
     expr += [[] for _ in range(num_objects - len(expr))]
     width = max((len(p) for p in expr), default=0)
     expr_positions = np.full((num_objects, width), -1, dtype=np.int64)
