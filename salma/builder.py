@@ -105,6 +105,8 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
             tmc=loss.tmc_weight,
             tmc_temperature=loss.tmc_temperature,
             boundary=loss.boundary_weight,
+            mask_selection=loss.mask_selection,
+            iou=loss.iou_weight,
             aux_warmup_fraction=loss.aux_warmup_fraction,
             gamma_warmup_fraction=loss.gamma_warmup_fraction,
         ),

@@ -161,6 +161,11 @@ class LossConfig(_Strict):
     tmc_weight: float = 0.1
     tmc_temperature: float = 0.15
     boundary_weight: float = 0.05
+    # Which multimask candidate the mask loss supervises (see SalmaModel._mask_terms):
+    # "predicted_iou" as Sa2VA (the IoU head's choice, the head untrained), "min_loss" as SAM-2's
+    # own training (the best candidate, plus an L1 IoU-head loss weighted by iou_weight).
+    mask_selection: Literal["predicted_iou", "min_loss"] = "predicted_iou"
+    iou_weight: float = 1.0
     aux_warmup_fraction: float = 0.2
     gamma_warmup_fraction: float = 0.1
 

@@ -119,6 +119,46 @@ def sample_uncertain_points(
     return torch.cat([uncertain, random], dim=1)  # (P, K, 2)
 
 
+def mask_bce_dice_per_mask(
+    pred_logits: torch.Tensor,
+    gt: torch.Tensor,
+    *,
+    num_points: int = NUM_MASK_POINTS,
+    oversample_ratio: float = OVERSAMPLE_RATIO,
+    importance_sample_ratio: float = IMPORTANCE_SAMPLE_RATIO,
+    dice_eps: float = DICE_EPS,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unweighted point-sampled BCE and Dice of each mask.
+
+    Points are chosen on the prediction (``sample_uncertain_points``, no gradient); the ground
+    truth is sampled bilinearly at the same normalised coordinates, so it may have a different
+    resolution from the prediction. Dice is mmdet's "naive" Dice per mask,
+    ``1 - (2·Σpg + eps) / (Σp + Σg + eps)``, as Sa2VA uses it; BCE is the mean over a mask's
+    points. Computed in float32.
+
+    Args:
+        pred_logits: (P, H, W) mask logits.
+        gt: (P, Hg, Wg) ground truth, bool or float in [0, 1].
+
+    Returns:
+        ``(bce, dice)``, each (P,).
+    """
+    pred = pred_logits.float().unsqueeze(1)  # (P, 1, H, W)
+    target = gt.to(device=pred.device, dtype=torch.float32).unsqueeze(1)  # (P, 1, Hg, Wg)
+    coords = sample_uncertain_points(
+        pred, num_points, oversample_ratio, importance_sample_ratio, generator=generator
+    )  # (P, K, 2)
+    point_gt = point_sample(target, coords).squeeze(1)  # (P, K)
+    point_logits = point_sample(pred, coords).squeeze(1)  # (P, K)
+    bce = F.binary_cross_entropy_with_logits(point_logits, point_gt, reduction="none").mean(dim=1)
+    prob = point_logits.sigmoid()
+    intersection = (prob * point_gt).sum(dim=1)  # (P,)
+    total = prob.sum(dim=1) + point_gt.sum(dim=1)  # (P,)
+    dice = 1.0 - (2.0 * intersection + dice_eps) / (total + dice_eps)  # (P,)
+    return bce, dice
+
+
 def mask_bce_dice_loss(
     pred_logits: torch.Tensor,
     gt: torch.Tensor,
@@ -132,14 +172,8 @@ def mask_bce_dice_loss(
     dice_eps: float = DICE_EPS,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Point-sampled sigmoid BCE and Dice between predicted mask logits and ground truth.
-
-    Points are chosen on the prediction (``sample_uncertain_points``, no gradient); the ground
-    truth is sampled bilinearly at the same normalised coordinates, so it may have a different
-    resolution from the prediction. Dice is mmdet's "naive" Dice per mask,
-    ``1 - (2·Σpg + eps) / (Σp + Σg + eps)``, as Sa2VA uses it; BCE is the mean over a mask's
-    points.
-    Both are averaged over pairs as ``Σ w·l / Σ w``. Computed in float32.
+    """Point-sampled sigmoid BCE and Dice (``mask_bce_dice_per_mask``), averaged over pairs as
+    ``Σ w·l / Σ w``.
 
     Args:
         pred_logits: (P, H, W) mask logits.
@@ -153,25 +187,104 @@ def mask_bce_dice_loss(
     if pred_logits.shape[0] == 0:
         zero = pred_logits.float().sum() * 0.0
         return {"mask_bce": zero, "mask_dice": zero}
-    pred = pred_logits.float().unsqueeze(1)  # (P, 1, H, W)
-    target = gt.to(device=pred.device, dtype=torch.float32).unsqueeze(1)  # (P, 1, Hg, Wg)
-    coords = sample_uncertain_points(
-        pred, num_points, oversample_ratio, importance_sample_ratio, generator=generator
-    )  # (P, K, 2)
-    point_gt = point_sample(target, coords).squeeze(1)  # (P, K)
-    point_logits = point_sample(pred, coords).squeeze(1)  # (P, K)
-
-    bce = F.binary_cross_entropy_with_logits(point_logits, point_gt, reduction="none").mean(dim=1)
-    prob = point_logits.sigmoid()
-    intersection = (prob * point_gt).sum(dim=1)  # (P,)
-    total = prob.sum(dim=1) + point_gt.sum(dim=1)  # (P,)
-    dice = 1.0 - (2.0 * intersection + dice_eps) / (total + dice_eps)  # (P,)
-
-    w = weight.to(device=pred.device, dtype=torch.float32)
+    bce, dice = mask_bce_dice_per_mask(
+        pred_logits,
+        gt,
+        num_points=num_points,
+        oversample_ratio=oversample_ratio,
+        importance_sample_ratio=importance_sample_ratio,
+        dice_eps=dice_eps,
+        generator=generator,
+    )
+    w = weight.to(device=bce.device, dtype=torch.float32)
     return {
         "mask_bce": bce_weight * _weighted_mean(bce, w),
         "mask_dice": dice_weight * _weighted_mean(dice, w),
     }
+
+
+def min_loss_multimask_loss(
+    pred_logits: torch.Tensor,
+    gt: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    num_points: int = NUM_MASK_POINTS,
+    oversample_ratio: float = OVERSAMPLE_RATIO,
+    importance_sample_ratio: float = IMPORTANCE_SAMPLE_RATIO,
+    bce_weight: float = MASK_BCE_WEIGHT,
+    dice_weight: float = MASK_DICE_WEIGHT,
+    dice_eps: float = DICE_EPS,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Mask loss of the best of M candidate masks per pair (SAM / SAM-2's multimask training).
+
+    Each candidate gets the weighted BCE + Dice of ``mask_bce_dice_per_mask``; only the candidate
+    with the lowest loss is back-propagated (the choice itself carries no gradient), so each mask
+    token specialises instead of every token being pulled towards the same target. This is how
+    SAM-2 trains its multimask outputs (``training/loss_fns.py``: loss of the ``argmin`` candidate);
+    the IoU head learns which candidate to pick at inference (``iou_prediction_loss``).
+
+    Args:
+        pred_logits: (P, M, H, W) candidate mask logits.
+        gt: (P, Hg, Wg) ground truth.
+        weight: (P,) per-pair weight.
+
+    Returns:
+        (``{"mask_bce", "mask_dice"}`` of the chosen candidates, weighted as
+        ``mask_bce_dice_loss``; ``chosen``: (P,) the index of each pair's chosen candidate).
+    """
+    p, m = pred_logits.shape[:2]
+    if p == 0:
+        zero = pred_logits.float().sum() * 0.0
+        return {"mask_bce": zero, "mask_dice": zero}, torch.zeros(0, dtype=torch.long, device=pred_logits.device)
+    repeated_gt = gt.unsqueeze(1).expand(-1, m, *gt.shape[-2:]).flatten(0, 1)  # (P·M, Hg, Wg)
+    bce, dice = mask_bce_dice_per_mask(
+        pred_logits.flatten(0, 1),
+        repeated_gt,
+        num_points=num_points,
+        oversample_ratio=oversample_ratio,
+        importance_sample_ratio=importance_sample_ratio,
+        dice_eps=dice_eps,
+        generator=generator,
+    )
+    bce, dice = bce.view(p, m), dice.view(p, m)  # (P, M)
+    chosen = (bce_weight * bce + dice_weight * dice).detach().argmin(dim=1)  # (P,)
+    rows = torch.arange(p, device=chosen.device)
+    w = weight.to(device=bce.device, dtype=torch.float32)
+    return {
+        "mask_bce": bce_weight * _weighted_mean(bce[rows, chosen], w),
+        "mask_dice": dice_weight * _weighted_mean(dice[rows, chosen], w),
+    }, chosen
+
+
+def iou_prediction_loss(
+    pred_iou: torch.Tensor, pred_logits: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """L1 between the decoder's predicted IoU of each candidate and its actual IoU.
+
+    The actual IoU compares the binarised candidate (logit > 0) with the ground truth resized to
+    the candidate's resolution (area averaging, then > 0.5); two empty masks have IoU 1. SAM-2
+    trains its IoU head the same way (L1 on the candidates' IoUs, ``iou_use_l1_loss``).
+
+    Args:
+        pred_iou: (P, M) predicted IoUs.
+        pred_logits: (P, M, H, W) candidate mask logits (no gradient flows through the target).
+        gt: (P, Hg, Wg) ground truth.
+        weight: (P,) per-pair weight.
+
+    Returns:
+        Scalar ``Σ_p w_p·mean_m |iou_pm − IoU_pm| / Σ w``.
+    """
+    if pred_iou.shape[0] == 0:
+        return pred_iou.float().sum() * 0.0
+    with torch.no_grad():
+        target = _resize_masks(gt.float(), pred_logits.shape[-2:]) > 0.5  # (P, H, W)
+        pred = pred_logits > 0  # (P, M, H, W)
+        inter = (pred & target[:, None]).flatten(2).sum(-1).float()  # (P, M)
+        union = (pred | target[:, None]).flatten(2).sum(-1).float()
+        actual = torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
+    per_pair = (pred_iou.float() - actual).abs().mean(dim=1)  # (P,)
+    return _weighted_mean(per_pair, weight.to(device=per_pair.device, dtype=torch.float32))
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,8 @@ class LossWeights:
     tmc: float = 0.1
     tmc_temperature: float = 0.15
     boundary: float = 0.05
+    mask_selection: str = "predicted_iou"
+    iou: float = 1.0
     aux_warmup_fraction: float = 0.2
     gamma_warmup_fraction: float = 0.1
 
@@ -37,8 +39,10 @@ class LossWeights:
 class SegmentationOutput:
     """What one language-conditioned decode produced for a set of (object, frame) pairs."""
 
-    mask_logits: torch.Tensor  # (P, 1, 4h, 4w)
+    mask_logits: torch.Tensor  # (P, 1, 4h, 4w) the candidate with the highest predicted IoU
     iou: torch.Tensor  # (P,)
+    multimasks: torch.Tensor  # (P, M, 4h, 4w) every candidate
+    ious: torch.Tensor  # (P, M) their predicted IoUs
     object_score: torch.Tensor  # (P, 1)
     features_before: torch.Tensor  # (P, C, h, w) stride-16 map before MBA
     prior: torch.Tensor | None  # (P, 1, h, w) pre-pass logits, None without MBA
@@ -163,6 +167,8 @@ class SalmaModel(nn.Module):
         return SegmentationOutput(
             mask_logits=out.masks,
             iou=out.iou,
+            multimasks=out.multimasks,
+            ious=out.ious,
             object_score=out.object_score,
             features_before=visual,
             prior=prior,
@@ -194,30 +200,19 @@ class SalmaModel(nn.Module):
                 features, priors, language, language_mask, batch.pair_object_index, batch.pair_frame_index
             )
             size = batch.gt_masks.shape[-2:]
-            pred = self.sam.upscale(seg.mask_logits, size)[:, 0]  # (P, S, S)
             gt = batch.gt_masks.float()
-            terms.update(
-                losses.mask_bce_dice_loss(
-                    pred,
-                    gt,
-                    batch.mask_weight,
-                    num_points=w.num_points,
-                    oversample_ratio=w.oversample_ratio,
-                    importance_sample_ratio=w.importance_sample_ratio,
-                    bce_weight=w.bce,
-                    dice_weight=w.dice,
-                    dice_eps=w.dice_eps,
-                )
-            )
-            terms["boundary"] = w.boundary * losses.boundary_loss(seg.mask_logits[:, 0], gt, batch.mask_weight)
+            mask_logits, mask_terms = self._mask_terms(seg, gt, batch.mask_weight, size)
+            terms.update(mask_terms)
+            terms["boundary"] = w.boundary * losses.boundary_loss(mask_logits, gt, batch.mask_weight)
             terms["tmc"] = w.tmc * self._tmc(seg_prompts, seg, gt, batch)
         else:
-            for name in ("mask_bce", "mask_dice", "boundary", "tmc"):
+            for name in ("mask_bce", "mask_dice", "iou", "boundary", "tmc"):
                 terms[name] = zero
         total = (
             w.lm * terms["lm"]
             + terms["mask_bce"]
             + terms["mask_dice"]
+            + terms["iou"]
             + self.aux_scale * (terms["tmc"] + terms["boundary"])
         )
         # Every trainable parameter takes part in the graph, with zero weight where the batch did
@@ -226,6 +221,39 @@ class SalmaModel(nn.Module):
         total = total + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
         terms["total"] = total
         return terms
+
+    def _mask_terms(
+        self, seg: SegmentationOutput, gt: torch.Tensor, weight: torch.Tensor, size: torch.Size
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """BCE/Dice (and the IoU-head loss) of the supervised candidate of each pair; returns that
+        candidate's low-resolution logits (P, 4h, 4w) and the terms.
+
+        ``predicted_iou`` (Sa2VA): the candidate the IoU head ranks first, as at inference; the
+        IoU head itself is not trained (``iou`` is 0). ``min_loss`` (SAM-2's own multimask
+        training): the candidate with the lowest mask loss, plus an L1 loss that teaches the IoU
+        head to rank the candidates, so that inference's highest-predicted-IoU choice picks the
+        right one.
+        """
+        w = self.loss_weights
+        point_args = dict(
+            num_points=w.num_points,
+            oversample_ratio=w.oversample_ratio,
+            importance_sample_ratio=w.importance_sample_ratio,
+            bce_weight=w.bce,
+            dice_weight=w.dice,
+            dice_eps=w.dice_eps,
+        )
+        if w.mask_selection == "min_loss":
+            p, m = seg.multimasks.shape[:2]
+            candidates = self.sam.upscale(seg.multimasks.flatten(0, 1)[:, None], size).view(p, m, *size)
+            terms, chosen = losses.min_loss_multimask_loss(candidates, gt, weight, **point_args)
+            terms["iou"] = w.iou * losses.iou_prediction_loss(seg.ious, seg.multimasks, gt, weight)
+            rows = torch.arange(p, device=chosen.device)
+            return seg.multimasks[rows, chosen], terms
+        pred = self.sam.upscale(seg.mask_logits, size)[:, 0]  # (P, S, S)
+        terms = losses.mask_bce_dice_loss(pred, gt, weight, **point_args)
+        terms["iou"] = seg.ious.sum() * 0.0
+        return seg.mask_logits[:, 0], terms
 
     def _tmc(self, seg_prompts: torch.Tensor, seg: SegmentationOutput, gt: torch.Tensor, batch: SalmaBatch) -> torch.Tensor:
         """Text–mask contrast on one supervised, non-empty frame per object (its first)."""

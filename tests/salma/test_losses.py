@@ -17,9 +17,11 @@ from salma.losses import (
     TMC_TEMPERATURE,
     TMC_WEIGHT,
     boundary_loss,
+    iou_prediction_loss,
     linear_ramp,
     lm_loss,
     mask_bce_dice_loss,
+    min_loss_multimask_loss,
     point_sample,
     sample_uncertain_points,
     text_mask_contrastive_loss,
@@ -160,6 +162,56 @@ def test_mask_loss_gradients_are_finite_with_bool_gt() -> None:
     losses = mask_bce_dice_loss(pred, gt, torch.ones(2), num_points=100)
     (losses["mask_bce"] + losses["mask_dice"]).backward()
     assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+
+
+def test_min_loss_selection_supervises_only_the_best_candidate() -> None:
+    gt = _square_masks(2)
+    # Pair 0: candidate 2 is the right mask; pair 1: candidate 0. The others are wrong.
+    right = _saturated_logits(gt)
+    wrong = _saturated_logits(gt.flip(-1))
+    candidates = torch.stack(
+        [torch.stack([wrong[0], wrong[0], right[0]]), torch.stack([right[1], wrong[1], wrong[1]])]
+    ).requires_grad_(True)  # (P=2, M=3, H, W)
+    g = torch.Generator().manual_seed(0)
+    terms, chosen = min_loss_multimask_loss(candidates, gt, torch.ones(2), num_points=128, generator=g)
+    assert chosen.tolist() == [2, 0]
+    # The chosen candidates are the perfect ones: far below a wrong prediction's loss (not 0:
+    # points near the boundary see a blended target, see above).
+    wrong_terms = mask_bce_dice_loss(wrong, gt, torch.ones(2), num_points=128)
+    assert terms["mask_dice"] < 0.25 * wrong_terms["mask_dice"]
+    assert terms["mask_bce"] < 0.25 * wrong_terms["mask_bce"]
+    (terms["mask_bce"] + terms["mask_dice"]).backward()
+    grad_per_candidate = candidates.grad.abs().flatten(2).sum(-1)  # (P, M)
+    assert (grad_per_candidate[0, :2] == 0).all() and grad_per_candidate[0, 2] > 0
+    assert (grad_per_candidate[1, 1:] == 0).all() and grad_per_candidate[1, 0] > 0
+
+
+def test_min_loss_selection_with_no_pairs() -> None:
+    terms, chosen = min_loss_multimask_loss(torch.zeros(0, 3, 8, 8), torch.zeros(0, 8, 8), torch.zeros(0))
+    assert terms["mask_bce"].item() == 0.0 and chosen.numel() == 0
+
+
+def test_iou_prediction_loss_hand_computed() -> None:
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    gt[0, :4] = True  # top half: 32 pixels
+    logits = torch.full((1, 2, 4, 4), -5.0)
+    logits[0, 0, :2] = 5.0  # the top half at half resolution: IoU 1
+    logits[0, 1, :1] = 5.0  # the top quarter: IoU 4 / 8 = 0.5
+    pred_iou = torch.tensor([[0.75, 0.5]], requires_grad=True)
+    loss = iou_prediction_loss(pred_iou, logits, gt, torch.ones(1))
+    assert loss.item() == pytest.approx((0.25 + 0.0) / 2)
+    loss.backward()
+    assert pred_iou.grad.tolist() == [[-0.5, 0.0]]  # d|x - 1|/dx / M at x < 1; zero at the exact value
+
+
+def test_iou_prediction_loss_counts_two_empty_masks_as_iou_one_and_respects_weights() -> None:
+    gt = torch.zeros(2, 8, 8, dtype=torch.bool)
+    gt[1, 2:6, 2:6] = True
+    logits = torch.full((2, 1, 8, 8), -5.0)  # both candidates empty
+    pred_iou = torch.tensor([[0.25], [0.9]])
+    # pair 0: empty vs empty → IoU 1, error 0.75; pair 1 (weight 0) is ignored.
+    loss = iou_prediction_loss(pred_iou, logits, gt, torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx(0.75)
 
 
 def test_mask_loss_with_no_pairs_is_zero_in_graph() -> None:

@@ -31,7 +31,7 @@ def test_forward_returns_every_term_and_all_parameters_get_gradients(tiny_model)
     tiny_model.zero_grad()
     tiny_model.set_schedule(5, 10)
     out = tiny_model(batch)
-    assert set(out) == {"lm", "mask_bce", "mask_dice", "boundary", "tmc", "total"}
+    assert set(out) == {"lm", "mask_bce", "mask_dice", "iou", "boundary", "tmc", "total"}
     assert all(torch.isfinite(v) for v in out.values())
     out["total"].backward()
     missing = [n for n, p in tiny_model.named_parameters() if p.requires_grad and p.grad is None]
@@ -118,3 +118,24 @@ def test_salma_1b_architecture_matches_published_sizes():
     n_sam = count_parameters(sam)
     assert abs(n_mllm / 0.938e9 - 1) < 0.02, n_mllm
     assert abs(n_sam / 224.4e6 - 1) < 0.02, n_sam
+
+
+def test_min_loss_selection_trains_the_iou_head_and_reaches_every_parameter():
+    config = tiny_salma_config()
+    config.loss.mask_selection = "min_loss"
+    model = build_salma(config)
+    batch = random_batch(model.config, batch_size=2, num_frames=2)
+    model.set_schedule(5, 10)
+    out = model(batch)
+    assert out["iou"].item() > 0
+    out["total"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    iou_head = model.sam.sam.sam_mask_decoder.iou_prediction_head
+    assert any(p.grad.abs().sum() > 0 for p in iou_head.parameters())
+
+
+def test_predicted_iou_selection_leaves_the_iou_term_at_zero(tiny_model):
+    assert tiny_model.loss_weights.mask_selection == "predicted_iou"
+    out = tiny_model(random_batch(tiny_model.config, batch_size=1, num_frames=1))
+    assert out["iou"].item() == 0.0
