@@ -256,17 +256,19 @@ def check_sources(data: DataConfig) -> dict[str, int]:
 
 def ensure_synthetic(cfg: ExperimentConfig) -> dict | None:
     """Write the synthetic datasets when the config asks for them and they are not there yet
-    (or were written with another seed or size). Returns the manifest, or None if disabled."""
+    (or were written with another seed, size or generator version). Returns the manifest, or None
+    if disabled."""
     syn = cfg.data.synthetic
     if not syn.enabled:
         return None
-    from salma.data.synthetic import write_synthetic
+    from salma.data.synthetic import GENERATOR_VERSION, write_synthetic
 
     out = Path(syn.out).expanduser().resolve()
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("seed") == syn.seed and manifest.get("size") == syn.size:
+        wanted = (syn.seed, syn.size, GENERATOR_VERSION)
+        if (manifest.get("seed"), manifest.get("size"), manifest.get("version")) == wanted:
             return manifest
     logger.info("writing synthetic datasets to %s (seed %d, size %s)", out, syn.seed, syn.size)
     return write_synthetic(out, seed=syn.seed, size=syn.size)

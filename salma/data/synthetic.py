@@ -60,6 +60,9 @@ from salma.data.synthetic_scenes import (
 logger = logging.getLogger(__name__)
 
 GENERATOR = "salma.data.synthetic"
+# Bumped whenever the same seed and size would produce different data (2: larger shapes), so that
+# data written by an older version is regenerated rather than silently reused.
+GENERATOR_VERSION = 2
 SyntheticSize = Literal["small", "medium"]
 _JPEG_QUALITY = 95
 # Sub-stream ids so that each dataset (and each sample) draws from its own random stream.
@@ -109,7 +112,7 @@ def write_synthetic(
         "ref_youtube_vos": _write_ref_youtube_vos(out / "ref_youtube_vos", seed, counts),
         "llava": _write_llava(out / "llava", seed, counts),
     }
-    manifest = {"generator": GENERATOR, "seed": seed, "size": size, "datasets": datasets}
+    manifest = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed, "size": size, "datasets": datasets}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("wrote synthetic datasets to %s in %.1f s", out, time.perf_counter() - started)
     return manifest

@@ -64,6 +64,13 @@ SIZE_RATIO = 1.5  # area of the biggest / area of the second biggest
 POSITION_GAP = 0.15  # fraction of the image side between the two most extreme centres
 
 
+# Shape sizes as fractions of the shorter image side. The lower bound keeps every object at least
+# ~2 cells of the tiny preset's stride-16 map wide: grounding an expression is learned within a
+# CPU budget only when objects cover a few cells (objects of ~1 cell stay at chance, see README).
+OBJECT_SIZE = (0.26, 0.46)
+DRIFT_TARGET_SIZE = (0.2, 0.28)  # the drift distractor is 1.6-2x this
+
+
 @dataclass
 class Shape:
     object_id: int
@@ -318,7 +325,9 @@ def sample_scene(
     side = min(width, height)
     for _attempt in range(200):
         count = int(rng.integers(min_objects, max_objects + 1))
-        objects = _place_objects(rng, count, width, height, side, num_frames, background, drift)
+        # Crowded draws (large shapes, long travel) shrink the shapes a little every 50 attempts.
+        scale = 0.85 ** (_attempt // 50)
+        objects = _place_objects(rng, count, width, height, side * scale, num_frames, background, drift)
         if objects is not None:
             scene = Scene(width, height, background, noise, num_frames, objects, noise_seed)
             if drift:
@@ -335,7 +344,7 @@ def _place_objects(rng, count, width, height, side, num_frames, background, drif
             target = objects[0]
             obj = _drift_distractor(rng, target, width, height, side, num_frames)
         else:
-            size_range = (0.16, 0.24) if drift and index == 0 else (0.18, 0.38)
+            size_range = DRIFT_TARGET_SIZE if drift and index == 0 else OBJECT_SIZE
             obj = _random_shape(rng, index, width, height, side, num_frames, size_range)
             if drift and index == 0:
                 muted = np.asarray(COLORS[obj.color], dtype=np.float32) * 0.7 + np.asarray(background) * 0.3
