@@ -57,8 +57,16 @@ class DataConfig(_Strict):
     max_objects: int = 5
     max_bad_fraction: float = 0.05
     bad_report: str = "bad_records.json"
-    cpus_per_task: float = 0.5  # Ray Data decode tasks; keep CPUs free beside the train workers
+    cpus_per_task: float = 0.5  # per Ray Data decode actor; keep CPUs free beside the train workers
+    encode_actors: int = 1  # Ray Data decode actors per train worker
     seed: int = 0
+
+    @field_validator("encode_actors")
+    @classmethod
+    def _actors(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"data.encode_actors={v} must be >= 1 (decode actors per train worker)")
+        return v
 
     @field_validator("max_bad_fraction")
     @classmethod

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 MIN_ROWS_FOR_THRESHOLD = 20
 ENCODE_BATCH_ROWS = 4
 LOG_EVERY_ROWS = 200
+STREAM_EPOCHS = 4
 
 
 class TooManyBadRecords(RuntimeError):
@@ -128,22 +129,36 @@ def _encoder_state(model_config_json: str):
     return tokenizer, ImageGeometry.from_config(config)
 
 
-def encode_rows(batch: dict[str, np.ndarray], *, model_config_json: str, options: dict, seed: int) -> dict:
-    """Ray Data ``map_batches`` function: records (JSON) → examples (npz bytes) or bad reasons."""
-    tokenizer, geometry = _encoder_state(model_config_json)
-    sampling = SamplingOptions(**options)
-    examples, errors = [], []
-    for text, key in zip(batch["record"], batch["key"]):
-        record = SampleRecord.from_json(str(text))
-        rng = random.Random(f"{seed}:{key}")
-        try:
-            example = sample_example(record, rng=rng, options=sampling, tokenizer=tokenizer, geometry=geometry)
-            examples.append(example_to_bytes(example))
-            errors.append("")
-        except BadRecordError as err:
-            examples.append(b"")
-            errors.append(json.dumps([err.path, err.reason]))
-    return {"example": np.array(examples, dtype=object), "error": np.array(errors, dtype=object)}
+class EncodeRows:
+    """Ray Data ``map_batches`` callable: records (JSON) → examples (npz bytes) or bad reasons.
+
+    A class, run in a small actor pool per rank, rather than a function run as tasks: task
+    workers that sit idle while training applies backpressure are reclaimed by Ray once there are
+    more worker processes than CPUs (always the case beside the train workers on a small
+    machine), and every new task worker re-imports torch, transformers and salma — seconds of CPU
+    each, taken from the train workers. The actor pays that once per epoch.
+    """
+
+    def __init__(self, *, model_config_json: str, options: dict, seed: int):
+        self.tokenizer, self.geometry = _encoder_state(model_config_json)
+        self.sampling = SamplingOptions(**options)
+        self.seed = seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        examples, errors = [], []
+        for text, key in zip(batch["record"], batch["key"]):
+            record = SampleRecord.from_json(str(text))
+            rng = random.Random(f"{self.seed}:{key}")
+            try:
+                example = sample_example(
+                    record, rng=rng, options=self.sampling, tokenizer=self.tokenizer, geometry=self.geometry
+                )
+                examples.append(example_to_bytes(example))
+                errors.append("")
+            except BadRecordError as err:
+                examples.append(b"")
+                errors.append(json.dumps([err.path, err.reason]))
+        return {"example": np.array(examples, dtype=object), "error": np.array(errors, dtype=object)}
 
 
 # --------------------------------------------------------------------------- worker side
@@ -194,12 +209,20 @@ class WorkerBatches:
         started, last_log = time.perf_counter(), 0
         epoch, skip = divmod(self.position, self.rows_per_epoch)
         while True:
-            rows = self._epoch_rows(epoch, skip)
-            logger.info("rank %d: epoch %d, %d rows from position %d", self.rank, epoch, len(rows), skip)
+            # One Dataset (one decode actor pool) streams STREAM_EPOCHS epochs: starting the pool
+            # costs a second or two, which once per epoch showed up as data wait.
+            rows = []
+            for e in range(epoch, epoch + STREAM_EPOCHS):
+                rows += self._epoch_rows(e, skip if e == epoch else 0)
+            logger.info("rank %d: epochs %d-%d, %d rows from position %d of epoch %d",
+                        self.rank, epoch, epoch + STREAM_EPOCHS - 1, len(rows), skip, epoch)
             ds = ray.data.from_items(rows).map_batches(
-                encode_rows,
+                EncodeRows,
                 batch_size=ENCODE_BATCH_ROWS,
-                fn_kwargs=dict(model_config_json=self.model_config_json, options=self.options, seed=self.cfg.data.seed),
+                fn_constructor_kwargs=dict(
+                    model_config_json=self.model_config_json, options=self.options, seed=self.cfg.data.seed
+                ),
+                compute=ray.data.ActorPoolStrategy(size=self.cfg.data.encode_actors),
                 num_cpus=self.cfg.data.cpus_per_task,
             )
             for row in ds.iter_rows():
@@ -208,8 +231,8 @@ class WorkerBatches:
                 if self.bad.rows_seen - last_log >= LOG_EVERY_ROWS:
                     last_log = self.bad.rows_seen
                     rate = self.bad.rows_seen / (time.perf_counter() - started)
-                    logger.info("rank %d data: %d rows (%.1f rows/s), %d skipped, epoch %d",
-                                self.rank, self.bad.rows_seen, rate, self.bad.skipped, epoch)
+                    logger.info("rank %d data: %d rows (%.1f rows/s), %d skipped, epoch %d", self.rank,
+                                self.bad.rows_seen, rate, self.bad.skipped, self.position // self.rows_per_epoch)
                 if row["error"]:
                     path, reason = json.loads(row["error"])
                     self.bad.add(path, reason)
@@ -217,7 +240,7 @@ class WorkerBatches:
                     self.bad.check(self.cfg.data.max_bad_fraction)
                     continue
                 yield example_from_bytes(row["example"])
-            epoch, skip = epoch + 1, 0
+            epoch, skip = epoch + STREAM_EPOCHS, 0
 
     def __iter__(self) -> "WorkerBatches":
         return self

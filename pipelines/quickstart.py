@@ -50,8 +50,10 @@ def quickstart(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | 
     cfg: ExperimentConfig = load_experiment(config_path, overrides)
     ensure_synthetic(cfg)
     if not ray.is_initialized():
-        # Logical CPUs beyond the 2 train workers leave room for Ray Data's decode tasks.
-        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
+        # Logical CPUs beyond the train workers and their decode actors leave room for the
+        # evaluation actors. The dashboard serves the state API that Ray Train's placement-group
+        # cleaner polls (without it, it warns every few seconds); it binds to 127.0.0.1.
+        ray.init(address="local", num_cpus=4, include_dashboard=True, logging_level="WARNING")
     result = train(cfg)
     train_s = time.perf_counter() - start
     export_dir = Path(result.run_dir) / "export"

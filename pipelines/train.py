@@ -147,18 +147,20 @@ def _gpus_available(cfg: ExperimentConfig) -> bool:
 
 
 def _check_cpu_budget(cfg: ExperimentConfig, *, local: bool) -> None:
-    """Each worker decodes its data with Ray Data tasks beside the train workers: if the workers
-    reserve every CPU, those tasks never run and training waits forever. Fail fast on a local Ray
-    (it cannot grow); only warn on a cluster, whose autoscaler may still add nodes."""
+    """Each worker decodes its data in its own Ray Data actor pool beside it: if the workers and
+    those actors need more CPUs than the cluster has, the actors never start and training waits
+    forever. Fail fast on a local Ray (it cannot grow); only warn on a cluster, whose autoscaler
+    may still add nodes."""
     total = ray.cluster_resources().get("CPU", 0.0)
-    needed = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.data.cpus_per_task
+    t, d = cfg.train, cfg.data
+    needed = t.num_workers * (t.cpus_per_worker + d.encode_actors * d.cpus_per_task)
     if total >= needed:
         return
     message = (
-        f"the Ray cluster has {total:g} CPUs, but {cfg.train.num_workers} train workers x "
-        f"train.cpus_per_worker={cfg.train.cpus_per_worker:g} plus data.cpus_per_task="
-        f"{cfg.data.cpus_per_task:g} for decoding need {needed:g}: lower train.cpus_per_worker "
-        "(fractions are fine) or train.num_workers"
+        f"the Ray cluster has {total:g} CPUs, but {t.num_workers} train workers x "
+        f"(train.cpus_per_worker={t.cpus_per_worker:g} + data.encode_actors={d.encode_actors} x "
+        f"data.cpus_per_task={d.cpus_per_task:g} for decoding) need {needed:g}: lower "
+        "train.cpus_per_worker or data.cpus_per_task (fractions are fine), or train.num_workers"
     )
     if local:
         raise ValueError(message)
