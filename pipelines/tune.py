@@ -97,7 +97,8 @@ class SweepSettings(_Strict):
     ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}`` (the last two: random mode only).
     ``variants`` are named points, each a mapping of dotted fields to values, crossed with the
     search space. ``resources_per_trial`` is what the trial's driver function reserves; the train
-    workers reserve their own (``train.num_workers`` x ``train.cpus_per_worker``, GPUs)."""
+    workers reserve their own (``train.num_workers`` x ``train.cpus_per_worker``, GPUs), and each
+    train worker's Ray Data decode actors ``data.encode_actors`` x ``data.cpus_per_task``."""
 
     name: str | None = None
     mode: Literal["grid", "random"] = "grid"
