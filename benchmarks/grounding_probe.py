@@ -68,12 +68,7 @@ def evaluate(model, examples: list[dict], pad_token_id: int) -> dict[str, float]
     for start in range(0, len(examples), 8):
         b = collate(examples[start : start + 8], pad_token_id=pad_token_id)
         out = model.mllm(input_ids=b.input_ids, attention_mask=b.attention_mask, pixel_values=b.pixel_values)
-        prompts = model.seg_projector(model.seg_hidden_states(out.hidden_states, b.input_ids))
-        language, language_mask = model.language_tokens(prompts, out.hidden_states, b.seg_sample_index, b.expr_positions)
-        features = model.encode_frames(b.sam_pixel_values)
-        seg = model.segment(
-            features, model.frame_priors(features), language, language_mask, b.pair_object_index, b.pair_frame_index
-        )
+        _, seg = model.segment_batch(b, out.hidden_states, model.seg_hidden_states(out.hidden_states, b.input_ids))
         pred = model.sam.upscale(seg.mask_logits, b.gt_masks.shape[-2:])[:, 0] > 0  # (P, S, S)
         gt = b.gt_masks.bool()
         i = (pred & gt).flatten(1).sum(1).float()

@@ -176,6 +176,23 @@ class SalmaModel(nn.Module):
             language_change=change,
         )
 
+    def segment_batch(
+        self, batch: SalmaBatch, hidden: torch.Tensor, seg_hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, SegmentationOutput]:
+        """The [SEG] prompts (O, C) of a batch and the language-conditioned decode of its
+        (object, frame) pairs, from the MLLM's last hidden states ``hidden`` (B, L, D) and the
+        states at the [SEG] positions ``seg_hidden`` (O, D)."""
+        seg_prompts = self.seg_projector(seg_hidden)  # (O, C)
+        language, language_mask = self.language_tokens(
+            seg_prompts, hidden, batch.seg_sample_index, batch.expr_positions
+        )
+        features = self.encode_frames(batch.sam_pixel_values)
+        priors = self.frame_priors(features)
+        seg = self.segment(
+            features, priors, language, language_mask, batch.pair_object_index, batch.pair_frame_index
+        )
+        return seg_prompts, seg
+
     # ----------------------------------------------------------------- training forward
     def forward(self, batch: SalmaBatch) -> dict[str, torch.Tensor]:
         w = self.loss_weights
@@ -190,15 +207,7 @@ class SalmaModel(nn.Module):
                 f"batch has {batch.num_objects} objects but {seg_hidden.shape[0]} [SEG] tokens in input_ids"
             )
         if batch.pair_object_index.numel():
-            seg_prompts = self.seg_projector(seg_hidden)  # (O, C)
-            language, language_mask = self.language_tokens(
-                seg_prompts, mllm_out.hidden_states, batch.seg_sample_index, batch.expr_positions
-            )
-            features = self.encode_frames(batch.sam_pixel_values)
-            priors = self.frame_priors(features)
-            seg = self.segment(
-                features, priors, language, language_mask, batch.pair_object_index, batch.pair_frame_index
-            )
+            seg_prompts, seg = self.segment_batch(batch, mllm_out.hidden_states, seg_hidden)
             size = batch.gt_masks.shape[-2:]
             gt = batch.gt_masks.float()
             mask_logits, mask_terms = self._mask_terms(seg, gt, batch.mask_weight, size)
