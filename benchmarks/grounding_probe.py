@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="data/synthetic", help="folder written by `salma data synth`")
     parser.add_argument("--toy", type=int, default=0, help="toy rectangles in a canvas this many times larger (0: off)")
     parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--val-images", type=int, default=0, help="score only the first N val images (0: all)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=400)
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 for i, r in enumerate(records)
             ]
 
-        train_eval, val_eval = encode(train[:60], 0), encode(val, 0)
+        train_eval, val_eval = encode(train[:60], 0), encode(val[: args.val_images or None], 0)
         order: list[int] = []
 
         def draw(step: int) -> list[dict]:

@@ -64,6 +64,7 @@ TRIALS_CSV = "trials.csv"
 SUMMARY_PNG = "summary.png"
 SUMMARY_JSON = "summary.json"
 BEST_YAML = "best.yaml"
+EVAL_FILE = "eval.json"
 TRIALS_DIR = "trials"
 _SEED_FIELDS = ("train.seed", "data.seed", "model.seed")
 _DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform")
@@ -113,6 +114,10 @@ class SweepSettings(_Strict):
     asha: AshaSettings = Field(default_factory=AshaSettings)
     resources_per_trial: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
     max_concurrent_trials: int = 1
+    # Benchmark evaluation of every trial that trains to the end (see ``evaluate_trial``); the
+    # summary reports these eval metrics (matched by suffix) beside ``metric``.
+    evaluate: bool = False
+    eval_columns: list[str] = Field(default_factory=lambda: ["ciou", "giou", "jf", "drift/target_share"])
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSettings":
@@ -126,6 +131,8 @@ class SweepSettings(_Strict):
             raise ValueError("sweep.resources_per_trial values must be >= 0")
         for key, spec in self.search_space.items():
             _check_distribution(key, spec, self.mode)
+        if self.evaluate and not self.eval_columns:
+            raise ValueError("sweep.eval_columns must name at least one metric suffix when sweep.evaluate is true")
         return self
 
 
@@ -240,6 +247,8 @@ def _check_trial(cfg: ExperimentConfig, settings: SweepSettings, where: str) -> 
         )
     if settings.metric.startswith("val/") and not cfg.data.eval_sources:
         raise ValueError(f"{where}: sweep.metric {settings.metric} is the held-out loss; it needs data.eval_sources")
+    if settings.evaluate and not cfg.data.eval_sources:
+        raise ValueError(f"{where}: sweep.evaluate needs data.eval_sources (the splits each trial is scored on)")
     max_t = settings.asha.max_t or cfg.train.max_steps
     if settings.scheduler == "asha" and settings.asha.grace_period > max_t:
         raise ValueError(f"{where}: sweep.asha.grace_period={settings.asha.grace_period} exceeds max_t={max_t} steps")
@@ -346,7 +355,38 @@ def run_trial(config: dict[str, Any], *, context: TrialContext) -> None:
     resume = _unfinished_run(workdir)
     if resume:
         logger.info("trial %s resumes its training run %s", trial_id, resume)
-    train(cfg, resume=resume, callbacks=[TuneReportCallback()], tags=tags)
+    result = train(cfg, resume=resume, callbacks=[TuneReportCallback()], tags=tags)
+    if context.sweep.settings.evaluate:
+        evaluate_trial(cfg, result, workdir)
+
+
+def evaluate_trial(cfg: ExperimentConfig, result, workdir: str) -> dict[str, float]:
+    """Export a finished trial's final checkpoint and score it on ``cfg.data.eval_sources`` with the
+    benchmark metrics (generation, as ``salma evaluate``), in the trial's own process (no predictor
+    actors: the trial's CPUs are already reserved). The scores go onto the trial's MLflow run and
+    into ``<workdir>/eval.json``, which the summary reads. A trial ASHA stops never gets here."""
+    from pipelines.evaluate import evaluate_model
+    from pipelines.export import export_checkpoint
+    from pipelines.tracking import tracking_uri
+
+    if result.checkpoint_path is None:
+        raise RuntimeError(f"trial in {workdir} finished without a checkpoint; nothing to evaluate")
+    started = time.perf_counter()
+    export_dir = Path(result.run_dir) / "export"
+    export_checkpoint(result.checkpoint_path, export_dir)
+    metrics = evaluate_model(
+        str(export_dir), cfg.data.eval_sources, Path(result.run_dir) / "eval", num_actors=0,
+        settings=cfg.eval, run_id=result.run_id, tracking_uri=tracking_uri(cfg) if result.run_id else None,
+    )
+    _write_json_atomic(Path(workdir) / EVAL_FILE, metrics)
+    logger.info("evaluated %s in %.0f s", result.run_dir, time.perf_counter() - started)
+    return metrics
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 def _unfinished_run(workdir: str) -> str | None:
@@ -551,10 +591,11 @@ class TrialOutcome:
     steps: int
     max_steps: int
     status: str
+    eval: dict[str, float] = field(default_factory=dict)  # benchmark scores (sweep.evaluate)
 
 
 def _finish(sweep: Sweep, sweep_dir: str, grid, parent: tracking.Tracker, state: dict[str, Any]) -> TuneResult:
-    outcomes = [_outcome(sweep, r) for r in grid]
+    outcomes = [_outcome(sweep, r, sweep_dir) for r in grid]
     summary = summarize(sweep, outcomes)
     files = write_results(sweep, outcomes, summary, sweep_dir)
     close_stopped_children(state, outcomes)
@@ -576,7 +617,7 @@ def _finish(sweep: Sweep, sweep_dir: str, grid, parent: tracking.Tracker, state:
     )
 
 
-def _outcome(sweep: Sweep, result) -> TrialOutcome:
+def _outcome(sweep: Sweep, result, sweep_dir: str) -> TrialOutcome:
     config = result.config
     configuration = Configuration(**config["configuration"])
     seed = int(config["seed"])
@@ -590,21 +631,37 @@ def _outcome(sweep: Sweep, result) -> TrialOutcome:
         status = "completed"
     else:
         status = "stopped"  # ASHA ended it early
+    trial_id = str(metrics.get("trial_id") or Path(result.path).name)
     return TrialOutcome(
-        trial_id=str(metrics.get("trial_id") or Path(result.path).name), configuration=configuration.label,
+        trial_id=trial_id, configuration=configuration.label,
         seed=seed, metric=float(value) if value is not None else math.nan, steps=steps, max_steps=max_steps,
-        status=status,
+        status=status, eval=_trial_eval(Path(sweep_dir, TRIALS_DIR, trial_id)) if sweep.settings.evaluate else {},
     )
+
+
+def _trial_eval(workdir: Path) -> dict[str, float]:
+    path = workdir / EVAL_FILE
+    if not path.is_file():
+        return {}  # stopped early, failed, or interrupted before its evaluation finished
+    try:
+        return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a JSON object of metric values: {err}") from None
 
 
 def summarize(sweep: Sweep, outcomes: list[TrialOutcome]) -> dict[str, Any]:
     """Per configuration: the metric's mean ± std over seeds (the value each trial last reported,
     so a trial ASHA stopped counts with its value at the step it stopped at), steps run, trials
     stopped early; the best configuration; and the compute accounting."""
+    columns = eval_columns(outcomes, sweep.settings.eval_columns)
     rows = []
     for configuration in sweep.configurations:
         mine = [o for o in outcomes if o.configuration == configuration.label]
         values = [o.metric for o in mine if _finite(o.metric)]
+        scores = {}
+        for column in columns:
+            got = [o.eval[column] for o in mine if _finite(o.eval.get(column))]
+            scores[column] = {"mean": _mean(got), "std": _std(got), "n": len(got)}
         rows.append({
             "configuration": configuration.label,
             "overrides": configuration.overrides,
@@ -614,6 +671,7 @@ def summarize(sweep: Sweep, outcomes: list[TrialOutcome]) -> dict[str, Any]:
             "steps": sum(o.steps for o in mine),
             "stopped": sum(o.status == "stopped" for o in mine),
             "errors": sum(o.status == "error" for o in mine),
+            "eval": scores,
         })
     # Only configurations whose every seed ran to the end can be best: a trial ASHA stopped early
     # was judged worse at its rung, and its early value is not comparable with final ones.
@@ -628,7 +686,21 @@ def summarize(sweep: Sweep, outcomes: list[TrialOutcome]) -> dict[str, Any]:
         "trial_steps": sum(o.steps for o in outcomes),
         "full_grid_steps": sum(o.max_steps for o in outcomes),
         "num_trials": len(outcomes),
+        "eval_columns": columns,
     }
+
+
+def eval_columns(outcomes: list[TrialOutcome], suffixes: list[str]) -> list[str]:
+    """The trials' eval metrics ``eval/<split>/<name>`` whose ``<name>`` is one of ``suffixes``
+    (``ciou``, ``drift/target_share`` …): splits in the order the trials reported them, names
+    within a split in the order of ``suffixes``."""
+    parsed = {}
+    for key in dict.fromkeys(k for o in outcomes for k in o.eval):
+        parts = key.split("/")
+        if len(parts) >= 3 and parts[0] == "eval":
+            parsed[key] = (parts[1], "/".join(parts[2:]))
+    splits = list(dict.fromkeys(split for split, _ in parsed.values()))
+    return [key for split in splits for suffix in suffixes for key, got in parsed.items() if got == (split, suffix)]
 
 
 def _mean(values: list[float]) -> float:
@@ -682,6 +754,23 @@ def _markdown(sweep: Sweep, summary: dict[str, Any]) -> str:
             f"| {r['configuration']}{mark} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {r['seeds']} | {r['steps']} | "
             f"{r['stopped']} | {r['errors']} |"
         )
+    columns = summary.get("eval_columns") or []
+    if columns:
+        lines += [
+            "",
+            "## Benchmark scores",
+            "",
+            "Each trial that trained to the end, exported and evaluated on the experiment's eval splits "
+            "(generation, the benchmark metrics; cIoU / gIoU / J&F in %, drift target share in [0, 1]): "
+            "mean ± sample std over the seeds evaluated (n).",
+            "",
+            "| configuration | " + " | ".join(_column_label(c) for c in columns) + " | n |",
+            "|---|" + "---|" * (len(columns) + 1),
+        ]
+        for r in summary["rows"]:
+            cells = [f"{_fmt_score(r['eval'][c]['mean'])} ± {_fmt_score(r['eval'][c]['std'])}" for c in columns]
+            n = max((r["eval"][c]["n"] for c in columns), default=0)
+            lines.append(f"| {r['configuration']} | " + " | ".join(cells) + f" | {n} |")
     saved = summary["full_grid_steps"] - summary["trial_steps"]
     lines += [
         "",
@@ -695,6 +784,17 @@ def _markdown(sweep: Sweep, summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _column_label(column: str) -> str:
+    """``eval/refcoco_val/ciou`` → ``refcoco_val cIoU``."""
+    _, split, name = column.split("/", 2)
+    names = {"ciou": "cIoU", "giou": "gIoU", "jf": "J&F", "j": "J", "f": "F", "drift/target_share": "drift share"}
+    return f"{split} {names.get(name, name)}"
+
+
+def _fmt_score(value: float) -> str:
+    return f"{value:.3g}" if _finite(value) else "—"
+
+
 def _csv_text(rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
@@ -703,11 +803,13 @@ def _csv_text(rows: list[list[Any]]) -> str:
 
 def _summary_csv(summary: dict[str, Any]) -> str:
     metric = summary["metric"]
+    columns = summary.get("eval_columns") or []
     rows: list[list[Any]] = [["configuration", "overrides", f"{metric}_mean", f"{metric}_std", "seeds", "steps",
-                              "stopped", "errors"]]
+                              "stopped", "errors"] + [f"{c}_{stat}" for c in columns for stat in ("mean", "std", "n")]]
     for r in summary["rows"]:
         rows.append([r["configuration"], json.dumps(r["overrides"]), r["mean"], r["std"], r["seeds"], r["steps"],
-                     r["stopped"], r["errors"]])
+                     r["stopped"], r["errors"]]
+                    + [r["eval"][c][stat] for c in columns for stat in ("mean", "std", "n")])
     return _csv_text(rows)
 
 
@@ -724,13 +826,20 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = summary["rows"]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) + 1.5), 4.0))
+    columns = summary.get("eval_columns") or []
+    panels = [(summary["metric"], [r["mean"] for r in rows], [r["std"] for r in rows],
+               f"{summary['metric']} ({summary['metric_mode']} is better)")]
+    panels += [(c, [r["eval"][c]["mean"] for r in rows], [r["eval"][c]["std"] for r in rows], _column_label(c))
+               for c in columns]
+    width = max(4.0, 1.2 * len(rows) + 1.5)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.2 * len(panels)), squeeze=False)
     xs = list(range(len(rows)))
-    ax.errorbar(xs, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], fmt="o", capsize=4)
-    ax.set_xticks(xs, [r["configuration"] for r in rows], rotation=30, ha="right")
-    ax.set_ylabel(f"{summary['metric']} (mean ± std over seeds)")
-    ax.set_title(f"{summary['metric']} per configuration ({summary['metric_mode']} is better)")
-    ax.grid(axis="y", alpha=0.3)
+    for ax, (_, means, stds, title) in zip(axes[:, 0], panels):
+        ax.errorbar(xs, means, yerr=stds, fmt="o", capsize=4)
+        ax.set_xticks(xs, [r["configuration"] for r in rows], rotation=30, ha="right")
+        ax.set_ylabel("mean ± std over seeds")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -21,6 +21,7 @@ import yaml
 from pipelines.config import load_experiment
 from pipelines.tune import (
     BEST_YAML,
+    EVAL_FILE,
     STATE_FILE,
     SUMMARY_CSV,
     SUMMARY_MD,
@@ -28,12 +29,14 @@ from pipelines.tune import (
     TRIALS_CSV,
     TRIALS_DIR,
     TrialOutcome,
+    _trial_eval,
     close_stopped_children,
     build_scheduler,
     build_sweep,
     load_sweep,
     summarize,
     tune,
+    write_results,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +149,46 @@ def test_summary_statistics_and_compute_accounting():
     assert (summary["trial_steps"], summary["full_grid_steps"]) == (26, 32)
 
 
+def test_summary_aggregates_the_benchmark_scores_of_evaluated_trials(tmp_path):
+    sweep = build_sweep({"search_space": {"model.mba.use_film": [False, True]}, "seeds": [0, 1], "evaluate": True},
+                        _experiment(max_steps=8), default_name="s", where="s.yaml")
+    a, b = (c.label for c in sweep.configurations)
+
+    def scores(ciou, share):
+        return {"eval/img/ciou": ciou, "eval/img/giou": 1.0, "eval/img/sentences": 60.0,
+                "eval/vid/jf": ciou / 2, "eval/img/drift/target_share": share}
+
+    outcomes = [
+        TrialOutcome("t0", a, 0, 1.0, 8, 8, "completed", scores(40.0, 0.25)),
+        TrialOutcome("t1", a, 1, 1.0, 8, 8, "completed", scores(50.0, 0.75)),
+        TrialOutcome("t2", b, 0, 1.0, 2, 8, "stopped"),  # ASHA-stopped trials are never evaluated
+        TrialOutcome("t3", b, 1, 1.0, 8, 8, "completed", scores(60.0, 0.5)),
+    ]
+    summary = summarize(sweep, outcomes)
+    # Splits in reported order; within one, the order of sweep.eval_columns; unlisted names dropped.
+    assert summary["eval_columns"] == ["eval/img/ciou", "eval/img/giou", "eval/img/drift/target_share", "eval/vid/jf"]
+    row_a, row_b = summary["rows"]
+    assert row_a["eval"]["eval/img/ciou"]["mean"] == 45.0 and row_a["eval"]["eval/vid/jf"]["mean"] == 22.5
+    assert math.isclose(row_a["eval"]["eval/img/ciou"]["std"], math.sqrt(50.0))
+    assert row_b["eval"]["eval/img/ciou"] == {"mean": 60.0, "std": 0.0, "n": 1}
+    files = write_results(sweep, outcomes, summary, str(tmp_path))
+    markdown = (tmp_path / SUMMARY_MD).read_text()
+    assert "| img cIoU | img gIoU | img drift share | vid J&F | n |" in markdown
+    assert f"| {a} | 45 ± 7.07 | 1 ± 0 | 0.5 ± 0.354 | 22.5 ± 3.54 | 2 |" in markdown
+    header = (tmp_path / SUMMARY_CSV).read_text().splitlines()[0]
+    assert header.endswith("eval/vid/jf_mean,eval/vid/jf_std,eval/vid/jf_n")
+    assert tmp_path / SUMMARY_PNG in files and (tmp_path / SUMMARY_PNG).stat().st_size > 0
+
+
+def test_trial_eval_file_is_read_and_a_broken_one_is_named(tmp_path):
+    assert _trial_eval(tmp_path) == {}
+    (tmp_path / EVAL_FILE).write_text('{"eval/img/ciou": 41.5}')
+    assert _trial_eval(tmp_path) == {"eval/img/ciou": 41.5}
+    (tmp_path / EVAL_FILE).write_text("[1, 2]")
+    with pytest.raises(ValueError, match=str(tmp_path / EVAL_FILE)):
+        _trial_eval(tmp_path)
+
+
 def test_asha_stops_a_weak_trial_at_its_rung_but_never_at_its_final_step():
     from dataclasses import asdict
     from types import SimpleNamespace
@@ -236,7 +279,8 @@ def test_sweep_resumes_after_the_driver_is_killed_and_writes_its_results(ray_clu
                  "eval_sources": [{"name": "refcoco_val", "format": "refcoco", "root": str(refcoco), "split": "val"}]},
         "train": {"num_workers": 1, "cpus_per_worker": 1, "batch_size_per_worker": 1, "max_steps": 4,
                   "checkpoint_every": 2, "log_every": 1, "lr": 1e-3, "startup_retries": 1},
-        "sweep": {"search_space": {"model.mba.use_film": [False, True]}, "seeds": [0],
+        "eval": {"max_samples": 2, "max_new_tokens": 8},
+        "sweep": {"search_space": {"model.mba.use_film": [False, True]}, "seeds": [0], "evaluate": True,
                   "asha": {"grace_period": 2, "reduction_factor": 2}, "resources_per_trial": {"CPU": 0.5}},
     }))
     # The driver joins the test's cluster ($RAY_ADDRESS, set by the fixture) and saves Tune's
@@ -254,20 +298,27 @@ def test_sweep_resumes_after_the_driver_is_killed_and_writes_its_results(ray_clu
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    finished_runs = list((sweep_dir / TRIALS_DIR / finished).iterdir())
-    assert len(finished_runs) == 1
+    def runs_of(trial: str) -> list[Path]:
+        return sorted(p for p in (sweep_dir / TRIALS_DIR / trial).iterdir() if p.is_dir())
+
+    finished_runs = runs_of(finished)
+    assert len(finished_runs) == 1 and (sweep_dir / TRIALS_DIR / finished / EVAL_FILE).is_file()
     first_attempt = json.loads((finished_runs[0] / "run.json").read_text())
 
     result = tune(resume=str(sweep_dir))
 
     # The finished trial was not rerun: the same single training run, with its single attempt.
-    assert list((sweep_dir / TRIALS_DIR / finished).iterdir()) == finished_runs
+    assert runs_of(finished) == finished_runs
     assert json.loads((finished_runs[0] / "run.json").read_text()) == first_attempt
     trials = (sweep_dir / TRIALS_CSV).read_text().splitlines()
     assert len(trials) == 3 and all(",completed" in line for line in trials[1:]), trials
     for name in (SUMMARY_MD, SUMMARY_CSV, SUMMARY_PNG):
         assert (sweep_dir / name).stat().st_size > 0
     assert "mba.use_film=False" in (sweep_dir / SUMMARY_MD).read_text()
+    # Every trial ran to the end, so every trial was evaluated: the summary has its scores.
+    assert result.summary["eval_columns"] == ["eval/refcoco_val/ciou", "eval/refcoco_val/giou"]
+    assert all(r["eval"]["eval/refcoco_val/ciou"]["n"] == 1 for r in result.summary["rows"])
+    assert "| refcoco_val cIoU | refcoco_val gIoU | n |" in (sweep_dir / SUMMARY_MD).read_text()
     assert (result.trial_steps, result.full_grid_steps) == (8, 8)
     best = load_experiment(sweep_dir / BEST_YAML)
     assert best.model_config_resolved.mba.use_film == (result.best_configuration == "mba.use_film=True")
@@ -285,4 +336,5 @@ def test_sweep_resumes_after_the_driver_is_killed_and_writes_its_results(ray_clu
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {SUMMARY_MD, SUMMARY_CSV, SUMMARY_PNG, BEST_YAML}
     for child in children:
         assert "val/mask_loss" in child.data.metrics and "final/val/mask_loss" in child.data.metrics
+        assert child.data.metrics["eval/refcoco_val/sentences"] == 2  # the evaluation, on the trial's run
         assert child.data.params["model.mba.use_film"] in ("True", "False")
