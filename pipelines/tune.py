@@ -129,6 +129,9 @@ class SweepSettings(_Strict):
             raise ValueError("sweep.num_samples applies to mode: random; a grid runs every point once")
         if any(v < 0 for v in self.resources_per_trial.values()):
             raise ValueError("sweep.resources_per_trial values must be >= 0")
+        if not any(v > 0 for v in self.resources_per_trial.values()):
+            raise ValueError("sweep.resources_per_trial needs a positive amount of some resource (Tune cannot "
+                             "schedule a trial that reserves nothing); a small share such as {CPU: 0.1} will do")
         for key, spec in self.search_space.items():
             _check_distribution(key, spec, self.mode)
         if self.evaluate and not self.eval_columns:

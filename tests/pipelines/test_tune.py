@@ -101,6 +101,8 @@ def _experiment(**train):
         ({}, {**_experiment(), "data": {}}, "needs data.eval_sources"),
         ({"asha": {"grace_period": 50}}, _experiment(max_steps=10), "exceeds max_t"),
         ({"search_space": {"model.mba.tau": [1.0, 1.0]}}, _experiment(), "identical"),
+        ({"resources_per_trial": {"CPU": 0}}, _experiment(), "reserves nothing"),
+        ({"evaluate": True, "metric": "loss/total"}, {**_experiment(), "data": {}}, "sweep.evaluate needs data.eval_sources"),
     ],
 )
 def test_invalid_sweeps_are_rejected_with_the_reason(sweep, experiment, message):
