@@ -338,5 +338,5 @@ def test_sweep_resumes_after_the_driver_is_killed_and_writes_its_results(ray_clu
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {SUMMARY_MD, SUMMARY_CSV, SUMMARY_PNG, BEST_YAML}
     for child in children:
         assert "val/mask_loss" in child.data.metrics and "final/val/mask_loss" in child.data.metrics
-        assert child.data.metrics["eval/refcoco_val/sentences"] == 2  # the evaluation, on the trial's run
+        assert child.data.metrics["eval/refcoco_val/sentences"] >= 2  # 2 images scored, on the trial's run
         assert child.data.params["model.mba.use_film"] in ("True", "False")
