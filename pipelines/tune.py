@@ -115,7 +115,7 @@ class SweepSettings(_Strict):
     resources_per_trial: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
     max_concurrent_trials: int = 1
     # Benchmark evaluation of every trial that trains to the end (see ``evaluate_trial``); the
-    # summary reports these eval metrics (matched by suffix) beside ``metric``.
+    # summary reports the eval metrics named in eval_columns (see ``eval_columns``) beside ``metric``.
     evaluate: bool = False
     eval_columns: list[str] = Field(default_factory=lambda: ["ciou", "giou", "jf", "drift/target_share"])
 
@@ -370,6 +370,7 @@ def evaluate_trial(cfg: ExperimentConfig, result, workdir: str) -> dict[str, flo
     into ``<workdir>/eval.json``, which the summary reads. A trial ASHA stops never gets here."""
     from pipelines.evaluate import evaluate_model
     from pipelines.export import export_checkpoint
+    from pipelines.prediction_folder import write_text_atomic
     from pipelines.tracking import tracking_uri
 
     if result.checkpoint_path is None:
@@ -381,15 +382,9 @@ def evaluate_trial(cfg: ExperimentConfig, result, workdir: str) -> dict[str, flo
         str(export_dir), cfg.data.eval_sources, Path(result.run_dir) / "eval", num_actors=0,
         settings=cfg.eval, run_id=result.run_id, tracking_uri=tracking_uri(cfg) if result.run_id else None,
     )
-    _write_json_atomic(Path(workdir) / EVAL_FILE, metrics)
+    write_text_atomic(Path(workdir) / EVAL_FILE, json.dumps(metrics, indent=1))
     logger.info("evaluated %s in %.0f s", result.run_dir, time.perf_counter() - started)
     return metrics
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def _unfinished_run(workdir: str) -> str | None:
@@ -830,14 +825,14 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
 
     rows = summary["rows"]
     columns = summary.get("eval_columns") or []
-    panels = [(summary["metric"], [r["mean"] for r in rows], [r["std"] for r in rows],
+    panels = [([r["mean"] for r in rows], [r["std"] for r in rows],
                f"{summary['metric']} ({summary['metric_mode']} is better)")]
-    panels += [(c, [r["eval"][c]["mean"] for r in rows], [r["eval"][c]["std"] for r in rows], _column_label(c))
+    panels += [([r["eval"][c]["mean"] for r in rows], [r["eval"][c]["std"] for r in rows], _column_label(c))
                for c in columns]
     width = max(4.0, 1.2 * len(rows) + 1.5)
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.2 * len(panels)), squeeze=False)
     xs = list(range(len(rows)))
-    for ax, (_, means, stds, title) in zip(axes[:, 0], panels):
+    for ax, (means, stds, title) in zip(axes[:, 0], panels):
         ax.errorbar(xs, means, yerr=stds, fmt="o", capsize=4)
         ax.set_xticks(xs, [r["configuration"] for r in rows], rotation=30, ha="right")
         ax.set_ylabel("mean ± std over seeds")
