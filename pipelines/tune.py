@@ -604,7 +604,7 @@ def _finish(sweep: Sweep, sweep_dir: str, grid, parent: tracking.Tracker, state:
                "sweep/num_trials": len(outcomes)}
     if summary["best"] is not None:
         metrics[f"best/{sweep.settings.metric}"] = summary["best"]["mean"]
-        parent.set_tags({"salma.best_configuration": summary["best"]["configuration"]})
+        parent.set_tags({"salma.best_configuration": summary["best"]["configuration"], "salma.best_rule": summary["best_rule"]})
     parent.log_metrics({k: float(v) for k, v in metrics.items() if _finite(v)}, step=0)
     best = summary["best"]
     return TuneResult(
@@ -671,21 +671,41 @@ def summarize(sweep: Sweep, outcomes: list[TrialOutcome]) -> dict[str, Any]:
             "errors": sum(o.status == "error" for o in mine),
             "eval": scores,
         })
-    # Only configurations whose every seed ran to the end can be best: a trial ASHA stopped early
-    # was judged worse at its rung, and its early value is not comparable with final ones.
-    complete = [r for r in rows if r["seeds"] and not r["stopped"] and not r["errors"]] or [r for r in rows if r["seeds"]]
-    sign = 1 if sweep.settings.metric_mode == "min" else -1
-    best = min(complete, key=lambda r: sign * r["mean"]) if complete else None
+    best, best_rule = _best(rows, outcomes, 1 if sweep.settings.metric_mode == "min" else -1)
     return {
         "metric": sweep.settings.metric,
         "metric_mode": sweep.settings.metric_mode,
         "rows": rows,
         "best": best,
+        "best_rule": best_rule,
         "trial_steps": sum(o.steps for o in outcomes),
         "full_grid_steps": sum(o.max_steps for o in outcomes),
         "num_trials": len(outcomes),
         "eval_columns": columns,
     }
+
+
+def _best(rows: list[dict[str, Any]], outcomes: list[TrialOutcome], sign: int) -> tuple[dict[str, Any] | None, str]:
+    """The best configuration's row and the rule that chose it.
+
+    A trial ASHA stopped early was judged worse at its rung, and its early value is not comparable
+    with final ones, so: among the configurations whose every seed ran to the end, the best mean;
+    when ASHA left none (with seeds in the grid it compares trials of different seeds, so it
+    rarely keeps every seed of one configuration), the configuration of the best trial it let
+    finish; when no trial finished at all, the best mean of the values last reported."""
+    complete = [r for r in rows if r["seeds"] and not r["stopped"] and not r["errors"]]
+    if complete:
+        return min(complete, key=lambda r: sign * r["mean"]), "the best mean over configurations whose every seed ran to the end"
+    finished = [o for o in outcomes if o.status == "completed" and _finite(o.metric)]
+    if finished:
+        trial = min(finished, key=lambda o: sign * o.metric)
+        row = next(r for r in rows if r["configuration"] == trial.configuration)
+        return row, (f"no configuration ran every seed to the end: the configuration of the best trial that did "
+                     f"({trial.trial_id}, seed {trial.seed}, {trial.metric:.4f})")
+    reported = [r for r in rows if r["seeds"]]
+    if reported:
+        return min(reported, key=lambda r: sign * r["mean"]), "no trial ran to the end: the best mean of the values last reported"
+    return None, "no trial reported the metric"
 
 
 def eval_columns(outcomes: list[TrialOutcome], suffixes: list[str]) -> list[str]:
@@ -752,6 +772,8 @@ def _markdown(sweep: Sweep, summary: dict[str, Any]) -> str:
             f"| {r['configuration']}{mark} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {r['seeds']} | {r['steps']} | "
             f"{r['stopped']} | {r['errors']} |"
         )
+    if best is not None:
+        lines += ["", f"Best: **{best['configuration']}**, chosen as {summary['best_rule']}."]
     columns = summary.get("eval_columns") or []
     if columns:
         lines += [

@@ -147,8 +147,25 @@ def test_summary_statistics_and_compute_accounting():
     assert row_a["mean"] == 1.5 and math.isclose(row_a["std"], math.sqrt(0.5)) and row_a["steps"] == 16
     assert row_b["stopped"] == 1 and row_b["steps"] == 10
     # b has the lower mean, but one of its seeds was stopped early: only complete rows can win.
-    assert summary["best"]["configuration"] == a
+    assert summary["best"]["configuration"] == a and "every seed ran to the end" in summary["best_rule"]
     assert (summary["trial_steps"], summary["full_grid_steps"]) == (26, 32)
+
+
+def test_best_configuration_when_asha_left_no_configuration_complete():
+    sweep = build_sweep({"search_space": {"model.mba.use_film": [False, True]}, "seeds": [0, 1]},
+                        _experiment(max_steps=8), default_name="s", where="s.yaml")
+    a, b = (c.label for c in sweep.configurations)
+    outcomes = [
+        TrialOutcome("t0", a, 0, 0.9, 8, 8, "completed"), TrialOutcome("t1", a, 1, 2.0, 2, 8, "stopped"),
+        TrialOutcome("t2", b, 0, 0.8, 8, 8, "completed"), TrialOutcome("t3", b, 1, 0.3, 4, 8, "stopped"),
+    ]
+    # b's stopped seed has the lowest value of all, at step 4: only the finished trials decide.
+    summary = summarize(sweep, outcomes)
+    assert summary["best"]["configuration"] == b and "best trial that did (t2, seed 0, 0.8000)" in summary["best_rule"]
+    # No trial finished (all stopped or interrupted): the best mean of the last values, said so.
+    stopped = [TrialOutcome(o.trial_id, o.configuration, o.seed, o.metric, 2, 8, "stopped") for o in outcomes]
+    summary = summarize(sweep, stopped)
+    assert summary["best"]["configuration"] == b and summary["best_rule"].startswith("no trial ran to the end")
 
 
 def test_summary_aggregates_the_benchmark_scores_of_evaluated_trials(tmp_path):
