@@ -40,7 +40,7 @@ import os
 import random
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Literal
@@ -477,6 +477,7 @@ def tune(
     else:
         if sweep is None:
             raise ValueError("tune() needs a sweep or resume=SWEEP_DIR")
+        sweep = with_absolute_data_paths(sweep)
         base = ExperimentConfig.model_validate(sweep.experiment)
         root = Path(workdir or base.absolute(base.workdir)).resolve() / "sweeps"
         sweep_dir = str(root / f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
@@ -510,6 +511,20 @@ def tune(
         raise
     parent.finish("FINISHED")
     return result
+
+
+def with_absolute_data_paths(sweep: Sweep) -> Sweep:
+    """The sweep with its data paths resolved against the launch directory, on the driver, once.
+
+    Trials run in Tune's trial folders, so a relative ``root`` would otherwise point into each
+    trial's folder (and the synthetic data would be written once per trial). This is what
+    ``salma train`` does on its driver (``prepare_data``): relative paths mean the same in both,
+    the synthetic data is written once, and a source that does not parse fails before any trial
+    starts. ``sweep.yaml`` records the absolute paths, so ``--resume`` works from anywhere."""
+    from pipelines.train import prepare_data
+
+    data = prepare_data(ExperimentConfig.model_validate(sweep.experiment)).data.model_dump(mode="json")
+    return replace(sweep, experiment={**sweep.experiment, "data": data}, source={**sweep.source, "data": data})
 
 
 def _ensure_ray() -> None:

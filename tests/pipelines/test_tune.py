@@ -36,8 +36,10 @@ from pipelines.tune import (
     load_sweep,
     summarize,
     tune,
+    with_absolute_data_paths,
     write_results,
 )
+from salma.data.errors import DatasetFormatError
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = sorted(p for p in (ROOT / "experiments" / "ablations").glob("*.yaml") if "sweep" in yaml.safe_load(p.read_text()))
@@ -132,6 +134,26 @@ def test_sweep_file_with_base_and_overrides(tmp_path):
     assert cfg.model_config_resolved.mba.use_film and sweep.num_trials == 4
     with pytest.raises(ValueError, match="no sweep: section"):
         load_sweep(tmp_path / "base.yaml")
+
+
+def test_relative_data_paths_resolve_against_the_launch_directory(synthetic_data, monkeypatch):
+    # Trials run in Tune's trial folders: the driver resolves the paths before any trial starts.
+    monkeypatch.chdir(synthetic_data)
+    experiment = {"model": {"preset": "tiny"}, "train": {"num_workers": 1},
+                  "data": {"sources": [{"name": "r", "format": "refcoco", "root": "refer/refcoco"}],
+                           "eval_sources": [{"name": "v", "format": "refcoco", "root": "refer/refcoco", "split": "val"}]}}
+    sweep = with_absolute_data_paths(build_sweep({"search_space": {"model.mba.use_film": [False, True]}}, experiment,
+                                                 default_name="s", where="s.yaml"))
+    monkeypatch.chdir("/")
+    cfg = sweep.trial_config(sweep.configurations[1].overrides, 0)
+    wanted = str(synthetic_data.resolve() / "refer" / "refcoco")
+    assert cfg.data.sources[0].root == cfg.data.eval_sources[0].root == wanted
+    assert sweep.source["data"]["sources"][0]["root"] == wanted  # what sweep.yaml and --resume use
+    experiment["data"]["sources"][0]["root"] = "missing/refcoco"
+    monkeypatch.chdir(synthetic_data)
+    with pytest.raises(DatasetFormatError, match="missing/refcoco.*file not found"):
+        with_absolute_data_paths(build_sweep({"search_space": {"model.mba.use_film": [False]}}, experiment,
+                                             default_name="s", where="s.yaml"))
 
 
 def test_summary_statistics_and_compute_accounting():
