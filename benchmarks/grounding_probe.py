@@ -19,11 +19,19 @@ stride-16 map an object covers.
     .venv/bin/python benchmarks/grounding_probe.py --toy 1 --steps 400
     .venv/bin/python benchmarks/grounding_probe.py --toy 2 --steps 600
     .venv/bin/python benchmarks/grounding_probe.py --data data/synthetic --delta '{"sam": {"image_size": 256}}'
+    .venv/bin/python benchmarks/grounding_probe.py --data data/synthetic --steps 2400 --by-kind
+
+``--by-kind`` adds, after the last step, the val scores per kind of expression (``colour``: names
+a colour; ``position``: left / right / top / bottom; ``size``: big / small; ``shape``: the shape
+alone), each on the val images restricted to the referents that have an expression of that kind
+(so ``choice`` there is among those referents only; kinds with few multi-referent images are
+noisy).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import time
@@ -37,6 +45,7 @@ from salma.conversation import referring_round
 from salma.data.examples import ImageGeometry, collate, encode_example
 from salma.data.sampling import SamplingOptions, sample_example
 from salma.data.sources import read_source
+from salma.data.synthetic_scenes import COLORS, POSITION_SUFFIX
 from salma.testing import random_sample
 
 
@@ -83,7 +92,38 @@ def evaluate(model, examples: list[dict], pad_token_id: int) -> dict[str, float]
             overlap = [((pred[p] & gt[q]).sum() / (pred[p] | gt[q]).sum().clamp(min=1)).item() for q in same]
             choices.append(int(same[int(np.argmax(overlap))]) == p)
     model.train()
-    return {"ciou": inter / max(union, 1.0), "giou": float(np.mean(ious)), "choice": float(np.mean(choices)) if choices else float("nan")}
+    return {"ciou": inter / max(union, 1.0), "giou": float(np.mean(ious)), "choice": float(np.mean(choices)) if choices else float("nan"),
+            "choice_pairs": len(choices)}
+
+
+KINDS = ("colour", "shape", "size", "position")
+
+
+def expression_kind(text: str) -> str:
+    """The kind of a synthetic referring expression (see ``--by-kind``)."""
+    words = set(text.split())
+    if words & set(POSITION_SUFFIX):
+        return "position"
+    if words & {"big", "small"}:
+        return "size"
+    if words & set(COLORS):
+        return "colour"
+    return "shape"
+
+
+def restrict_to_kind(records: list, kind: str) -> list:
+    """The records with only the referents (and expressions) of ``kind``; records left without
+    referents are dropped."""
+    out = []
+    for record in records:
+        referents = []
+        for referent in record.referents:
+            expressions = [e for e in referent.expressions if expression_kind(e) == kind]
+            if expressions:
+                referents.append(dataclasses.replace(referent, expressions=expressions))
+        if referents:
+            out.append(dataclasses.replace(record, referents=referents))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=400)
     parser.add_argument("--delta", default="{}", help="model config delta as JSON, e.g. '{\"sam\": {\"image_size\": 256}}'")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--by-kind", action="store_true", help="val scores per kind of expression after the last step")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -106,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, geometry = model.tokenizer, ImageGeometry.from_config(config)
     options = SamplingOptions(num_frames=1, max_objects=3)
     rng = random.Random(0)
+    by_kind: dict[str, list[dict]] = {}
     if args.toy:
         pool = toy_examples(1, 3000, args.toy, tokenizer, geometry)
         train_eval, val_eval = pool[:60], toy_examples(2, 60, args.toy, tokenizer, geometry)
@@ -122,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                 for i, r in enumerate(records)
             ]
 
-        train_eval, val_eval = encode(train[:60], 0), encode(val[: args.val_images or None], 0)
+        val = val[: args.val_images or None]
+        train_eval, val_eval = encode(train[:60], 0), encode(val, 0)
+        by_kind = {kind: encode(restrict_to_kind(val, kind), 0) for kind in KINDS} if args.by_kind else {}
         order: list[int] = []
 
         def draw(step: int) -> list[dict]:
@@ -156,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
             va = evaluate(model, val_eval, tokenizer.pad_token_id)
             print(f"{step:>6} {time.perf_counter() - started:>6.0f} {tr['ciou']:>10.3f} {tr['giou']:>6.3f} "
                   f"{tr['choice']:>6.3f} {va['ciou']:>9.3f} {va['giou']:>6.3f} {va['choice']:>6.3f}", flush=True)
+    if by_kind:
+        print(f"\nval by kind of expression, step {args.steps}:")
+        print(f"{'kind':>9} {'images':>6} {'cIoU':>6} {'gIoU':>6} {'choice':>6} {'of pairs':>8}")
+        for kind, examples in by_kind.items():
+            if examples:
+                va = evaluate(model, examples, tokenizer.pad_token_id)
+                print(f"{kind:>9} {len(examples):>6} {va['ciou']:>6.3f} {va['giou']:>6.3f} {va['choice']:>6.3f} {va['choice_pairs']:>8}")
     return 0
 
 
