@@ -156,10 +156,16 @@ def test_relative_data_paths_resolve_against_the_launch_directory(synthetic_data
                                              default_name="s", where="s.yaml"))
 
 
-def test_summary_statistics_and_compute_accounting():
-    sweep = build_sweep({"search_space": {"model.mba.use_film": [False, True]}, "seeds": [0, 1]},
+def _film_on_off(**settings):
+    """A FiLM off/on sweep over seeds 0 and 1, 8 steps per trial, and its two labels."""
+    sweep = build_sweep({"search_space": {"model.mba.use_film": [False, True]}, "seeds": [0, 1], **settings},
                         _experiment(max_steps=8), default_name="s", where="s.yaml")
     a, b = (c.label for c in sweep.configurations)
+    return sweep, a, b
+
+
+def test_summary_statistics_and_compute_accounting():
+    sweep, a, b = _film_on_off()
     outcomes = [
         TrialOutcome("t0", a, 0, 1.0, 8, 8, "completed"), TrialOutcome("t1", a, 1, 2.0, 8, 8, "completed"),
         TrialOutcome("t2", b, 0, 0.5, 2, 8, "stopped"), TrialOutcome("t3", b, 1, 3.0, 8, 8, "completed"),
@@ -174,9 +180,7 @@ def test_summary_statistics_and_compute_accounting():
 
 
 def test_best_configuration_when_asha_left_no_configuration_complete():
-    sweep = build_sweep({"search_space": {"model.mba.use_film": [False, True]}, "seeds": [0, 1]},
-                        _experiment(max_steps=8), default_name="s", where="s.yaml")
-    a, b = (c.label for c in sweep.configurations)
+    sweep, a, b = _film_on_off()
     outcomes = [
         TrialOutcome("t0", a, 0, 0.9, 8, 8, "completed"), TrialOutcome("t1", a, 1, 2.0, 2, 8, "stopped"),
         TrialOutcome("t2", b, 0, 0.8, 8, 8, "completed"), TrialOutcome("t3", b, 1, 0.3, 4, 8, "stopped"),
@@ -191,9 +195,7 @@ def test_best_configuration_when_asha_left_no_configuration_complete():
 
 
 def test_summary_aggregates_the_benchmark_scores_of_evaluated_trials(tmp_path):
-    sweep = build_sweep({"search_space": {"model.mba.use_film": [False, True]}, "seeds": [0, 1], "evaluate": True},
-                        _experiment(max_steps=8), default_name="s", where="s.yaml")
-    a, b = (c.label for c in sweep.configurations)
+    sweep, a, b = _film_on_off(evaluate=True)
 
     def scores(ciou, share):
         return {"eval/img/ciou": ciou, "eval/img/giou": 1.0, "eval/img/sentences": 60.0,
