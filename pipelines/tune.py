@@ -757,7 +757,7 @@ def write_results(sweep: Sweep, outcomes: list[TrialOutcome], summary: dict[str,
     files = [out / SUMMARY_MD, out / SUMMARY_CSV, out / TRIALS_CSV, out / SUMMARY_JSON, out / SUMMARY_PNG]
     files[0].write_text(_markdown(sweep, summary))
     files[1].write_text(_summary_csv(summary))
-    files[2].write_text(_trials_csv(outcomes, sweep.settings.metric))
+    files[2].write_text(_trials_csv(outcomes, sweep.settings.metric, summary.get("eval_columns") or []))
     files[3].write_text(json.dumps({**summary, "trials": [asdict(o) for o in outcomes]}, indent=1, default=str))
     _plot(summary, files[4])
     if summary["best"] is not None:
@@ -848,9 +848,14 @@ def _summary_csv(summary: dict[str, Any]) -> str:
     return _csv_text(rows)
 
 
-def _trials_csv(outcomes: list[TrialOutcome], metric: str) -> str:
-    rows: list[list[Any]] = [["trial_id", "configuration", "seed", metric, "steps", "max_steps", "status"]]
-    rows += [[o.trial_id, o.configuration, o.seed, o.metric, o.steps, o.max_steps, o.status] for o in outcomes]
+def _trials_csv(outcomes: list[TrialOutcome], metric: str, columns: list[str]) -> str:
+    """One row per trial; with ``sweep.evaluate``, its benchmark scores too (empty where the
+    trial was not evaluated)."""
+    rows: list[list[Any]] = [["trial_id", "configuration", "seed", metric, "steps", "max_steps", "status", *columns]]
+    rows += [
+        [o.trial_id, o.configuration, o.seed, o.metric, o.steps, o.max_steps, o.status, *(o.eval.get(c, "") for c in columns)]
+        for o in outcomes
+    ]
     return _csv_text(rows)
 
 
