@@ -215,12 +215,11 @@ def test_summary_aggregates_the_benchmark_scores_of_evaluated_trials(tmp_path):
     assert row_a["eval"]["eval/img/ciou"]["mean"] == 45.0 and row_a["eval"]["eval/vid/jf"]["mean"] == 22.5
     assert math.isclose(row_a["eval"]["eval/img/ciou"]["std"], math.sqrt(50.0))
     assert row_b["eval"]["eval/img/ciou"] == {"mean": 60.0, "std": 0.0, "n": 1}
+    files = write_results(sweep, outcomes, summary, str(tmp_path))
     # trials.csv has every trial's own scores (the per-seed values behind the means).
-    write_results(sweep, outcomes, summary, str(tmp_path))
     trials = list(csv.DictReader((tmp_path / TRIALS_CSV).open()))
     assert [t["eval/img/ciou"] for t in trials] == ["40.0", "50.0", "", "60.0"]
     assert trials[1]["eval/img/drift/target_share"] == "0.75" and trials[2]["status"] == "stopped"
-    files = write_results(sweep, outcomes, summary, str(tmp_path))
     markdown = (tmp_path / SUMMARY_MD).read_text()
     assert "| img cIoU | img gIoU | img drift share | vid J&F | n |" in markdown
     assert f"| {a} | 45 ± 7.07 | 1 ± 0 | 0.5 ± 0.354 | 22.5 ± 3.54 | 2 |" in markdown
