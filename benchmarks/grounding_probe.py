@@ -20,12 +20,14 @@ stride-16 map an object covers.
     .venv/bin/python benchmarks/grounding_probe.py --toy 2 --steps 600
     .venv/bin/python benchmarks/grounding_probe.py --data data/synthetic --delta '{"sam": {"image_size": 256}}'
     .venv/bin/python benchmarks/grounding_probe.py --data data/synthetic --steps 2400 --by-kind
+    .venv/bin/python benchmarks/grounding_probe.py --data data/synthetic --steps 1600 --kind position
 
 ``--by-kind`` adds, after the last step, the val scores per kind of expression (``colour``: names
 a colour; ``position``: left / right / top / bottom; ``size``: big / small; ``shape``: the shape
 alone), each on the val images restricted to the referents that have an expression of that kind
 (so ``choice`` there is among those referents only; kinds with few multi-referent images are
-noisy).
+noisy). ``--kind KIND`` trains and scores on the expressions of that kind alone (same
+restriction, applied to the train split too).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delta", default="{}", help="model config delta as JSON, e.g. '{\"sam\": {\"image_size\": 256}}'")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--by-kind", action="store_true", help="val scores per kind of expression after the last step")
+    parser.add_argument("--kind", choices=KINDS, help="train and score on the expressions of this kind only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         root = f"{args.data}/refer/refcoco"
         train, val = read_source("refcoco", root, "train"), read_source("refcoco", root, "val")
+        if args.kind:
+            train, val = restrict_to_kind(train, args.kind), restrict_to_kind(val, args.kind)
 
         def encode(records, seed):
             return [
