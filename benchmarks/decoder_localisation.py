@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from salma.builder import build_salma
 from salma.config import resolve_model_config
+from salma.metrics import ciou_giou
 
 SQUARE = 38
 
@@ -55,8 +56,9 @@ def two_squares(count: int, size: int, seed: int) -> tuple[torch.Tensor, torch.T
     return torch.from_numpy((images - 0.5) / 0.25), torch.from_numpy(masks), torch.from_numpy(centres)
 
 
-def iou(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    return ((pred & gt).sum() / (pred | gt).sum().clamp(min=1)).item()
+def ciou(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    """Cumulative IoU of (N, S, S) boolean predictions against (N, S, S) masks."""
+    return ciou_giou(zip(pred.numpy(), gt.numpy()))[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 which = torch.arange(len(val_images)) % 2
                 rows = torch.arange(len(val_images))
                 pred = logits_at(val_images, val_centres[rows, which]) > 0
-                own, other = iou(pred, val_masks[rows, which]), iou(pred, val_masks[rows, 1 - which])
+                own, other = ciou(pred, val_masks[rows, which]), ciou(pred, val_masks[rows, 1 - which])
             print(f"{step:>6} {time.perf_counter() - started:>5.0f} {loss.item():>7.4f} {own:>6.3f} {other:>6.3f}", flush=True)
     return 0
 

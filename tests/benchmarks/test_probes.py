@@ -3,6 +3,7 @@ numbers and are run by hand)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def test_restrict_to_kind_keeps_only_that_kind():
             Referent(ref_id="b", object_ids=[2], expressions=["the big circle"], masks=[None]),
         ],
     )
-    only_colour = SampleRecord(**{**record.__dict__, "sample_id": "2", "referents": record.referents[:1]})
+    only_colour = dataclasses.replace(record, sample_id="2", referents=record.referents[:1])
     out = probe.restrict_to_kind([record, only_colour], "position")
     assert [r.sample_id for r in out] == ["1", "2"]
     assert [[e for ref in r.referents for e in ref.expressions] for r in out] == [["the left one"], ["the left one"]]
