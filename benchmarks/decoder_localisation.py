@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from salma.builder import build_salma
 from salma.config import resolve_model_config
 from salma.metrics import ciou_giou
+from salma.sam_pretraining import prompted_logits
 
 SQUARE = 38
 
@@ -77,22 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     size = sam.image_size
     images, masks, centres = two_squares(64, size, seed=0)
     val_images, val_masks, val_centres = two_squares(32, size, seed=1)
-    prompt_encoder, decoder = sam.sam.sam_prompt_encoder, sam.sam.sam_mask_decoder
     optimizer = torch.optim.AdamW(sam.parameters(), lr=args.lr)
 
     def logits_at(frames: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        features = sam.encode(frames)
+        """The first multimask candidate (N, S, S) for one positive click per frame."""
         labels = torch.ones(points.shape[0], 1, dtype=torch.int32)
-        sparse, dense = prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
-        multimasks, _, _, _ = decoder(
-            image_embeddings=features.image_embed,
-            image_pe=prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-            repeat_image=False,
-            high_res_features=features.high_res,
-        )
+        multimasks, _ = prompted_logits(sam, frames, points[:, None], labels)
         return sam.upscale(multimasks[:, :1], (size, size))[:, 0]
 
     generator = torch.Generator().manual_seed(args.seed)

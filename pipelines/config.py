@@ -87,6 +87,9 @@ class TrainConfig(_Strict):
     grad_accum: int = 1
     max_steps: int = 100
     lr: float = 4e-5
+    # Parameter-name prefix -> multiplier of ``lr`` (longest prefix wins), e.g.
+    # {"sam.sam.sam_mask_decoder": 0.3}; a prefix that matches no trained parameter is an error.
+    lr_multipliers: dict[str, float] = {}
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -117,6 +120,35 @@ class TrainConfig(_Strict):
             raise ValueError(f"train.warmup_fraction={self.warmup_fraction} must lie in [0, 1]")
         if self.precision == "bf16" and self.use_gpu is False:
             pass  # bf16 works on CPU with DeepSpeed, only slower; allowed on purpose
+        return self
+
+
+class SamPretrainConfig(_Strict):
+    """Pre-train a from-scratch SAM-2 with point and box prompts before SALMA training
+    (``pipelines.sam_pretrain``): what a SAM-2.1 checkpoint gives the real presets. The driver
+    trains it once on the instance masks of ``data.sources``, caches it at ``out`` and sets
+    ``model.sam.checkpoint`` to it."""
+
+    enabled: bool = False
+    out: str = "data/sam2_pretrained.pt"
+    steps: int = 3000
+    batch_size: int = 8
+    lr: float = 3e-4
+    box_probability: float = 0.5
+    frames_per_video: int = 3
+    threads: int = 2  # torch threads on the driver (0: torch's default)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "SamPretrainConfig":
+        if self.steps < 1 or self.batch_size < 1 or self.frames_per_video < 1:
+            raise ValueError("sam_pretrain.steps, batch_size and frames_per_video must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"sam_pretrain.lr={self.lr} must be > 0")
+        if not 0.0 <= self.box_probability <= 1.0:
+            raise ValueError(f"sam_pretrain.box_probability={self.box_probability} must lie in [0, 1]")
+        if self.threads < 0:
+            raise ValueError("sam_pretrain.threads must be >= 0 (0: torch's default)")
         return self
 
 
@@ -173,6 +205,7 @@ class ExperimentConfig(_Strict):
     model: dict[str, Any] = Field(default_factory=dict)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    sam_pretrain: SamPretrainConfig = Field(default_factory=SamPretrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -181,6 +214,16 @@ class ExperimentConfig(_Strict):
     def _model_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
         resolve_model_config(v)  # raises with the offending field
         return v
+
+    @model_validator(mode="after")
+    def _pretrain_or_checkpoint(self) -> "ExperimentConfig":
+        checkpoint = self.model.get("sam", {}).get("checkpoint")
+        if self.sam_pretrain.enabled and checkpoint and checkpoint != self.absolute(self.sam_pretrain.out):
+            raise ValueError(
+                f"sam_pretrain.enabled trains SAM-2 from scratch into {self.sam_pretrain.out}, but "
+                f"model.sam.checkpoint={checkpoint!r} names another checkpoint: drop one of the two"
+            )
+        return self
 
     @property
     def model_config_resolved(self) -> SalmaConfig:

@@ -39,3 +39,32 @@ def warmup_cosine_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total_steps=total_steps, warmup_fraction=warmup_fraction)
     )
+
+
+def parameter_groups(
+    named_parameters: list[tuple[str, torch.nn.Parameter]], *, lr: float, multipliers: dict[str, float]
+) -> list[dict]:
+    """Optimizer parameter groups: ``lr · multiplier`` for the parameters whose name starts with a
+    prefix of ``multipliers`` (the longest matching prefix wins), ``lr`` for the rest.
+
+    The base group comes first, so ``scheduler.get_last_lr()[0]`` stays the base rate; each other
+    group carries its ``prefix`` for logging. ``LambdaLR`` scales every group by the same warm-up +
+    cosine multiplier. A prefix that matches no parameter is an error (a typo would otherwise train
+    at the base rate without a word).
+    """
+    for prefix, multiplier in multipliers.items():
+        if multiplier <= 0:
+            raise ValueError(f"train.lr_multipliers[{prefix!r}]={multiplier} must be > 0")
+        if not any(name.startswith(prefix) for name, _ in named_parameters):
+            raise ValueError(
+                f"train.lr_multipliers: prefix {prefix!r} matches no trained parameter; "
+                f"the trained parameters start with {sorted({n.split('.')[0] for n, _ in named_parameters})} "
+                "(use full dotted prefixes such as 'sam.sam.sam_mask_decoder')"
+            )
+    by_prefix: dict[str | None, list[torch.nn.Parameter]] = {None: []}
+    for name, param in named_parameters:
+        matches = [p for p in multipliers if name.startswith(p)]
+        by_prefix.setdefault(max(matches, key=len) if matches else None, []).append(param)
+    groups = [{"params": by_prefix.pop(None), "lr": lr, "prefix": ""}]
+    groups += [{"params": params, "lr": lr * multipliers[prefix], "prefix": prefix} for prefix, params in by_prefix.items()]
+    return [g for g in groups if g["params"]]

@@ -57,8 +57,9 @@ from pipelines.deepspeed_config import DistributedSetup, deepspeed_config, resol
 from pipelines.fault_injection import ENV_VAR as FAULT_ENV_VAR
 from pipelines.fault_injection import FaultInjection
 from pipelines.held_out import HeldOutBatch
-from pipelines.lr_schedule import warmup_cosine_scheduler
+from pipelines.lr_schedule import parameter_groups, warmup_cosine_scheduler
 from pipelines.run_folder import RunFolder
+from pipelines.sam_pretrain import ensure_sam_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -124,16 +125,18 @@ def train(
 def prepare_data(cfg: ExperimentConfig) -> ExperimentConfig:
     """Driver-side, before any worker starts: make the data paths absolute (workers change
     directory), write the synthetic datasets when ``data.synthetic.enabled`` and they are not
-    there yet, and fail fast if a source does not parse or is empty."""
+    there yet, fail fast if a source does not parse or is empty, and pre-train SAM-2 when
+    ``sam_pretrain.enabled`` (setting ``model.sam.checkpoint``)."""
     data = cfg.data
     sources = [s.model_copy(update={"root": cfg.absolute(s.root)}) for s in data.sources]
     eval_sources = [s.model_copy(update={"root": cfg.absolute(s.root)}) for s in data.eval_sources]
     synthetic = data.synthetic.model_copy(update={"out": cfg.absolute(data.synthetic.out)})
     data = data.model_copy(update={"sources": sources, "eval_sources": eval_sources, "synthetic": synthetic})
-    cfg = cfg.model_copy(update={"data": data, "workdir": cfg.absolute(cfg.workdir)})
+    sam_pretrain = cfg.sam_pretrain.model_copy(update={"out": cfg.absolute(cfg.sam_pretrain.out)})
+    cfg = cfg.model_copy(update={"data": data, "workdir": cfg.absolute(cfg.workdir), "sam_pretrain": sam_pretrain})
     ensure_synthetic(cfg)
     check_sources(data)
-    return cfg
+    return ensure_sam_pretrained(cfg)
 
 
 def _gpus_available(cfg: ExperimentConfig) -> bool:
@@ -331,7 +334,10 @@ def build_engine(cfg: ExperimentConfig, setup: DistributedSetup) -> tuple[Any, A
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        model_parameters=parameter_groups(
+            [(n, p) for n, p in model.named_parameters() if p.requires_grad],
+            lr=cfg.train.lr, multipliers=cfg.train.lr_multipliers,
+        ),
         config=deepspeed_config(cfg.train, setup),
         lr_scheduler=lambda optimizer: warmup_cosine_scheduler(
             optimizer, total_steps=cfg.train.max_steps, warmup_fraction=cfg.train.warmup_fraction
@@ -339,6 +345,15 @@ def build_engine(cfg: ExperimentConfig, setup: DistributedSetup) -> tuple[Any, A
     )
     engine.train()
     return engine, scheduler, trainable, reshaped
+
+
+def _learning_rates(scheduler: Any) -> dict[str, float]:
+    """``{"lr": base rate, "lr/<prefix>": rate of each ``train.lr_multipliers`` group}`` now."""
+    groups = scheduler.optimizer.param_groups
+    return {
+        ("lr/" + group["prefix"] if group.get("prefix") else "lr"): rate
+        for group, rate in zip(groups, scheduler.get_last_lr())
+    }
 
 
 def _vectorise_scalar_parameters(model: torch.nn.Module) -> list[str]:
@@ -383,7 +398,8 @@ def _run_steps(worker: _Worker, batches: Iterator, start_step: int) -> None:
         if worker.fault:
             worker.fault.maybe_fire(phase="step", step=step, rank=worker.rank, before=_wait_for_commit)
         begin = time.perf_counter()
-        lr = worker.scheduler.get_last_lr()[0]
+        rates = _learning_rates(worker.scheduler)
+        lr = rates.get("lr", float("nan"))
         schedules = worker.engine.module.set_schedule(step, t.max_steps)
         losses, data_wait = train_step(worker.engine, batches, step=step, cfg=worker.cfg, rank=worker.rank, dtype=dtype)
         seconds = time.perf_counter() - begin
@@ -395,7 +411,7 @@ def _run_steps(worker: _Worker, batches: Iterator, start_step: int) -> None:
         })
         done = step + 1
         metrics = {
-            "step": done, "lr": lr, **schedules, **window.means(), "steps_per_s": throughput.rate(),
+            "step": done, **rates, **schedules, **window.means(), "steps_per_s": throughput.rate(),
             "data/skipped_records": float(batches.bad.skipped),
         }
         report = done % t.checkpoint_every == 0 or done == t.max_steps

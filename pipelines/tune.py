@@ -520,11 +520,16 @@ def with_absolute_data_paths(sweep: Sweep) -> Sweep:
     trial's folder (and the synthetic data would be written once per trial). This is what
     ``salma train`` does on its driver (``prepare_data``): relative paths mean the same in both,
     the synthetic data is written once, and a source that does not parse fails before any trial
-    starts. ``sweep.yaml`` records the absolute paths, so ``--resume`` works from anywhere."""
+    starts. With ``sam_pretrain.enabled`` the SAM-2 checkpoint is pre-trained here, once, and
+    every trial finds it in the cache. ``sweep.yaml`` records the absolute paths, so ``--resume``
+    works from anywhere."""
     from pipelines.train import prepare_data
 
-    data = prepare_data(ExperimentConfig.model_validate(sweep.experiment)).data.model_dump(mode="json")
-    return replace(sweep, experiment={**sweep.experiment, "data": data}, source={**sweep.source, "data": data})
+    prepared = prepare_data(ExperimentConfig.model_validate(sweep.experiment))
+    paths = {"data": prepared.data.model_dump(mode="json")}
+    if prepared.sam_pretrain.enabled:
+        paths["sam_pretrain"] = prepared.sam_pretrain.model_dump(mode="json")
+    return replace(sweep, experiment={**sweep.experiment, **paths}, source={**sweep.source, **paths})
 
 
 def _ensure_ray() -> None:

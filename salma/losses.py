@@ -151,10 +151,34 @@ def mask_bce_dice_per_mask(
     )  # (P, K, 2)
     point_gt = point_sample(target, coords).squeeze(1)  # (P, K)
     point_logits = point_sample(pred, coords).squeeze(1)  # (P, K)
-    bce = F.binary_cross_entropy_with_logits(point_logits, point_gt, reduction="none").mean(dim=1)
-    prob = point_logits.sigmoid()
-    intersection = (prob * point_gt).sum(dim=1)  # (P,)
-    total = prob.sum(dim=1) + point_gt.sum(dim=1)  # (P,)
+    return _bce_dice(point_logits, point_gt, dice_eps)
+
+
+def dense_bce_dice_per_mask(
+    pred_logits: torch.Tensor, gt: torch.Tensor, *, dice_eps: float = DICE_EPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask_bce_dice_per_mask`` on every pixel instead of sampled points.
+
+    The ground truth is resized to the prediction (area averaging, as ``iou_prediction_loss``
+    does), so the targets are soft at object edges when the sizes differ.
+
+    Args:
+        pred_logits: (P, H, W) mask logits.
+        gt: (P, Hg, Wg) ground truth, bool or float in [0, 1].
+
+    Returns:
+        ``(bce, dice)``, each (P,).
+    """
+    target = _resize_masks(gt.to(device=pred_logits.device, dtype=torch.float32), pred_logits.shape[-2:])
+    return _bce_dice(pred_logits.float().flatten(1), target.flatten(1), dice_eps)  # (P, H·W) each
+
+
+def _bce_dice(logits: torch.Tensor, target: torch.Tensor, dice_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, K) logits and targets → per-mask mean BCE and mmdet's naive Dice, each (P,)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=1)
+    prob = logits.sigmoid()
+    intersection = (prob * target).sum(dim=1)  # (P,)
+    total = prob.sum(dim=1) + target.sum(dim=1)  # (P,)
     dice = 1.0 - (2.0 * intersection + dice_eps) / (total + dice_eps)  # (P,)
     return bce, dice
 

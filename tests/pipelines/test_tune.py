@@ -157,6 +157,26 @@ def test_relative_data_paths_resolve_against_the_launch_directory(synthetic_data
                                              default_name="s", where="s.yaml"))
 
 
+def test_sam_pretraining_runs_once_on_the_driver_and_trials_reuse_it(synthetic_data, tmp_path, monkeypatch):
+    from pipelines.train import prepare_data
+
+    monkeypatch.chdir(tmp_path)
+    experiment = {"model": {"preset": "tiny"}, "train": {"num_workers": 1},
+                  "sam_pretrain": {"enabled": True, "out": "sam2.pt", "steps": 2, "batch_size": 2},
+                  "data": {"sources": [{"name": "r", "format": "refcoco", "root": str(synthetic_data / "refer" / "refcoco")}],
+                           "eval_sources": [{"name": "v", "format": "refcoco", "root": str(synthetic_data / "refer" / "refcoco"),
+                                             "split": "val"}]}}
+    sweep = with_absolute_data_paths(build_sweep({"search_space": {"model.mba.use_film": [False, True]}}, experiment,
+                                                 default_name="s", where="s.yaml"))
+    checkpoint = tmp_path / "sam2.pt"
+    written = checkpoint.stat().st_mtime_ns
+    monkeypatch.chdir("/")  # a trial's working directory
+    cfg = sweep.trial_config(sweep.configurations[1].overrides, 0)
+    assert cfg.sam_pretrain.out == str(checkpoint) and sweep.source["sam_pretrain"]["out"] == str(checkpoint)
+    assert prepare_data(cfg).model_config_resolved.sam.checkpoint == str(checkpoint)
+    assert checkpoint.stat().st_mtime_ns == written  # reused, not trained again
+
+
 def _film_on_off(**settings):
     """A FiLM off/on sweep over seeds 0 and 1, 8 steps per trial, and its two labels."""
     sweep = build_sweep({"search_space": {"model.mba.use_film": [False, True]}, "seeds": [0, 1], **settings},

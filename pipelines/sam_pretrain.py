@@ -1,0 +1,150 @@
+"""Driver-side SAM-2 pre-training for presets that build SAM-2 from scratch (``sam_pretrain``).
+
+Before SALMA training starts, ``ensure_sam_pretrained`` trains the from-scratch SAM-2 of the
+configured preset with point and box prompts on the instance masks of the training sources
+(``salma.sam_pretraining``: what a SAM-2.1 checkpoint gives the real presets), writes it in the
+``sam2`` package's checkpoint layout to ``sam_pretrain.out`` and points ``model.sam.checkpoint``
+at it, so that the workers load it through the package's strict loader as they would load a
+downloaded checkpoint.
+
+The checkpoint is written once and reused: beside it, ``<out>.json`` records what it was trained
+from (the SAM-2 architecture, the pre-training settings and a fingerprint of the records), and a
+checkpoint whose record disagrees is trained again. A record that does not decode is skipped,
+counted and named; more than ``data.max_bad_fraction`` of them stops the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import ExperimentConfig, SamPretrainConfig
+from pipelines.data import read_mixture
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_sam_pretrained(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``model.sam.checkpoint`` set to the pre-trained SAM-2 (trained now when the
+    cached one is missing or stale); ``cfg`` unchanged when ``sam_pretrain.enabled`` is false.
+
+    Call it on the driver after the data paths are absolute (``pipelines.train.prepare_data``).
+    """
+    p = cfg.sam_pretrain
+    if not p.enabled:
+        return cfg
+    out = Path(cfg.absolute(p.out))
+    model = cfg.model_config_resolved
+    # Sources without masks (VQA, video QA) add no instance; none with masks is an error of
+    # ``instance_set``.
+    records = [r for source_records in read_mixture(cfg.data.sources) for r in source_records]
+    wanted = {
+        "sam": model.sam.model_dump(mode="json", exclude={"checkpoint"}),
+        "settings": p.model_dump(mode="json", exclude={"enabled", "out"}),
+        "records": _fingerprint(records),
+    }
+    meta_path = out.with_name(out.name + ".json")
+    if out.is_file() and meta_path.is_file() and _read_json(meta_path).get("trained_from") == wanted:
+        logger.info("SAM-2 pre-training: reusing %s", out)
+    else:
+        _pretrain(cfg, p, records, out, meta_path, wanted)
+    sam = {**cfg.model.get("sam", {}), "checkpoint": str(out)}
+    return cfg.model_copy(update={"model": {**cfg.model, "sam": sam}})
+
+
+def _pretrain(
+    cfg: ExperimentConfig, p: SamPretrainConfig, records: list, out: Path, meta_path: Path, wanted: dict[str, Any]
+) -> None:
+    import torch
+
+    from salma.builder import build_salma
+    from salma.data.errors import BadRecordError
+    from salma.image_transforms import to_normalized_tensor
+    from salma.sam_pretraining import PretrainOptions, evaluate_prompts, instance_set, pretrain_sam, save_sam2_checkpoint
+
+    model_cfg = cfg.model_config_resolved.model_copy(deep=True)
+    model_cfg.sam.checkpoint = None
+    started = time.perf_counter()
+    sam = build_salma(model_cfg).sam
+    bad: Counter = Counter()
+
+    def on_bad(err: BadRecordError) -> None:
+        bad[(str(err.path), err.reason)] += 1
+
+    data = instance_set(records, image_size=sam.image_size, frames_per_video=p.frames_per_video, on_bad=on_bad)
+    skipped = sum(bad.values())
+    if skipped:
+        worst = ", ".join(f"{path} ({reason}) x{n}" for (path, reason), n in bad.most_common(5))
+        logger.warning("SAM-2 pre-training skipped %d of %d records: %s", skipped, len(records), worst)
+        if skipped / len(records) > cfg.data.max_bad_fraction:
+            raise ValueError(
+                f"SAM-2 pre-training: {skipped} of {len(records)} records do not decode, more than "
+                f"data.max_bad_fraction={cfg.data.max_bad_fraction}; worst: {worst}"
+            )
+    logger.info(
+        "SAM-2 pre-training from scratch: %d masks on %d frames, %d steps -> %s",
+        len(data.masks), len(data.images), p.steps, out,
+    )
+    with _threads(p.threads):
+        torch.manual_seed(p.seed)
+        options = PretrainOptions(
+            steps=p.steps, batch_size=p.batch_size, lr=p.lr, box_probability=p.box_probability, seed=p.seed
+        )
+        rows = pretrain_sam(sam, data, options, normalize=to_normalized_tensor)
+        scores = evaluate_prompts(sam, data, normalize=to_normalized_tensor)
+    save_sam2_checkpoint(sam, out)
+    meta = {
+        "trained_from": wanted,
+        "seconds": round(time.perf_counter() - started, 1),
+        "masks": len(data.masks),
+        "frames": len(data.images),
+        "skipped_records": skipped,
+        "final": rows[-1] if rows else {},
+        "train_prompt_iou": scores,
+    }
+    staging = meta_path.with_name(meta_path.name + ".partial")
+    staging.write_text(json.dumps(meta, indent=1))
+    staging.replace(meta_path)
+    logger.info(
+        "SAM-2 pre-training done in %.0f s: prompted IoU on its training masks, click %.3f, box %.3f",
+        meta["seconds"], scores["click_iou"], scores["box_iou"],
+    )
+
+
+class _threads:
+    """Run with ``n`` torch threads (0: leave as is), then restore the previous count."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.before = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.set_num_threads(self.before)
+
+
+def _fingerprint(records: list) -> str:
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(record.to_json().encode())
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        logger.warning("%s is unreadable (%s): the SAM-2 checkpoint beside it is trained again", path, err)
+        return {}

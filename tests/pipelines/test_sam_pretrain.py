@@ -1,0 +1,72 @@
+"""Driver-side SAM-2 pre-training: trained once, cached, retrained when stale, wired into the
+model config; conflicts and bad records are clear errors."""
+
+import json
+
+import pytest
+
+from pipelines.config import load_experiment
+from pipelines.sam_pretrain import ensure_sam_pretrained
+from pipelines.train import prepare_data
+
+
+def _pretrain_cfg(tiny_experiment, folder, *overrides):
+    return prepare_data(
+        tiny_experiment(
+            folder,
+            "sam_pretrain.enabled=true",
+            f"sam_pretrain.out={folder / 'sam2.pt'}",
+            "sam_pretrain.steps=2",
+            "sam_pretrain.batch_size=2",
+            *overrides,
+        )
+    )
+
+
+def test_disabled_leaves_the_config_alone(tiny_experiment, tmp_path):
+    cfg = tiny_experiment(tmp_path)
+    assert ensure_sam_pretrained(cfg) is cfg
+
+
+def test_pretrains_once_points_the_model_at_it_and_retrains_when_stale(tiny_experiment, tmp_path):
+    cfg = _pretrain_cfg(tiny_experiment, tmp_path)
+    checkpoint = tmp_path / "sam2.pt"
+    assert cfg.model_config_resolved.sam.checkpoint == str(checkpoint)
+    meta = json.loads((tmp_path / "sam2.pt.json").read_text())
+    assert meta["trained_from"]["settings"]["steps"] == 2
+    assert meta["masks"] > 0 and set(meta["train_prompt_iou"]) == {"click_iou", "box_iou"}
+    written = checkpoint.stat().st_mtime_ns
+
+    again = _pretrain_cfg(tiny_experiment, tmp_path)  # same settings, same data: reused
+    assert checkpoint.stat().st_mtime_ns == written
+    assert again.model_config_resolved.sam.checkpoint == str(checkpoint)
+
+    _pretrain_cfg(tiny_experiment, tmp_path, "sam_pretrain.steps=3")  # other settings: trained again
+    assert checkpoint.stat().st_mtime_ns != written
+    assert json.loads((tmp_path / "sam2.pt.json").read_text())["trained_from"]["settings"]["steps"] == 3
+
+
+def test_a_trial_config_carrying_the_pretrained_checkpoint_still_validates(tiny_experiment, tmp_path):
+    """What the workers receive: sam_pretrain enabled and model.sam.checkpoint = its output."""
+    cfg = _pretrain_cfg(tiny_experiment, tmp_path)
+    assert load_experiment(None, []).model_validate(cfg.model_dump()).model_config_resolved.sam.checkpoint
+
+
+def test_another_checkpoint_beside_pretraining_is_an_error(tiny_experiment, tmp_path):
+    with pytest.raises(ValueError, match="names another checkpoint"):
+        tiny_experiment(tmp_path, "sam_pretrain.enabled=true", "model.sam.checkpoint=/elsewhere/sam2.pt")
+
+
+def test_too_many_unreadable_records_stop_pretraining(tiny_experiment, tmp_path, synthetic_data):
+    import shutil
+
+    copy = tmp_path / "refer"
+    shutil.copytree(synthetic_data / "refer", copy)
+    images = sorted((copy / "images").rglob("*.jpg"))
+    assert images
+    for image in images[: len(images) // 2]:
+        image.write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="do not decode"):
+        _pretrain_cfg(
+            tiny_experiment, tmp_path, f"data.sources=[{{name: refcoco, format: refcoco, root: {copy / 'refcoco'}}}]"
+        )

@@ -1,0 +1,128 @@
+"""SAM-2 promptable pre-training: prompts, the instance set, a few real steps, the checkpoint
+round trip through the ``sam2`` package's own (strict) loader."""
+
+import numpy as np
+import pytest
+import torch
+
+from salma.builder import build_salma
+from salma.config import resolve_model_config
+from salma.data.errors import BadRecordError
+from salma.data.sources import read_source
+from salma.image_transforms import to_normalized_tensor
+from salma.sam_pretraining import (
+    InstanceSet,
+    PretrainOptions,
+    central_prompts,
+    evaluate_prompts,
+    instance_set,
+    pretrain_sam,
+    sample_prompts,
+    save_sam2_checkpoint,
+)
+
+
+def _masks() -> np.ndarray:
+    masks = np.zeros((2, 64, 64), bool)  # (N, S, S)
+    masks[0, 10:20, 5:35] = True  # x 5..34, y 10..19
+    masks[1, 40:60, 40:44] = True
+    return masks
+
+
+def test_clicks_fall_inside_their_mask_with_the_padding_label():
+    masks = _masks()
+    coords, labels = sample_prompts(masks, np.random.default_rng(0), box_probability=0.0, box_noise=0.1)
+    assert coords.shape == (2, 2, 2) and labels.tolist() == [[1, -1], [1, -1]]
+    for mask, (x, y) in zip(masks, coords[:, 0].tolist()):
+        assert mask[int(y), int(x)]
+
+
+def test_boxes_are_jittered_corners_with_labels_2_and_3():
+    masks = _masks()
+    coords, labels = sample_prompts(masks, np.random.default_rng(0), box_probability=1.0, box_noise=0.0)
+    assert labels.tolist() == [[2, 3], [2, 3]]
+    assert coords[0].tolist() == [[5.0, 10.0], [35.0, 20.0]]  # exact box without noise
+    noisy, _ = sample_prompts(masks, np.random.default_rng(0), box_probability=1.0, box_noise=0.1)
+    shift = (noisy - coords).abs()
+    assert shift.max() > 0
+    assert shift.max() <= 20.0 * 64 / 1024 + 1e-6  # SAM's cap of 20 px at 1024, scaled
+    assert noisy.min() >= 0 and noisy.max() <= 64
+
+
+def test_an_empty_mask_is_an_error_not_a_prompt_at_the_origin():
+    masks = _masks()
+    masks[1] = False
+    with pytest.raises(ValueError, match="mask 1 is empty"):
+        sample_prompts(masks, np.random.default_rng(0), box_probability=0.5, box_noise=0.1)
+    with pytest.raises(ValueError, match="mask 1 is empty"):
+        central_prompts(masks)
+
+
+def test_central_click_lies_inside_even_a_non_convex_mask():
+    ring = np.zeros((1, 32, 32), bool)
+    ring[0, 4:28, 4:28] = True
+    ring[0, 10:22, 10:22] = False  # the centroid (16, 16) is a hole
+    click, click_labels, box, box_labels = central_prompts(ring)
+    x, y = click[0, 0].tolist()
+    assert ring[0, int(y), int(x)]
+    assert box[0].tolist() == [[4.0, 4.0], [28.0, 28.0]]
+    assert click_labels.tolist() == [[1, -1]] and box_labels.tolist() == [[2, 3]]
+
+
+def test_instance_set_has_one_mask_per_object_and_frame(synthetic_data):
+    records = read_source("refcoco", synthetic_data / "refer" / "refcoco", "train")
+    data = instance_set(records, image_size=64)
+    objects = sum(len({tuple(r.object_ids) for r in record.referents}) for record in records)
+    assert len(data.images) == len(records)
+    assert len(data.masks) == objects  # several expressions of one object: one mask
+    assert data.images.shape[1:] == (64, 64, 3) and data.masks.shape[1:] == (64, 64)
+    assert all(m.any() for m in data.masks)
+    videos = read_source("mevis", synthetic_data / "mevis", "train")
+    frames = instance_set(videos, image_size=64, frames_per_video=2)
+    assert len(frames.images) <= 2 * len(videos) and len(frames.masks) >= len(frames.images)
+
+
+def test_instance_set_skips_a_missing_image_through_on_bad(synthetic_data, tmp_path):
+    records = read_source("refcoco", synthetic_data / "refer" / "refcoco", "train")[:3]
+    records[1].frames = [str(tmp_path / "gone.jpg")]
+    with pytest.raises(BadRecordError, match="gone.jpg"):
+        instance_set(records, image_size=64)
+    seen = []
+    data = instance_set(records, image_size=64, on_bad=seen.append)
+    assert [err.reason for err in seen] == ["missing image file"] and len(data.images) == 2
+
+
+def test_no_masks_at_all_is_a_clear_error():
+    with pytest.raises(ValueError, match="no instance masks"):
+        instance_set([], image_size=64)
+
+
+def test_a_few_steps_train_the_decoder_and_the_checkpoint_loads_strictly(synthetic_data, tmp_path):
+    config = resolve_model_config({"preset": "tiny"})
+    sam = build_salma(config).sam
+    records = read_source("refcoco", synthetic_data / "refer" / "refcoco", "train")
+    data = instance_set(records, image_size=sam.image_size)
+    before = {k: v.clone() for k, v in sam.sam.sam_mask_decoder.state_dict().items()}
+    rows = pretrain_sam(sam, data, PretrainOptions(steps=4, batch_size=2, log_every=2), normalize=to_normalized_tensor)
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(np.isfinite(r["mask_bce"]) and 0.0 <= r["train_iou"] <= 1.0 for r in rows)
+    changed = [k for k, v in sam.sam.sam_mask_decoder.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed
+    scores = evaluate_prompts(sam, InstanceSet(data.images, data.masks[:3], data.image_index[:3]), normalize=to_normalized_tensor)
+    assert set(scores) == {"click_iou", "box_iou"} and all(0.0 <= v <= 1.0 for v in scores.values())
+
+    path = save_sam2_checkpoint(sam, tmp_path / "sam2.pt")
+    assert not (tmp_path / "sam2.pt.partial").exists()
+    loaded = build_salma(config.model_copy(update={"sam": config.sam.model_copy(update={"checkpoint": str(path)})})).sam
+    for key, value in sam.sam.state_dict().items():
+        assert torch.equal(loaded.sam.state_dict()[key], value), key
+
+
+def test_the_best_candidate_rule_also_runs(synthetic_data):
+    sam = build_salma(resolve_model_config({"preset": "tiny"})).sam
+    records = read_source("refcoco", synthetic_data / "refer" / "refcoco", "train")
+    data = instance_set(records, image_size=sam.image_size)
+    rows = pretrain_sam(
+        sam, data, PretrainOptions(steps=2, batch_size=2, log_every=1, candidates="best"), normalize=to_normalized_tensor
+    )
+    assert len(rows) == 2 and all(r["iou"] >= 0 for r in rows)
