@@ -90,7 +90,8 @@ def test_local_cluster_has_a_head_and_two_worker_nodes(cluster):
 def _quickstart_overrides(folder: Path) -> list[str]:
     """experiments/quickstart.yaml cut down to a 4-step job, with every path absolute under
     ``folder`` (a job's working directory is Ray's unpacked copy of the code, not a place for
-    data or runs): the synthetic data (written by the job), the run folder and MLflow DB."""
+    data or runs): the synthetic data and the pre-trained SAM-2 (both written by the job, the
+    pre-training cut to 4 steps), the run folder and MLflow DB."""
     data = yaml.safe_load(QUICKSTART.read_text())["data"]
     synthetic = Path(data["synthetic"]["out"])
 
@@ -109,6 +110,9 @@ def _quickstart_overrides(folder: Path) -> list[str]:
         "train.max_steps=4",
         "train.checkpoint_every=2",
         "train.log_every=1",
+        f"sam_pretrain.out={folder / 'sam2_pretrained.pt'}",
+        "sam_pretrain.steps=4",
+        "sam_pretrain.batch_size=2",
     ]
 
 
@@ -182,6 +186,10 @@ def test_ray_job_submit_trains_the_quickstart_and_tracks_it_in_mlflow(cluster, t
     assert run.info.run_id == info["mlflow_run_id"]
     assert run.info.status == "FINISHED", run.info
     assert run.data.tags["hw.world_size"] == "2" and run.data.params["train.max_steps"] == "4"
+    # The quickstart's SAM-2 pre-training ran in the job and the workers loaded its checkpoint.
+    assert (tmp_path / "sam2_pretrained.pt").is_file()
+    assert run.data.params["model.sam.checkpoint"] == str(tmp_path / "sam2_pretrained.pt")
+    assert run.data.metrics["lr/sam.sam"] == pytest.approx(0.3 * run.data.metrics["lr"])
     history = mlflow.get_metric_history(run.info.run_id, "loss/total")
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert all(math.isfinite(m.value) for m in history)
