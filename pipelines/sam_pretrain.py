@@ -20,6 +20,8 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,23 +118,18 @@ def _pretrain(
     )
 
 
-class _threads:
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
     """Run with ``n`` torch threads (0: leave as is), then restore the previous count."""
+    import torch
 
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self) -> None:
-        import torch
-
-        self.before = torch.get_num_threads()
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        torch.set_num_threads(self.before)
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _fingerprint(records: list) -> str:
