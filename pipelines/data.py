@@ -271,12 +271,6 @@ def worker_batches(
     return it
 
 
-def check_sources(data: DataConfig) -> dict[str, int]:
-    """Driver-side fail-fast check before any worker starts: every source parses and has records.
-    Returns the record count per source."""
-    return {s.name: len(r) for s, r in zip(data.sources, read_mixture(data.sources))}
-
-
 def ensure_synthetic(cfg: ExperimentConfig) -> dict | None:
     """Write the synthetic datasets when the config asks for them and they are not there yet
     (or were written with another seed, size or generator version). Returns the manifest, or None

@@ -27,15 +27,18 @@ from typing import Any
 
 from pipelines.config import ExperimentConfig, SamPretrainConfig
 from pipelines.data import read_mixture
+from salma.data.record import SampleRecord
 
 logger = logging.getLogger(__name__)
 
 
-def ensure_sam_pretrained(cfg: ExperimentConfig) -> ExperimentConfig:
+def ensure_sam_pretrained(cfg: ExperimentConfig, mixture: list[list[SampleRecord]] | None = None) -> ExperimentConfig:
     """``cfg`` with ``model.sam.checkpoint`` set to the pre-trained SAM-2 (trained now when the
     cached one is missing or stale); ``cfg`` unchanged when ``sam_pretrain.enabled`` is false.
 
-    Call it on the driver after the data paths are absolute (``pipelines.train.prepare_data``).
+    Call it on the driver after the data paths are absolute (``pipelines.train.prepare_data``,
+    which passes the records of ``data.sources`` it has already read as ``mixture``; None reads
+    them here).
     """
     p = cfg.sam_pretrain
     if not p.enabled:
@@ -44,7 +47,9 @@ def ensure_sam_pretrained(cfg: ExperimentConfig) -> ExperimentConfig:
     model = cfg.model_config_resolved
     # Sources without masks (VQA, video QA) add no instance; none with masks is an error of
     # ``instance_set``.
-    records = [r for source_records in read_mixture(cfg.data.sources) for r in source_records]
+    if mixture is None:
+        mixture = read_mixture(cfg.data.sources)
+    records = [r for source_records in mixture for r in source_records]
     wanted = {
         "sam": model.sam.model_dump(mode="json", exclude={"checkpoint"}),
         "settings": p.model_dump(mode="json", exclude={"enabled", "out"}),

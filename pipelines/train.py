@@ -52,7 +52,7 @@ from pipelines.checkpoint import (
     stage_checkpoint,
 )
 from pipelines.config import ExperimentConfig, load_experiment
-from pipelines.data import check_sources, ensure_synthetic, worker_batches
+from pipelines.data import ensure_synthetic, read_mixture, worker_batches
 from pipelines.deepspeed_config import DistributedSetup, deepspeed_config, resolve_distributed_setup
 from pipelines.fault_injection import ENV_VAR as FAULT_ENV_VAR
 from pipelines.fault_injection import FaultInjection
@@ -135,8 +135,8 @@ def prepare_data(cfg: ExperimentConfig) -> ExperimentConfig:
     sam_pretrain = cfg.sam_pretrain.model_copy(update={"out": cfg.absolute(cfg.sam_pretrain.out)})
     cfg = cfg.model_copy(update={"data": data, "workdir": cfg.absolute(cfg.workdir), "sam_pretrain": sam_pretrain})
     ensure_synthetic(cfg)
-    check_sources(data)
-    return ensure_sam_pretrained(cfg)
+    mixture = read_mixture(data.sources)  # fails fast: a source that does not parse or has no records
+    return ensure_sam_pretrained(cfg, mixture)
 
 
 def _gpus_available(cfg: ExperimentConfig) -> bool:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipelines.config import load_experiment
-from pipelines.data import TooManyBadRecords, WorkerBatches, check_sources, mixture_order, worker_batches
+from pipelines.data import TooManyBadRecords, WorkerBatches, mixture_order, read_mixture, worker_batches
 from salma.data.errors import DatasetFormatError
 from salma.data.synthetic import write_synthetic
 from salma.tokenizer import build_tiny_tokenizer
@@ -127,7 +127,7 @@ def test_a_broken_dataset_json_fails_at_start_with_its_path(data_dir, tmp_path):
         None, ["model.preset=tiny", f"data.sources=[{{name: mevis, format: mevis, root: {copy}}}]"]
     )
     with pytest.raises(DatasetFormatError, match="meta_expressions.json"):
-        check_sources(cfg.data)
+        read_mixture(cfg.data.sources)
 
 
 @pytest.mark.slow
