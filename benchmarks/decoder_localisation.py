@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     def logits_at(frames: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """The first multimask candidate (N, S, S) for one positive click per frame."""
         labels = torch.ones(points.shape[0], 1, dtype=torch.int32)
-        multimasks, _ = prompted_logits(sam, frames, points[:, None], labels)
+        multimasks, _, _ = prompted_logits(sam, frames, points[:, None], labels)
         return sam.upscale(multimasks[:, :1], (size, size))[:, 0]
 
     generator = torch.Generator().manual_seed(args.seed)

@@ -127,7 +127,13 @@ class SamPretrainConfig(_Strict):
     """Pre-train a from-scratch SAM-2 with point and box prompts before SALMA training
     (``pipelines.sam_pretrain``): what a SAM-2.1 checkpoint gives the real presets. The driver
     trains it once on the instance masks of ``data.sources``, caches it at ``out`` and sets
-    ``model.sam.checkpoint`` to it."""
+    ``model.sam.checkpoint`` to it.
+
+    ``video_steps`` > 0 adds SAM-2's video training after the ``steps`` image steps: clips of
+    ``clip_frames`` frames from the video sources, the first frame given its mask and the rest
+    tracked through the memory modules, alternating with image batches (``salma.sam_pretraining``).
+    Without it the memory attention, the memory encoder and the object-presence head stay random,
+    and the tracker of a video prediction is untrained."""
 
     enabled: bool = False
     out: str = "data/sam2_pretrained.pt"
@@ -136,13 +142,20 @@ class SamPretrainConfig(_Strict):
     lr: float = 3e-4
     box_probability: float = 0.5
     frames_per_video: int = 3
+    video_steps: int = 0
+    clip_batch: int = 4
+    clip_frames: int = 4
     threads: int = 2  # torch threads on the driver (0: torch's default)
     seed: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> "SamPretrainConfig":
-        if self.steps < 1 or self.batch_size < 1 or self.frames_per_video < 1:
-            raise ValueError("sam_pretrain.steps, batch_size and frames_per_video must be >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.frames_per_video < 1 or self.clip_batch < 1:
+            raise ValueError("sam_pretrain.steps, batch_size, frames_per_video and clip_batch must be >= 1")
+        if self.video_steps < 0:
+            raise ValueError(f"sam_pretrain.video_steps={self.video_steps} must be >= 0 (0: images only)")
+        if self.clip_frames < 2:
+            raise ValueError(f"sam_pretrain.clip_frames={self.clip_frames} must be >= 2 (a conditioning frame and a tracked one)")
         if self.lr <= 0:
             raise ValueError(f"sam_pretrain.lr={self.lr} must be > 0")
         if not 0.0 <= self.box_probability <= 1.0:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,21 +71,37 @@ def _pretrain(
     from salma.builder import build_salma
     from salma.data.errors import BadRecordError
     from salma.image_transforms import to_normalized_tensor
-    from salma.sam_pretraining import PretrainOptions, evaluate_prompts, instance_set, pretrain_sam, save_sam2_checkpoint
+    from salma.sam_pretraining import (
+        PretrainOptions,
+        evaluate_prompts,
+        evaluate_tracking,
+        instance_set,
+        pretrain_sam,
+        save_sam2_checkpoint,
+        track_set,
+    )
 
     model_cfg = cfg.model_config_resolved.model_copy(deep=True)
     model_cfg.sam.checkpoint = None
     started = time.perf_counter()
     sam = build_salma(model_cfg).sam
-    bad: Counter = Counter()
+    bad: dict[str, str] = {}  # path -> reason: a record failing in both readers counts once
 
     def on_bad(err: BadRecordError) -> None:
-        bad[(str(err.path), err.reason)] += 1
+        bad.setdefault(str(err.path), err.reason)
 
     data = instance_set(records, image_size=sam.image_size, frames_per_video=p.frames_per_video, on_bad=on_bad)
-    skipped = sum(bad.values())
+    tracks = None
+    if p.video_steps:
+        tracks = track_set(records, image_size=sam.image_size, min_frames=p.clip_frames, on_bad=on_bad)
+        if not tracks.windows(p.clip_frames):
+            raise ValueError(
+                f"sam_pretrain.video_steps={p.video_steps} but no video source of data.sources has a "
+                f"track of sam_pretrain.clip_frames={p.clip_frames} frames; set video_steps: 0 for images only"
+            )
+    skipped = len(bad)
     if skipped:
-        worst = ", ".join(f"{path} ({reason}) x{n}" for (path, reason), n in bad.most_common(5))
+        worst = ", ".join(f"{path} ({reason})" for path, reason in list(bad.items())[:5])
         logger.warning("SAM-2 pre-training skipped %d of %d records: %s", skipped, len(records), worst)
         if skipped / len(records) > cfg.data.max_bad_fraction:
             raise ValueError(
@@ -94,16 +109,28 @@ def _pretrain(
                 f"data.max_bad_fraction={cfg.data.max_bad_fraction}; worst: {worst}"
             )
     logger.info(
-        "SAM-2 pre-training from scratch: %d masks on %d frames, %d steps -> %s",
-        len(data.masks), len(data.images), p.steps, out,
+        "SAM-2 pre-training from scratch: %d masks on %d frames, %d image steps, %d video steps "
+        "(%d tracks) -> %s",
+        len(data.masks), len(data.images), p.steps, p.video_steps, len(tracks.tracks) if tracks else 0, out,
     )
     with _threads(p.threads):
         torch.manual_seed(p.seed)
         options = PretrainOptions(
-            steps=p.steps, batch_size=p.batch_size, lr=p.lr, box_probability=p.box_probability, seed=p.seed
+            steps=p.steps,
+            batch_size=p.batch_size,
+            lr=p.lr,
+            box_probability=p.box_probability,
+            video_steps=p.video_steps,
+            clip_batch=p.clip_batch,
+            clip_frames=p.clip_frames,
+            seed=p.seed,
         )
-        rows = pretrain_sam(sam, data, options, normalize=to_normalized_tensor)
+        rows = pretrain_sam(sam, data, options, normalize=to_normalized_tensor, tracks=tracks)
         scores = evaluate_prompts(sam, data, normalize=to_normalized_tensor)
+        if tracks is not None:
+            scores["track_iou"] = evaluate_tracking(
+                sam, tracks, normalize=to_normalized_tensor, clip_frames=p.clip_frames
+            )
     save_sam2_checkpoint(sam, out)
     meta = {
         "trained_from": wanted,
@@ -118,8 +145,8 @@ def _pretrain(
     staging.write_text(json.dumps(meta, indent=1))
     staging.replace(meta_path)
     logger.info(
-        "SAM-2 pre-training done in %.0f s: prompted IoU on its training masks, click %.3f, box %.3f",
-        meta["seconds"], scores["click_iou"], scores["box_iou"],
+        "SAM-2 pre-training done in %.0f s: IoU on its training masks, %s",
+        meta["seconds"], ", ".join(f"{k.removesuffix('_iou')} {v:.3f}" for k, v in scores.items()),
     )
 
 

@@ -107,6 +107,7 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
             boundary=loss.boundary_weight,
             mask_selection=loss.mask_selection,
             iou=loss.iou_weight,
+            object=loss.object_weight,
             aux_warmup_fraction=loss.aux_warmup_fraction,
             gamma_warmup_fraction=loss.gamma_warmup_fraction,
         ),

@@ -166,6 +166,11 @@ class LossConfig(_Strict):
     # own training (the best candidate, plus an L1 IoU-head loss weighted by iou_weight).
     mask_selection: Literal["predicted_iou", "min_loss"] = "predicted_iou"
     iou_weight: float = 1.0
+    # SAM-2's object-presence BCE on every decoded (object, frame) pair (target: the ground-truth
+    # mask is not empty). Off in the paper recipe, whose SAM-2.1 checkpoint arrives with a
+    # trained presence head; the tiny preset turns it on, since its tracker empties every frame
+    # whose presence logit is <= 0 and nothing else keeps that head calibrated.
+    object_weight: float = 0.0
     aux_warmup_fraction: float = 0.2
     gamma_warmup_fraction: float = 0.1
 
@@ -258,7 +263,7 @@ def tiny_config() -> SalmaConfig:
         ),
         sam=SamConfig(config_name="configs/sam2.1/sam2.1_hiera_t.yaml", image_size=128, overrides=sam_overrides),
         mba=MBAConfig(num_heads=2),
-        loss=LossConfig(num_points=1024),
+        loss=LossConfig(num_points=1024, object_weight=1.0),
         lora=LoraConfig(enabled=False),
         freeze=FreezeConfig(vision_encoder=False, llm=False, sam_encoder=False),
     )

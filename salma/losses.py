@@ -311,6 +311,29 @@ def iou_prediction_loss(
     return _weighted_mean(per_pair, weight.to(device=per_pair.device, dtype=torch.float32))
 
 
+def object_presence_loss(object_score: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """SAM-2's object-presence loss: BCE of the decoder's object score against "the ground-truth
+    mask is not empty".
+
+    SAM-2's video tracker empties every mask whose object score is <= 0 (the object is called
+    occluded), so a decoder trained without this term can keep segmenting well in the
+    language-conditioned frames while its tracker outputs nothing.
+
+    Args:
+        object_score: (P, 1) object-presence logits.
+        gt: (P, H, W) ground truth.
+        weight: (P,) per-pair weight.
+
+    Returns:
+        Scalar ``Σ_p w_p·BCE_p / Σ w``.
+    """
+    if object_score.shape[0] == 0:
+        return object_score.float().sum() * 0.0
+    present = gt.flatten(1).any(dim=1).to(torch.float32)
+    bce = F.binary_cross_entropy_with_logits(object_score[:, 0].float(), present, reduction="none")
+    return _weighted_mean(bce, weight.to(device=bce.device, dtype=torch.float32))
+
+
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy, mean over the supervised tokens.
 

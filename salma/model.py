@@ -31,6 +31,7 @@ class LossWeights:
     boundary: float = 0.05
     mask_selection: str = "predicted_iou"
     iou: float = 1.0
+    object: float = 0.0
     aux_warmup_fraction: float = 0.2
     gamma_warmup_fraction: float = 0.1
 
@@ -212,16 +213,18 @@ class SalmaModel(nn.Module):
             gt = batch.gt_masks.float()
             mask_logits, mask_terms = self._mask_terms(seg, gt, batch.mask_weight, size)
             terms.update(mask_terms)
+            terms["object"] = w.object * losses.object_presence_loss(seg.object_score, gt, batch.mask_weight)
             terms["boundary"] = w.boundary * losses.boundary_loss(mask_logits, gt, batch.mask_weight)
             terms["tmc"] = w.tmc * self._tmc(seg_prompts, seg, gt, batch)
         else:
-            for name in ("mask_bce", "mask_dice", "iou", "boundary", "tmc"):
+            for name in ("mask_bce", "mask_dice", "iou", "object", "boundary", "tmc"):
                 terms[name] = zero
         total = (
             w.lm * terms["lm"]
             + terms["mask_bce"]
             + terms["mask_dice"]
             + terms["iou"]
+            + terms["object"]
             + self.aux_scale * (terms["tmc"] + terms["boundary"])
         )
         # Every trainable parameter takes part in the graph, with zero weight where the batch did

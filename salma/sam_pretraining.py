@@ -64,7 +64,7 @@ from salma.data.decode import decode_masks, load_frames
 from salma.data.errors import BadRecordError
 from salma.data.record import SampleRecord
 from salma.image_transforms import resize_masks, resize_square
-from salma.sam_adapter import SamAdapter
+from salma.sam_adapter import NO_OBJECT_SCORE, SamAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +150,96 @@ def _decode_instances(
     return frames, per_frame
 
 
+@dataclass
+class TrackSet:
+    """Videos resized to the SAM input and the object tracks on them, for SAM-2's memory training.
+
+    ``videos``: (T_v, S, S, 3) uint8 per video; ``tracks``: (video index, (T_v, S, S) bool masks)
+    per distinct referent. A clip is ``clip_frames`` consecutive frames of one track, forwards or
+    backwards in time, starting on a frame where the object is visible (its mask is the clip's
+    conditioning input, as a key-frame mask seeds SALMA's tracker at inference).
+    """
+
+    videos: list[np.ndarray]
+    tracks: list[tuple[int, np.ndarray]]
+
+    def windows(self, clip_frames: int) -> list[tuple[int, int, int]]:
+        """Every (track, start frame, direction ±1) whose clip fits in the video and whose first
+        frame shows the object."""
+        out = []
+        for k, (_, masks) in enumerate(self.tracks):
+            count = len(masks)
+            for start in range(count):
+                if not masks[start].any():
+                    continue
+                for step in (1, -1):
+                    if 0 <= start + step * (clip_frames - 1) < count:
+                        out.append((k, start, step))
+        return out
+
+    def clip(self, window: tuple[int, int, int], clip_frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """(T, S, S) masks and (T, S, S, 3) frames of one window."""
+        k, start, step = window
+        video, masks = self.tracks[k]
+        frames = [start + step * i for i in range(clip_frames)]
+        return masks[frames], self.videos[video][frames]
+
+    def sample(self, rng: np.random.Generator, count: int, clip_frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` random clips: (N, T, S, S) masks and (N, T, S, S, 3) frames."""
+        windows = self.windows(clip_frames)
+        if not windows:
+            raise ValueError(f"no video track has {clip_frames} frames with the object visible on the first")
+        picked = [self.clip(windows[i], clip_frames) for i in rng.integers(len(windows), size=count)]
+        return np.stack([m for m, _ in picked]), np.stack([f for _, f in picked])
+
+
+def track_set(
+    records: list[SampleRecord],
+    *,
+    image_size: int,
+    min_frames: int = 2,
+    on_bad: Callable[[BadRecordError], None] | None = None,
+) -> TrackSet:
+    """Every distinct referent track of the video ``records`` with at least ``min_frames``
+    frames, all frames resized to the ``image_size`` square SAM-2 input. Tracks visible on no
+    frame are left out; a record that does not decode goes to ``on_bad`` (raised when None)."""
+    videos, tracks = [], []
+    for record in records:
+        if record.num_frames < max(2, min_frames) or not record.referents:
+            continue
+        positions = list(range(record.num_frames))
+        try:
+            frames = load_frames(record, positions)
+            seen: set[tuple[int, ...]] = set()
+            masks = []
+            for referent in record.referents:
+                key = tuple(sorted(referent.object_ids))
+                if key not in seen:
+                    seen.add(key)
+                    masks.append(resize_masks(decode_masks(referent, positions, record.height, record.width), image_size))
+        except BadRecordError as err:
+            if on_bad is None:
+                raise
+            on_bad(err)
+            continue
+        visible = [m for m in masks if m.any()]
+        if visible:
+            videos.append(np.stack([resize_square(f, image_size) for f in frames]))
+            tracks.extend((len(videos) - 1, m) for m in visible)
+    return TrackSet(videos=videos, tracks=tracks)
+
+
 @dataclass(frozen=True)
 class PretrainOptions:
     """Defaults: the settings under which the tiny decoder learned to follow the prompt in each of
-    3 seeds (see the module docstring); ``iou_weight`` and ``warmup_fraction`` are 0 on purpose."""
+    3 seeds (see the module docstring); ``iou_weight`` and ``warmup_fraction`` are 0 on purpose.
+
+    ``video_steps`` > 0 (and a ``TrackSet``) adds the video phase after the ``steps`` image steps:
+    clip batches (``clip_batch`` clips of ``clip_frames`` frames, the first frame given its mask)
+    alternate with image batches, and the object-presence loss (``object_weight``) is on in both.
+    The learning-rate schedule spans both phases; it decays over the last ``decay_fraction`` of
+    the whole run.
+    """
 
     steps: int = 3000
     batch_size: int = 8
@@ -168,6 +254,10 @@ class PretrainOptions:
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     iou_weight: float = 0.0
+    video_steps: int = 0
+    clip_batch: int = 4
+    clip_frames: int = 4
+    object_weight: float = 1.0
     log_every: int = 100
     seed: int = 0
 
@@ -202,12 +292,13 @@ def sample_prompts(masks: np.ndarray, rng: np.random.Generator, *, box_probabili
 
 
 def prompted_logits(sam: SamAdapter, pixel_values: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor):
-    """Multimask decode of (N, 3, S, S) frames with one prompt each → (N, M, 4h, 4w) logits and
-    (N, M) predicted IoUs, through the package's prompt encoder and mask decoder."""
+    """Multimask decode of (N, 3, S, S) frames with one prompt each → (N, M, 4h, 4w) logits,
+    (N, M) predicted IoUs and (N, 1) object-presence logits, through the package's prompt encoder
+    and mask decoder."""
     features = sam.encode(pixel_values)
     prompt_encoder = sam.sam.sam_prompt_encoder
     sparse, dense = prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-    multimasks, ious, _, _ = sam.sam.sam_mask_decoder(
+    multimasks, ious, _, object_score = sam.sam.sam_mask_decoder(
         image_embeddings=features.image_embed,
         image_pe=prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
@@ -216,7 +307,7 @@ def prompted_logits(sam: SamAdapter, pixel_values: torch.Tensor, coords: torch.T
         repeat_image=False,
         high_res_features=features.high_res,
     )
-    return multimasks, ious
+    return multimasks, ious, object_score
 
 
 def pretrain_sam(
@@ -225,10 +316,13 @@ def pretrain_sam(
     options: PretrainOptions,
     *,
     normalize,
+    tracks: "TrackSet | None" = None,
     on_log: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``sam`` in place on ``data``; returns the logged rows (step, loss terms, train IoU:
-    the IoU of the candidate inference would keep, averaged over the last ``log_every`` steps).
+    """Train ``sam`` in place on ``data`` (and, for ``options.video_steps``, on the clips of
+    ``tracks``); returns the logged rows (step, loss terms, train IoU: the IoU of the candidate
+    inference would keep, ``track_iou`` the same on tracked clip frames, each averaged over the
+    last ``log_every`` steps).
 
     ``normalize`` maps (B, S, S, 3) uint8 to (B, 3, S, S) model input (the ImageNet
     normalisation of ``salma.image_transforms.to_normalized_tensor``). ``on_log`` is called with
@@ -237,12 +331,14 @@ def pretrain_sam(
     o = options
     if data.images.shape[1] != sam.image_size:
         raise ValueError(f"images are {data.images.shape[1]} px but the SAM-2 input is {sam.image_size} px")
+    if o.video_steps and tracks is None:
+        raise ValueError(f"video_steps={o.video_steps} needs a TrackSet of video clips (tracks=None)")
     rng = np.random.default_rng(o.seed)
     params = [p for p in sam.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    warmup = int(o.warmup_fraction * o.steps)
-
-    decay_from = int((1.0 - o.decay_fraction) * o.steps)
+    total_steps = o.steps + o.video_steps
+    warmup = int(o.warmup_fraction * total_steps)
+    decay_from = int((1.0 - o.decay_fraction) * total_steps)
 
     def rate(step: int) -> float:
         # Linear warm-up, constant, then a cosine to 0 over the last ``decay_fraction``. Not a
@@ -252,49 +348,80 @@ def pretrain_sam(
             return (step + 1) / warmup
         if step < decay_from:
             return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * (step - decay_from) / max(1, o.steps - decay_from)))
+        return 0.5 * (1.0 + math.cos(math.pi * (step - decay_from) / max(1, total_steps - decay_from)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     sam.train()
-    rows, window, started = [], [], time.perf_counter()
-    for step in range(o.steps):
-        pick = rng.integers(len(data.masks), size=o.batch_size)
-        masks = data.masks[pick]  # (B, S, S)
-        coords, labels = sample_prompts(masks, rng, box_probability=o.box_probability, box_noise=o.box_noise)
-        terms, iou = prompted_loss(sam, normalize(data.images[data.image_index[pick]]), masks, coords, labels, o)
-        total = terms["mask_bce"] + terms["mask_dice"] + terms["iou"]
+    rows, window, started = [], {}, time.perf_counter()
+    for step in range(total_steps):
+        video_phase = step >= o.steps
+        if video_phase and (step - o.steps) % 2 == 0:
+            clips = tracks.sample(rng, o.clip_batch, o.clip_frames)  # (N, T, S, S) masks, (N, T, S, S, 3)
+            terms, iou = tracked_loss(sam, normalize(clips[1].reshape(-1, *clips[1].shape[2:])), clips[0], o)
+            iou_name = "track_iou"
+        else:
+            pick = rng.integers(len(data.masks), size=o.batch_size)
+            masks = data.masks[pick]  # (B, S, S)
+            coords, labels = sample_prompts(masks, rng, box_probability=o.box_probability, box_noise=o.box_noise)
+            pixels = normalize(data.images[data.image_index[pick]])
+            terms, iou = prompted_loss(sam, pixels, masks, coords, labels, o, object_loss=video_phase)
+            iou_name = "train_iou"
+        total = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
         optimizer.step()
         scheduler.step()
-        window.append({**{k: float(v.detach()) for k, v in terms.items()}, "train_iou": iou})
-        if (step + 1) % o.log_every == 0 or step + 1 == o.steps:
-            row = {"step": step + 1, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
+        for name, value in [*((k, float(v.detach())) for k, v in terms.items()), (iou_name, iou)]:
+            window.setdefault(name, []).append(value)
+        if (step + 1) % o.log_every == 0 or step + 1 == total_steps:
+            row = {"step": step + 1, **{k: float(np.mean(v)) for k, v in window.items()}}
             rows.append(row)
             if on_log is not None:
                 on_log(row)
             logger.info(
-                "SAM-2 pre-training step %d/%d (%.0f s): loss %.4f, train IoU %.3f",
-                step + 1, o.steps, time.perf_counter() - started,
-                row["mask_bce"] + row["mask_dice"] + row["iou"], row["train_iou"],
+                "SAM-2 pre-training step %d/%d (%.0f s): loss %.4f, %s",
+                step + 1, total_steps, time.perf_counter() - started,
+                sum(v for k, v in row.items() if k != "step" and not k.endswith("_iou")),
+                ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.endswith("_iou")),
             )
-            window = []
+            window = {}
     return rows
 
 
 def prompted_loss(
-    sam: SamAdapter, pixels: torch.Tensor, masks: np.ndarray, coords: torch.Tensor, labels: torch.Tensor, o: PretrainOptions
+    sam: SamAdapter,
+    pixels: torch.Tensor,
+    masks: np.ndarray,
+    coords: torch.Tensor,
+    labels: torch.Tensor,
+    o: PretrainOptions,
+    *,
+    object_loss: bool = False,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """The weighted loss terms of one batch, and the IoU of the candidates inference would keep.
 
     pixels: (B, 3, S, S) model input; masks: (B, S, S) bool; coords / labels: ``sample_prompts``.
+    ``object_loss`` adds the object-presence BCE (every prompted object is present).
     """
-    multimasks, ious = prompted_logits(sam, pixels, coords, labels)  # (B, M, 4h, 4w), (B, M)
-    size = masks.shape[-2:]
+    multimasks, ious, object_score = prompted_logits(sam, pixels, coords, labels)  # (B, M, 4h, 4w), (B, M), (B, 1)
+    gt = torch.from_numpy(masks).float()
+    terms = _candidate_terms(sam, multimasks, ious, gt, o)
+    if object_loss:
+        terms["object"] = o.object_weight * torch.nn.functional.binary_cross_entropy_with_logits(
+            object_score[:, 0], torch.ones(len(masks))
+        )
+    return terms, _kept_iou(sam, multimasks, ious, gt)
+
+
+def _candidate_terms(
+    sam: SamAdapter, multimasks: torch.Tensor, ious: torch.Tensor, gt: torch.Tensor, o: PretrainOptions
+) -> dict[str, torch.Tensor]:
+    """Dense BCE + Dice of (B, M, 4h, 4w) candidate logits against (B, S, S) masks (every
+    candidate, or the best one), and the optional IoU-head loss."""
+    size = gt.shape[-2:]
     b, m = multimasks.shape[:2]
     candidates = sam.upscale(multimasks.flatten(0, 1)[:, None], size).view(b, m, *size)  # (B, M, S, S)
-    gt = torch.from_numpy(masks).float()
     repeated = gt[:, None].expand(-1, m, *size).flatten(0, 1)  # (B·M, S, S)
     bce, dice = losses.dense_bce_dice_per_mask(candidates.flatten(0, 1), repeated)
     bce, dice = bce.view(b, m), dice.view(b, m)
@@ -302,7 +429,7 @@ def prompted_loss(
         keep = torch.nn.functional.one_hot((o.bce_weight * bce + o.dice_weight * dice).detach().argmin(dim=1), m)
     else:
         keep = torch.full_like(bce, 1.0 / m)
-    terms = {
+    return {
         "mask_bce": o.bce_weight * (bce * keep).sum(1).mean(),
         "mask_dice": o.dice_weight * (dice * keep).sum(1).mean(),
         "iou": (
@@ -311,11 +438,105 @@ def prompted_loss(
             else ious.sum() * 0.0
         ),
     }
-    with torch.no_grad():
-        kept = candidates[torch.arange(b), ious.argmax(dim=1)] > 0  # (B, S, S)
-        target = gt > 0.5
-        iou = ((kept & target).flatten(1).sum(1) / (kept | target).flatten(1).sum(1).clamp(min=1)).mean()
-    return terms, float(iou)
+
+
+@torch.no_grad()
+def _kept_iou(sam: SamAdapter, multimasks: torch.Tensor, ious: torch.Tensor, gt: torch.Tensor) -> float:
+    """Mean IoU of the highest-predicted-IoU candidate against (B, S, S) masks."""
+    b = len(gt)
+    best = multimasks[torch.arange(b), ious.argmax(dim=1)][:, None]
+    kept = sam.upscale(best, gt.shape[-2:])[:, 0] > 0
+    target = gt > 0.5
+    return float(((kept & target).flatten(1).sum(1) / (kept | target).flatten(1).sum(1).clamp(min=1)).mean())
+
+
+def tracked_loss(
+    sam: SamAdapter, pixels: torch.Tensor, masks: np.ndarray, o: PretrainOptions
+) -> tuple[dict[str, torch.Tensor], float]:
+    """SAM-2's video training on a batch of clips, through the package's own ``track_step``.
+
+    pixels: (N·T, 3, S, S) model input, clip-major; masks: (N, T, S, S) bool. Frame 0 of each clip
+    is a conditioning frame given its mask (``mask_inputs``, which SAM-2 encodes into memory as
+    is); frames 1.. are tracked: memory attention over the earlier frames' memories and object
+    pointers, then the mask decoder with no prompt. Their loss: dense BCE + Dice on every
+    candidate (frames where the object is visible) and the object-presence BCE. Gradients flow
+    through the memories into the memory encoder and memory attention. Returns the weighted terms
+    (means over tracked frames) and the mean IoU, on visible frames, of what the tracker outputs
+    (its kept candidate, emptied when it says the object is absent).
+    """
+    model = sam.sam
+    n, clip_frames = masks.shape[:2]
+    if clip_frames < 2:
+        raise ValueError(f"a clip needs at least 2 frames, got {clip_frames}")
+    gt = torch.from_numpy(masks).float()  # (N, T, S, S)
+    _, feats, pos, sizes = model._prepare_backbone_features(model.forward_image(pixels))
+    output: dict[str, dict] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    decoded: list = []
+    hook = model.sam_mask_decoder.register_forward_hook(lambda _module, _args, out: decoded.append(out))
+    per_frame, ious_kept = [], []
+    try:
+        for t in range(clip_frames):
+            rows = torch.arange(n) * clip_frames + t
+            decoded.clear()
+            out = model.track_step(
+                frame_idx=t,
+                is_init_cond_frame=t == 0,
+                current_vision_feats=[f[:, rows] for f in feats],
+                current_vision_pos_embeds=[p[:, rows] for p in pos],
+                feat_sizes=sizes,
+                point_inputs=None,
+                mask_inputs=gt[:, 0, None] if t == 0 else None,
+                output_dict=output,
+                num_frames=clip_frames,
+            )
+            output["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
+            if t == 0:
+                continue
+            # The decoder's raw output (before SAM-2 empties the masks of objects it calls absent).
+            multimasks, ious, _, object_score = decoded[-1]
+            target = gt[:, t]
+            present = target.flatten(1).any(dim=1)
+            terms = {
+                "object": o.object_weight
+                * torch.nn.functional.binary_cross_entropy_with_logits(object_score[:, 0], present.float())
+            }
+            if present.any():
+                terms.update(_candidate_terms(sam, multimasks[present], ious[present], target[present], o))
+                shown = torch.where(object_score[:, :, None, None] > 0, multimasks, NO_OBJECT_SCORE)
+                ious_kept.append(_kept_iou(sam, shown[present], ious[present], target[present]))
+            per_frame.append(terms)
+    finally:
+        hook.remove()
+    names = {k for terms in per_frame for k in terms}
+    zero = multimasks.sum() * 0.0
+    averaged = {k: sum(terms.get(k, zero) for terms in per_frame) / len(per_frame) for k in sorted(names)}
+    return averaged, float(np.mean(ious_kept)) if ious_kept else float("nan")
+
+
+@torch.no_grad()
+def evaluate_tracking(sam: SamAdapter, tracks: TrackSet, *, normalize, clip_frames: int = 4, batch_size: int = 8) -> float:
+    """Mean IoU of tracked frames (``tracked_loss``'s metric, eval mode) over every forward clip
+    of ``tracks`` that starts on the first frame where its object is visible."""
+    was_training = sam.training
+    sam.eval()
+    windows = [w for w in tracks.windows(clip_frames) if w[2] == 1]
+    firsts = {}
+    for w in windows:
+        firsts.setdefault(w[0], w)
+    options = PretrainOptions()
+    scores, weights = [], []
+    ordered = list(firsts.values())
+    for start in range(0, len(ordered), batch_size):
+        clips = [tracks.clip(w, clip_frames) for w in ordered[start : start + batch_size]]
+        masks, frames = np.stack([m for m, _ in clips]), np.stack([f for _, f in clips])
+        _, iou = tracked_loss(sam, normalize(frames.reshape(-1, *frames.shape[2:])), masks, options)
+        if not math.isnan(iou):
+            scores.append(iou)
+            weights.append(len(clips))
+    sam.train(was_training)
+    if not scores:
+        raise ValueError(f"no track has {clip_frames} frames to evaluate tracking on")
+    return float(np.average(scores, weights=weights))
 
 
 def central_prompts(masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -349,7 +570,7 @@ def evaluate_prompts(sam: SamAdapter, data: InstanceSet, *, normalize, batch_siz
         click, click_labels, box, box_labels = central_prompts(masks)
         target = torch.from_numpy(masks)
         for name, coords, labels in (("click_iou", click, click_labels), ("box_iou", box, box_labels)):
-            multimasks, ious = prompted_logits(sam, pixels, coords, labels)
+            multimasks, ious, _ = prompted_logits(sam, pixels, coords, labels)
             best = multimasks[torch.arange(len(masks)), ious.argmax(dim=1)][:, None]
             pred = sam.upscale(best, masks.shape[-2:])[:, 0] > 0
             inter = (pred & target).flatten(1).sum(1).float()

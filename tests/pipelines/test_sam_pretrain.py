@@ -70,3 +70,30 @@ def test_too_many_unreadable_records_stop_pretraining(tiny_experiment, tmp_path,
         _pretrain_cfg(
             tiny_experiment, tmp_path, f"data.sources=[{{name: refcoco, format: refcoco, root: {copy / 'refcoco'}}}]"
         )
+
+
+def test_video_steps_train_the_tracker_on_the_video_sources(tiny_experiment, tmp_path):
+    _pretrain_cfg(
+        tiny_experiment, tmp_path, "sam_pretrain.video_steps=2", "sam_pretrain.clip_batch=1", "sam_pretrain.clip_frames=3"
+    )
+    meta = json.loads((tmp_path / "sam2.pt.json").read_text())
+    assert meta["trained_from"]["settings"]["video_steps"] == 2
+    assert set(meta["final"]) >= {"object", "track_iou"}
+    assert 0.0 <= meta["train_prompt_iou"]["track_iou"] <= 1.0
+
+
+def test_video_steps_without_a_video_source_is_a_clear_error(tiny_experiment, tmp_path, synthetic_data):
+    refcoco = synthetic_data / "refer" / "refcoco"
+    with pytest.raises(ValueError, match="no video source"):
+        _pretrain_cfg(
+            tiny_experiment,
+            tmp_path,
+            "sam_pretrain.video_steps=2",
+            f"data.sources=[{{name: refcoco, format: refcoco, root: {refcoco}}}]",
+        )
+
+
+@pytest.mark.parametrize("override", ["sam_pretrain.clip_frames=1", "sam_pretrain.video_steps=-1"])
+def test_bad_video_settings_are_rejected(tiny_experiment, tmp_path, override):
+    with pytest.raises(ValueError, match="clip_frames|video_steps"):
+        tiny_experiment(tmp_path, "sam_pretrain.enabled=true", override)

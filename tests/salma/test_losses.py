@@ -382,3 +382,17 @@ def test_linear_ramp(step: int, total: int, fraction: float, expected: float) ->
 def test_linear_ramp_rejects_bad_fraction() -> None:
     with pytest.raises(ValueError):
         linear_ramp(0, 10, 1.5)
+
+
+def test_object_presence_loss_is_the_weighted_bce_of_mask_not_empty():
+    from salma.losses import object_presence_loss
+
+    score = torch.tensor([[2.0], [-1.0], [0.5]])
+    gt = torch.zeros(3, 4, 4)
+    gt[0, 1, 1] = 1.0  # present; pairs 1 and 2 are empty
+    weight = torch.tensor([1.0, 1.0, 0.0])  # the third pair is not supervised
+    expected = (
+        torch.nn.functional.softplus(torch.tensor(-2.0)) + torch.nn.functional.softplus(torch.tensor(-1.0))
+    ) / 2  # BCE(2, 1) = softplus(-2); BCE(-1, 0) = softplus(-1)
+    assert torch.allclose(object_presence_loss(score, gt, weight), expected)
+    assert object_presence_loss(score[:0], gt[:0], weight[:0]).item() == 0.0

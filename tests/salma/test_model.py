@@ -31,7 +31,7 @@ def test_forward_returns_every_term_and_all_parameters_get_gradients(tiny_model)
     tiny_model.zero_grad()
     tiny_model.set_schedule(5, 10)
     out = tiny_model(batch)
-    assert set(out) == {"lm", "mask_bce", "mask_dice", "iou", "boundary", "tmc", "total"}
+    assert set(out) == {"lm", "mask_bce", "mask_dice", "iou", "object", "boundary", "tmc", "total"}
     assert all(torch.isfinite(v) for v in out.values())
     out["total"].backward()
     missing = [n for n, p in tiny_model.named_parameters() if p.requires_grad and p.grad is None]
@@ -139,3 +139,19 @@ def test_predicted_iou_selection_leaves_the_iou_term_at_zero(tiny_model):
     assert tiny_model.loss_weights.mask_selection == "predicted_iou"
     out = tiny_model(random_batch(tiny_model.config, batch_size=1, num_frames=1))
     assert out["iou"].item() == 0.0
+
+
+def test_the_object_presence_loss_trains_the_presence_head_when_weighted():
+    config = tiny_salma_config()
+    assert config.loss.object_weight == 1.0  # the tiny preset turns it on (its SAM-2 is from scratch)
+    head_grads = {}
+    for weight in (0.0, 1.0):
+        model = build_salma(config.model_copy(update={"loss": config.loss.model_copy(update={"object_weight": weight})}))
+        torch.manual_seed(0)
+        batch = random_batch(model.config, batch_size=2, num_frames=2)
+        out = model(batch)
+        assert (out["object"].item() > 0) == (weight > 0)
+        out["total"].backward()
+        grads = [p.grad for p in model.sam.sam.sam_mask_decoder.pred_obj_score_head.parameters()]
+        head_grads[weight] = sum(float(g.abs().sum()) for g in grads)
+    assert head_grads[0.0] == 0.0 and head_grads[1.0] > 0.0

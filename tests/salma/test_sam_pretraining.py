@@ -17,8 +17,10 @@ from salma.sam_pretraining import (
     evaluate_prompts,
     instance_set,
     pretrain_sam,
+    evaluate_tracking,
     sample_prompts,
     save_sam2_checkpoint,
+    track_set,
 )
 
 
@@ -126,3 +128,63 @@ def test_the_best_candidate_rule_also_runs(synthetic_data):
         sam, data, PretrainOptions(steps=2, batch_size=2, log_every=1, candidates="best"), normalize=to_normalized_tensor
     )
     assert len(rows) == 2 and all(r["iou"] >= 0 for r in rows)
+
+
+def _video_records(synthetic_data):
+    return read_source("mevis", synthetic_data / "mevis", "train")[:6]
+
+
+def test_track_set_windows_start_on_a_visible_frame_and_fit_in_the_video(synthetic_data):
+    records = _video_records(synthetic_data)
+    tracks = track_set(records, image_size=64)
+    distinct = sum(len({tuple(sorted(r.object_ids)) for r in record.referents}) for record in records)
+    assert len(tracks.videos) == len(records) and 0 < len(tracks.tracks) <= distinct
+    windows = tracks.windows(4)
+    assert windows and {step for _, _, step in windows} == {1, -1}
+    for k, start, step in windows:
+        masks = tracks.tracks[k][1]
+        assert masks[start].any() and 0 <= start + 3 * step < len(masks)
+    masks, frames = tracks.sample(np.random.default_rng(0), 3, 4)
+    assert masks.shape == (3, 4, 64, 64) and frames.shape == (3, 4, 64, 64, 3) and masks[:, 0].any(axis=(1, 2)).all()
+    k, start, step = windows[-1]
+    clip_masks, _ = tracks.clip((k, start, step), 4)
+    assert np.array_equal(clip_masks[1], tracks.tracks[k][1][start + step])
+    with pytest.raises(ValueError, match="no video track has 99 frames"):
+        tracks.sample(np.random.default_rng(0), 1, 99)
+
+
+def test_track_set_skips_an_undecodable_video_through_on_bad(synthetic_data, tmp_path):
+    records = _video_records(synthetic_data)[:2]
+    records[0].frames = [str(tmp_path / "gone.jpg")] * records[0].num_frames
+    seen = []
+    tracks = track_set(records, image_size=64, on_bad=seen.append)
+    assert len(seen) == 1 and "gone.jpg" in str(seen[0].path) and len(tracks.videos) == 1
+
+
+def test_video_steps_train_the_memory_modules_and_the_presence_head(synthetic_data):
+    sam = build_salma(resolve_model_config({"preset": "tiny"})).sam
+    records = _video_records(synthetic_data)
+    data = instance_set(records, image_size=sam.image_size)
+    tracks = track_set(records, image_size=sam.image_size)
+    model = sam.sam
+    watched = {
+        "memory_attention": model.memory_attention,
+        "memory_encoder": model.memory_encoder,
+        "presence_head": model.sam_mask_decoder.pred_obj_score_head,
+    }
+    before = {name: [p.detach().clone() for p in m.parameters()] for name, m in watched.items()}
+    options = PretrainOptions(steps=1, video_steps=2, batch_size=2, clip_batch=2, clip_frames=3, log_every=3)
+    rows = pretrain_sam(sam, data, options, normalize=to_normalized_tensor, tracks=tracks)
+    assert len(rows) == 1 and rows[0]["step"] == 3
+    assert {"object", "track_iou", "train_iou"} <= set(rows[0]) and np.isfinite(rows[0]["object"])
+    for name, module in watched.items():
+        assert any(not torch.equal(p, q) for p, q in zip(module.parameters(), before[name])), name
+    score = evaluate_tracking(sam, tracks, normalize=to_normalized_tensor, clip_frames=3)
+    assert 0.0 <= score <= 1.0
+
+
+def test_video_steps_without_clips_is_an_error(synthetic_data):
+    sam = build_salma(resolve_model_config({"preset": "tiny"})).sam
+    data = instance_set(_video_records(synthetic_data), image_size=sam.image_size)
+    with pytest.raises(ValueError, match="needs a TrackSet"):
+        pretrain_sam(sam, data, PretrainOptions(steps=1, video_steps=2), normalize=to_normalized_tensor)
