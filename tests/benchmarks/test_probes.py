@@ -55,3 +55,18 @@ def test_restrict_to_kind_keeps_only_that_kind():
     assert probe.restrict_to_kind([record], "size")[0].referents[0].ref_id == "b"
     assert probe.restrict_to_kind([only_colour], "size") == []
     assert probe.expression_kind("the square at the bottom") == "position"
+
+
+def test_oracle_tracking_replays_ground_truth_key_frames(synthetic_data):
+    """Every frame a key frame: SAM-2 outputs the seeded masks as they are (J&F near 1, nothing
+    tracked); with 2 key frames the other frames are tracked and scored on their own."""
+    from salma.data.sources import read_source
+
+    bench = _load("oracle_tracking")
+    sam = bench.load_sam("random")
+    records = read_source("mevis", synthetic_data / "mevis", "valid_u")[:2]
+    every = bench.oracle_scores(sam, records, num_key_frames=99)
+    assert every["expressions"] == sum(len(r.referents) for r in records)
+    assert every["jf_all"] > 0.9 and every["jf_tracked"] != every["jf_tracked"]  # NaN: no tracked frame
+    two = bench.oracle_scores(sam, records, num_key_frames=2)
+    assert 0.0 <= two["jf_tracked"] < two["jf_all"] and 0.0 <= two["present"] <= 1.0
