@@ -354,26 +354,15 @@ def pretrain_sam(
         raise ValueError(f"video_steps={o.video_steps} needs a TrackSet of video clips (tracks=None)")
     rng = np.random.default_rng(o.seed)
     params = [p for p in sam.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
     total_steps = o.steps + o.video_steps
-    warmup = int(o.warmup_fraction * total_steps)
-    decay_from = int((1.0 - o.decay_fraction) * total_steps)
-
-    def rate(step: int) -> float:
-        # Linear warm-up, constant, then a cosine to 0 over the last ``decay_fraction``. Not a
-        # cosine over the whole run: the decoder starts to follow the prompt only after a long
-        # plateau, and a learning rate already decaying there delayed it past 3000 steps.
-        if step < warmup:
-            return (step + 1) / warmup
-        if step < decay_from:
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * (step - decay_from) / max(1, total_steps - decay_from)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     sam.train()
     rows, window, started = [], {}, time.perf_counter()
     for step in range(total_steps):
         video_phase = step >= o.steps
+        if step in (0, o.steps):  # each phase: a fresh optimizer and its own schedule
+            optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+            phase_steps = o.video_steps if video_phase else o.steps
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _rate(phase_steps, o.warmup_fraction, o.decay_fraction))
         if video_phase and (step - o.steps) % 2 == 0:
             clips = tracks.sample(rng, o.clip_batch, o.clip_frames)  # (N, T, S, S) masks, (N, T, S, S, 3)
             terms, iou = tracked_loss(sam, normalize(clips[1].reshape(-1, *clips[1].shape[2:])), clips[0], o)
@@ -406,6 +395,25 @@ def pretrain_sam(
             )
             window = {}
     return rows
+
+
+def _rate(steps: int, warmup_fraction: float, decay_fraction: float) -> Callable[[int], float]:
+    """Learning-rate factor of one phase of ``steps``: linear warm-up, constant, then a cosine to 0
+    over the last ``decay_fraction``. Not a cosine over the whole phase: the decoder starts to
+    follow the prompt, and the tracker to track, only after a long plateau, and a learning rate
+    already decaying there delayed the decoder past 3000 steps (and, with one schedule over both
+    phases that decayed through the video phase, the tracker never turned in 1200 video steps)."""
+    warmup = int(warmup_fraction * steps)
+    decay_from = int((1.0 - decay_fraction) * steps)
+
+    def rate(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if step < decay_from:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * (step - decay_from) / max(1, steps - decay_from)))
+
+    return rate
 
 
 def prompted_loss(

@@ -188,3 +188,13 @@ def test_video_steps_without_clips_is_an_error(synthetic_data):
     data = instance_set(_video_records(synthetic_data), image_size=sam.image_size)
     with pytest.raises(ValueError, match="needs a TrackSet"):
         pretrain_sam(sam, data, PretrainOptions(steps=1, video_steps=2), normalize=to_normalized_tensor)
+
+
+def test_each_phase_is_constant_then_decays_over_its_last_fraction():
+    from salma.sam_pretraining import _rate
+
+    rate = _rate(100, warmup_fraction=0.0, decay_fraction=0.2)
+    assert [rate(s) for s in (0, 50, 79)] == [1.0, 1.0, 1.0]
+    assert 0.0 < rate(90) < rate(81) < 1.0 and rate(99) < 0.01
+    warm = _rate(100, warmup_fraction=0.1, decay_fraction=0.2)
+    assert warm(0) == 0.1 and warm(9) == 1.0
