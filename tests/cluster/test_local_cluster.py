@@ -113,6 +113,8 @@ def _quickstart_overrides(folder: Path) -> list[str]:
         f"sam_pretrain.out={folder / 'sam2_pretrained.pt'}",
         "sam_pretrain.steps=4",
         "sam_pretrain.batch_size=2",
+        "sam_pretrain.video_steps=2",
+        "sam_pretrain.clip_batch=1",
     ]
 
 
@@ -188,6 +190,8 @@ def test_ray_job_submit_trains_the_quickstart_and_tracks_it_in_mlflow(cluster, t
     assert run.data.tags["hw.world_size"] == "2" and run.data.params["train.max_steps"] == "4"
     # The quickstart's SAM-2 pre-training ran in the job and the workers loaded its checkpoint.
     assert (tmp_path / "sam2_pretrained.pt").is_file()
+    meta = json.loads((tmp_path / "sam2_pretrained.pt.json").read_text())
+    assert meta["trained_from"]["settings"]["video_steps"] == 2 and "track_iou" in meta["train_prompt_iou"]
     assert run.data.params["model.sam.checkpoint"] == str(tmp_path / "sam2_pretrained.pt")
     assert run.data.metrics["lr/sam.sam"] == pytest.approx(0.3 * run.data.metrics["lr"])
     history = mlflow.get_metric_history(run.info.run_id, "loss/total")
