@@ -1,7 +1,8 @@
 """Driver-side SAM-2 pre-training for presets that build SAM-2 from scratch (``sam_pretrain``).
 
 Before SALMA training starts, ``ensure_sam_pretrained`` trains the from-scratch SAM-2 of the
-configured preset with point and box prompts on the instance masks of the training sources
+configured preset with point and box prompts on the instance masks of the training sources and,
+with ``sam_pretrain.video_steps``, its tracker on clips of the video sources
 (``salma.sam_pretraining``: what a SAM-2.1 checkpoint gives the real presets), writes it in the
 ``sam2`` package's checkpoint layout to ``sam_pretrain.out`` and points ``model.sam.checkpoint``
 at it, so that the workers load it through the package's strict loader as they would load a
