@@ -260,8 +260,8 @@ class PretrainOptions:
     ``video_steps`` > 0 (and a ``TrackSet``) adds the video phase after the ``steps`` image steps:
     clip batches (``clip_batch`` clips of ``clip_frames`` frames, the first frame given its mask)
     alternate with image batches, and the object-presence loss (``object_weight``) is on in both.
-    The learning-rate schedule spans both phases; it decays over the last ``decay_fraction`` of
-    the whole run.
+    Each phase has a fresh optimizer and its own schedule (constant ``lr``, then decaying over
+    the phase's last ``decay_fraction``).
     """
 
     steps: int = 3000
