@@ -75,7 +75,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -185,10 +185,16 @@ class TrackSet:
 
     videos: list[np.ndarray]
     tracks: list[tuple[int, np.ndarray]]
+    _windows: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict, repr=False, compare=False)
 
     def windows(self, clip_frames: int) -> list[tuple[int, int, int]]:
         """Every (track, start frame, direction ±1) whose clip fits in the video and whose first
-        frame shows the object."""
+        frame shows the object (computed once per clip length)."""
+        if clip_frames not in self._windows:
+            self._windows[clip_frames] = self._find_windows(clip_frames)
+        return self._windows[clip_frames]
+
+    def _find_windows(self, clip_frames: int) -> list[tuple[int, int, int]]:
         out = []
         for k, (_, masks) in enumerate(self.tracks):
             count = len(masks)
