@@ -158,19 +158,26 @@ def _decode_instances(
     record: SampleRecord, positions: list[int], image_size: int
 ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """The frames at ``positions`` and, per frame, the distinct non-empty object masks on it."""
+    frames, tracks = _decode_tracks(record, positions, image_size)
+    per_frame = [[track[t] for track in tracks if track[t].any()] for t in range(len(positions))]
+    return frames, per_frame
+
+
+def _decode_tracks(
+    record: SampleRecord, positions: list[int], image_size: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The frames at ``positions`` and one (T, S, S) mask stack per distinct referent (referents
+    naming the same objects count once), resized to the ``image_size`` square."""
     frames = load_frames(record, positions)
     seen: set[tuple[int, ...]] = set()
-    per_frame: list[list[np.ndarray]] = [[] for _ in positions]
+    tracks = []
     for referent in record.referents:
         key = tuple(sorted(referent.object_ids))
-        if key in seen:
-            continue
-        seen.add(key)
-        decoded = decode_masks(referent, positions, record.height, record.width)  # (T, H, W)
-        for t, mask in enumerate(resize_masks(decoded, image_size)):
-            if mask.any():
-                per_frame[t].append(mask)
-    return frames, per_frame
+        if key not in seen:
+            seen.add(key)
+            decoded = decode_masks(referent, positions, record.height, record.width)  # (T, H, W)
+            tracks.append(resize_masks(decoded, image_size))
+    return frames, tracks
 
 
 @dataclass
@@ -236,16 +243,8 @@ def track_set(
     for record in records:
         if record.num_frames < max(2, min_frames) or not record.referents:
             continue
-        positions = list(range(record.num_frames))
         try:
-            frames = load_frames(record, positions)
-            seen: set[tuple[int, ...]] = set()
-            masks = []
-            for referent in record.referents:
-                key = tuple(sorted(referent.object_ids))
-                if key not in seen:
-                    seen.add(key)
-                    masks.append(resize_masks(decode_masks(referent, positions, record.height, record.width), image_size))
+            frames, masks = _decode_tracks(record, list(range(record.num_frames)), image_size)
         except BadRecordError as err:
             if on_bad is None:
                 raise
@@ -448,7 +447,7 @@ def prompted_loss(
         terms["object"] = o.object_weight * torch.nn.functional.binary_cross_entropy_with_logits(
             object_score[:, 0], torch.ones(len(masks))
         )
-    return terms, _kept_iou(sam, multimasks, ious, gt)
+    return terms, float(_kept_ious(sam, multimasks, ious, gt).mean())
 
 
 def _candidate_terms(
@@ -478,13 +477,14 @@ def _candidate_terms(
 
 
 @torch.no_grad()
-def _kept_iou(sam: SamAdapter, multimasks: torch.Tensor, ious: torch.Tensor, gt: torch.Tensor) -> float:
-    """Mean IoU of the highest-predicted-IoU candidate against (B, S, S) masks."""
+def _kept_ious(sam: SamAdapter, multimasks: torch.Tensor, ious: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(B,) IoU of the highest-predicted-IoU candidate (inference's choice) against (B, S, S)
+    masks (bool, or float thresholded at 0.5)."""
     b = len(gt)
     best = multimasks[torch.arange(b), ious.argmax(dim=1)][:, None]
     kept = sam.upscale(best, gt.shape[-2:])[:, 0] > 0
     target = gt > 0.5
-    return float(((kept & target).flatten(1).sum(1) / (kept | target).flatten(1).sum(1).clamp(min=1)).mean())
+    return (kept & target).flatten(1).sum(1).float() / (kept | target).flatten(1).sum(1).float().clamp(min=1)
 
 
 def tracked_loss(
@@ -540,7 +540,7 @@ def tracked_loss(
             if present.any():
                 terms.update(_candidate_terms(sam, multimasks[present], ious[present], target[present], o))
                 shown = torch.where(object_score[:, :, None, None] > 0, multimasks, NO_OBJECT_SCORE)
-                ious_kept.append(_kept_iou(sam, shown[present], ious[present], target[present]))
+                ious_kept.append(float(_kept_ious(sam, shown[present], ious[present], target[present]).mean()))
             per_frame.append(terms)
     finally:
         hook.remove()
@@ -608,11 +608,7 @@ def evaluate_prompts(sam: SamAdapter, data: InstanceSet, *, normalize, batch_siz
         target = torch.from_numpy(masks)
         for name, coords, labels in (("click_iou", click, click_labels), ("box_iou", box, box_labels)):
             multimasks, ious, _ = prompted_logits(sam, pixels, coords, labels)
-            best = multimasks[torch.arange(len(masks)), ious.argmax(dim=1)][:, None]
-            pred = sam.upscale(best, masks.shape[-2:])[:, 0] > 0
-            inter = (pred & target).flatten(1).sum(1).float()
-            union = (pred | target).flatten(1).sum(1).float().clamp(min=1)
-            scores[name] += (inter / union).tolist()
+            scores[name] += _kept_ious(sam, multimasks, ious, target).tolist()
     sam.train(was_training)
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
