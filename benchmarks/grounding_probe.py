@@ -79,7 +79,7 @@ def evaluate(model, examples: list[dict], pad_token_id: int) -> dict[str, float]
     for start in range(0, len(examples), 8):
         b = collate(examples[start : start + 8], pad_token_id=pad_token_id)
         out = model.mllm(input_ids=b.input_ids, attention_mask=b.attention_mask, pixel_values=b.pixel_values)
-        _, seg = model.segment_batch(b, out.hidden_states, model.seg_hidden_states(out.hidden_states, b.input_ids))
+        _, seg, _ = model.segment_batch(b, out.hidden_states, model.seg_hidden_states(out.hidden_states, b.input_ids))
         pred = model.sam.upscale(seg.mask_logits, b.gt_masks.shape[-2:])[:, 0] > 0  # (P, S, S)
         gt = b.gt_masks.bool()
         i = (pred & gt).flatten(1).sum(1).float()

@@ -108,6 +108,7 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
             mask_selection=loss.mask_selection,
             iou=loss.iou_weight,
             object=loss.object_weight,
+            track=loss.track_weight,
             aux_warmup_fraction=loss.aux_warmup_fraction,
             gamma_warmup_fraction=loss.gamma_warmup_fraction,
         ),

@@ -171,6 +171,13 @@ class LossConfig(_Strict):
     # trained presence head; the tiny preset turns it on, since its tracker empties every frame
     # whose presence logit is <= 0 and nothing else keeps that head calibrated.
     object_weight: float = 0.0
+    # SAM-2's own video loss on the video samples: each object is given its ground-truth mask on
+    # its first sampled frame and tracked through the memory path over the others (BCE + Dice on
+    # every candidate, plus the object-presence BCE). Off in the paper recipe, as in Sa2VA, whose
+    # SAM-2.1 tracker arrives trained and stays as good while the image encoder moves little; the
+    # tiny preset turns it on, since SALMA training moves the whole of the small SAM-2 and its
+    # tracker, trained on nothing else, then falls out of step with the encoder.
+    track_weight: float = 0.0
     aux_warmup_fraction: float = 0.2
     gamma_warmup_fraction: float = 0.1
 
@@ -182,6 +189,9 @@ class LossConfig(_Strict):
                 raise ValueError(f"loss.{name}={value} must lie in [0, 1]")
         if self.tmc_temperature <= 0:
             raise ValueError("loss.tmc_temperature must be > 0")
+        for name in ("object_weight", "track_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name}={getattr(self, name)} must be >= 0")
         return self
 
 
@@ -263,7 +273,7 @@ def tiny_config() -> SalmaConfig:
         ),
         sam=SamConfig(config_name="configs/sam2.1/sam2.1_hiera_t.yaml", image_size=128, overrides=sam_overrides),
         mba=MBAConfig(num_heads=2),
-        loss=LossConfig(num_points=1024, object_weight=1.0),
+        loss=LossConfig(num_points=1024, object_weight=1.0, track_weight=1.0),
         lora=LoraConfig(enabled=False),
         freeze=FreezeConfig(vision_encoder=False, llm=False, sam_encoder=False),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from salma import losses
@@ -32,6 +33,7 @@ class LossWeights:
     mask_selection: str = "predicted_iou"
     iou: float = 1.0
     object: float = 0.0
+    track: float = 0.0
     aux_warmup_fraction: float = 0.2
     gamma_warmup_fraction: float = 0.1
 
@@ -178,21 +180,21 @@ class SalmaModel(nn.Module):
         )
 
     def segment_batch(
-        self, batch: SalmaBatch, hidden: torch.Tensor, seg_hidden: torch.Tensor
-    ) -> tuple[torch.Tensor, SegmentationOutput]:
-        """The [SEG] prompts (O, C) of a batch and the language-conditioned decode of its
-        (object, frame) pairs, from the MLLM's last hidden states ``hidden`` (B, L, D) and the
-        states at the [SEG] positions ``seg_hidden`` (O, D)."""
+        self, batch: SalmaBatch, hidden: torch.Tensor, seg_hidden: torch.Tensor, *, keep_backbone_out: bool = False
+    ) -> tuple[torch.Tensor, SegmentationOutput, FrameFeatures]:
+        """The [SEG] prompts (O, C) of a batch, the language-conditioned decode of its
+        (object, frame) pairs, and the frames' features, from the MLLM's last hidden states
+        ``hidden`` (B, L, D) and the states at the [SEG] positions ``seg_hidden`` (O, D)."""
         seg_prompts = self.seg_projector(seg_hidden)  # (O, C)
         language, language_mask = self.language_tokens(
             seg_prompts, hidden, batch.seg_sample_index, batch.expr_positions
         )
-        features = self.encode_frames(batch.sam_pixel_values)
+        features = self.encode_frames(batch.sam_pixel_values, keep_backbone_out=keep_backbone_out)
         priors = self.frame_priors(features)
         seg = self.segment(
             features, priors, language, language_mask, batch.pair_object_index, batch.pair_frame_index
         )
-        return seg_prompts, seg
+        return seg_prompts, seg, features
 
     # ----------------------------------------------------------------- training forward
     def forward(self, batch: SalmaBatch) -> dict[str, torch.Tensor]:
@@ -208,7 +210,9 @@ class SalmaModel(nn.Module):
                 f"batch has {batch.num_objects} objects but {seg_hidden.shape[0]} [SEG] tokens in input_ids"
             )
         if batch.pair_object_index.numel():
-            seg_prompts, seg = self.segment_batch(batch, mllm_out.hidden_states, seg_hidden)
+            seg_prompts, seg, features = self.segment_batch(
+                batch, mllm_out.hidden_states, seg_hidden, keep_backbone_out=w.track > 0
+            )
             size = batch.gt_masks.shape[-2:]
             gt = batch.gt_masks.float()
             mask_logits, mask_terms = self._mask_terms(seg, gt, batch.mask_weight, size)
@@ -216,8 +220,9 @@ class SalmaModel(nn.Module):
             terms["object"] = w.object * losses.object_presence_loss(seg.object_score, gt, batch.mask_weight)
             terms["boundary"] = w.boundary * losses.boundary_loss(mask_logits, gt, batch.mask_weight)
             terms["tmc"] = w.tmc * self._tmc(seg_prompts, seg, gt, batch)
+            terms["track"] = w.track * self._track(features, gt, batch) if w.track > 0 else zero
         else:
-            for name in ("mask_bce", "mask_dice", "iou", "object", "boundary", "tmc"):
+            for name in ("mask_bce", "mask_dice", "iou", "object", "boundary", "tmc", "track"):
                 terms[name] = zero
         total = (
             w.lm * terms["lm"]
@@ -225,6 +230,7 @@ class SalmaModel(nn.Module):
             + terms["mask_dice"]
             + terms["iou"]
             + terms["object"]
+            + terms["track"]
             + self.aux_scale * (terms["tmc"] + terms["boundary"])
         )
         # Every trainable parameter takes part in the graph, with zero weight where the batch did
@@ -285,3 +291,45 @@ class SalmaModel(nn.Module):
             gt[pair_idx],
             temperature=self.loss_weights.tmc_temperature,
         )
+
+    def _track(self, features: FrameFeatures, gt: torch.Tensor, batch: SalmaBatch) -> torch.Tensor:
+        """SAM-2's video loss (``loss.track_weight``) on the objects of the batch's videos.
+
+        Each object with at least two supervised frames whose first one shows it is a clip: that
+        frame's ground-truth mask seeds SAM-2's memory (as SALMA's key-frame masks seed the
+        tracker at inference) and the later frames are tracked (``SamAdapter.track``), on the
+        same features as the language-conditioned decode. Per tracked (object, frame): BCE + Dice
+        (``loss.bce_weight``, ``loss.dice_weight``), dense, averaged over every candidate, where
+        the object is visible, plus the object-presence BCE; the mean over all of them. Objects
+        whose first sampled frame does not show them are left out (nothing to seed with).
+        """
+        w = self.loss_weights
+        frames: dict[int, list[tuple[int, int]]] = {}
+        for p, (o, f) in enumerate(zip(batch.pair_object_index.tolist(), batch.pair_frame_index.tolist())):
+            if batch.mask_weight[p] > 0:
+                frames.setdefault(o, []).append((f, p))
+        clips: dict[int, list[list[int]]] = {}  # clip length → each clip's pair indices in time order
+        for pairs in frames.values():
+            pairs.sort()
+            if len(pairs) >= 2 and bool(gt[pairs[0][1]].any()):
+                clips.setdefault(len(pairs), []).append([p for _, p in pairs])
+        total, count = gt.sum() * 0.0, 0
+        size = gt.shape[-2:]
+        for pair_ids in clips.values():
+            ids = torch.tensor(pair_ids, device=gt.device)  # (N, T)
+            tracked = self.sam.track(features.backbone_out, batch.pair_frame_index[ids], gt[ids[:, 0]])
+            for t, out in enumerate(tracked, start=1):
+                target = gt[ids[:, t]]  # (N, S, S)
+                present = target.flatten(1).any(dim=1)
+                presence = F.binary_cross_entropy_with_logits(
+                    out.object_score[:, 0].float(), present.float(), reduction="sum"
+                )
+                total = total + presence
+                count += len(ids)
+                if present.any():
+                    n, m = int(present.sum()), out.multimasks.shape[1]
+                    candidates = self.sam.upscale(out.multimasks[present].flatten(0, 1)[:, None], size)[:, 0]
+                    repeated = target[present][:, None].expand(-1, m, *size).flatten(0, 1)
+                    bce, dice = losses.dense_bce_dice_per_mask(candidates, repeated, dice_eps=w.dice_eps)
+                    total = total + (w.bce * bce + w.dice * dice).view(n, m).mean(dim=1).sum()
+        return total / max(count, 1)

@@ -120,6 +120,61 @@ class SamAdapter(nn.Module):
             ious=ious,
         )
 
+    def track(self, backbone_out: dict, rows: torch.Tensor, first_masks: torch.Tensor) -> list[DecodeOutput]:
+        """SAM-2's own video path through the package's ``track_step``, for N clips at once.
+
+        ``backbone_out``: the package's backbone output for a set of frames (``forward_image``, or
+        ``encode(..., keep_backbone_out=True)``); ``rows`` (N, T): clip n's frames in time order,
+        as indices into those frames; ``first_masks`` (N, S, S): the masks given on each clip's
+        first frame, which SAM-2 encodes into memory as conditioning frames. Frames 1.. are
+        tracked: memory attention over the earlier frames' memories and object pointers, then the
+        mask decoder with no prompt. Returns, per tracked frame, the decoder's raw output (masks
+        not yet emptied where the object-presence logit is <= 0), so that every mask gets
+        gradient; gradients flow through the memories into the memory encoder, the memory
+        attention and the image encoder.
+        """
+        model = self.sam
+        n, clip_frames = rows.shape
+        if clip_frames < 2:
+            raise ValueError(f"a clip needs at least 2 frames, got {clip_frames}")
+        _, feats, pos, sizes = model._prepare_backbone_features(backbone_out)
+        memory: dict[str, dict] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        decoded: list = []
+        hook = model.sam_mask_decoder.register_forward_hook(lambda _module, _args, out: decoded.append(out))
+        tracked: list[DecodeOutput] = []
+        try:
+            for t in range(clip_frames):
+                index = rows[:, t]
+                decoded.clear()
+                out = model.track_step(
+                    frame_idx=t,
+                    is_init_cond_frame=t == 0,
+                    current_vision_feats=[f[:, index] for f in feats],
+                    current_vision_pos_embeds=[p[:, index] for p in pos],
+                    feat_sizes=sizes,
+                    point_inputs=None,
+                    mask_inputs=first_masks[:, None].float() if t == 0 else None,
+                    output_dict=memory,
+                    num_frames=clip_frames,
+                )
+                memory["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
+                if t == 0:
+                    continue
+                multimasks, ious, _, object_score = decoded[-1]
+                best = ious.argmax(dim=-1)
+                tracked.append(
+                    DecodeOutput(
+                        masks=multimasks[torch.arange(n, device=best.device), best].unsqueeze(1),
+                        iou=ious.gather(1, best[:, None])[:, 0],
+                        object_score=object_score,
+                        multimasks=multimasks,
+                        ious=ious,
+                    )
+                )
+        finally:
+            hook.remove()
+        return tracked
+
     @torch.no_grad()
     def prior(self, features: FrameFeatures) -> torch.Tensor:
         """The visual pre-pass: a class-agnostic "where are objects" logit map, one per frame.

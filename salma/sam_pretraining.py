@@ -501,49 +501,24 @@ def tracked_loss(
     (means over tracked frames) and the mean IoU, on visible frames, of what the tracker outputs
     (its kept candidate, emptied when it says the object is absent).
     """
-    model = sam.sam
     n, clip_frames = masks.shape[:2]
-    if clip_frames < 2:
-        raise ValueError(f"a clip needs at least 2 frames, got {clip_frames}")
     gt = torch.from_numpy(masks).float()  # (N, T, S, S)
-    _, feats, pos, sizes = model._prepare_backbone_features(model.forward_image(pixels))
-    output: dict[str, dict] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-    decoded: list = []
-    hook = model.sam_mask_decoder.register_forward_hook(lambda _module, _args, out: decoded.append(out))
+    rows = torch.arange(n * clip_frames).view(n, clip_frames)
+    tracked = sam.track(sam.sam.forward_image(pixels), rows, gt[:, 0])
     per_frame, ious_kept = [], []
-    try:
-        for t in range(clip_frames):
-            rows = torch.arange(n) * clip_frames + t
-            decoded.clear()
-            out = model.track_step(
-                frame_idx=t,
-                is_init_cond_frame=t == 0,
-                current_vision_feats=[f[:, rows] for f in feats],
-                current_vision_pos_embeds=[p[:, rows] for p in pos],
-                feat_sizes=sizes,
-                point_inputs=None,
-                mask_inputs=gt[:, 0, None] if t == 0 else None,
-                output_dict=output,
-                num_frames=clip_frames,
-            )
-            output["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
-            if t == 0:
-                continue
-            # The decoder's raw output (before SAM-2 empties the masks of objects it calls absent).
-            multimasks, ious, _, object_score = decoded[-1]
-            target = gt[:, t]
-            present = target.flatten(1).any(dim=1)
-            terms = {
-                "object": o.object_weight
-                * torch.nn.functional.binary_cross_entropy_with_logits(object_score[:, 0], present.float())
-            }
-            if present.any():
-                terms.update(_candidate_terms(sam, multimasks[present], ious[present], target[present], o))
-                shown = torch.where(object_score[:, :, None, None] > 0, multimasks, NO_OBJECT_SCORE)
-                ious_kept.append(float(_kept_ious(sam, shown[present], ious[present], target[present]).mean()))
-            per_frame.append(terms)
-    finally:
-        hook.remove()
+    for t, out in enumerate(tracked, start=1):
+        multimasks, ious, object_score = out.multimasks, out.ious, out.object_score
+        target = gt[:, t]
+        present = target.flatten(1).any(dim=1)
+        terms = {
+            "object": o.object_weight
+            * torch.nn.functional.binary_cross_entropy_with_logits(object_score[:, 0], present.float())
+        }
+        if present.any():
+            terms.update(_candidate_terms(sam, multimasks[present], ious[present], target[present], o))
+            shown = torch.where(object_score[:, :, None, None] > 0, multimasks, NO_OBJECT_SCORE)
+            ious_kept.append(float(_kept_ious(sam, shown[present], ious[present], target[present]).mean()))
+        per_frame.append(terms)
     names = {k for terms in per_frame for k in terms}
     zero = multimasks.sum() * 0.0
     averaged = {k: sum(terms.get(k, zero) for terms in per_frame) / len(per_frame) for k in sorted(names)}

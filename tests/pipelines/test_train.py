@@ -15,7 +15,7 @@ from pipelines.checkpoint import load_model_state, read_checkpoint
 from pipelines.fault_injection import ENV_VAR, InjectedFault
 from pipelines.train import main, train
 
-LOSS_TERMS = ("lm", "mask_bce", "mask_dice", "iou", "object", "boundary", "tmc", "total")
+LOSS_TERMS = ("lm", "mask_bce", "mask_dice", "iou", "object", "track", "boundary", "tmc", "total")
 
 
 def _mlflow(cfg):

@@ -31,11 +31,37 @@ def test_forward_returns_every_term_and_all_parameters_get_gradients(tiny_model)
     tiny_model.zero_grad()
     tiny_model.set_schedule(5, 10)
     out = tiny_model(batch)
-    assert set(out) == {"lm", "mask_bce", "mask_dice", "iou", "object", "boundary", "tmc", "total"}
+    assert set(out) == {"lm", "mask_bce", "mask_dice", "iou", "object", "track", "boundary", "tmc", "total"}
     assert all(torch.isfinite(v) for v in out.values())
     out["total"].backward()
     missing = [n for n, p in tiny_model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
+
+
+def _memory_grads(model) -> float:
+    memory = [*model.sam.sam.memory_attention.parameters(), *model.sam.sam.memory_encoder.parameters()]
+    return sum(float(p.grad.abs().sum()) for p in memory if p.grad is not None)
+
+
+def test_track_term_trains_sam2s_memory_path_on_video_objects_only(tiny_model):
+    assert tiny_model.loss_weights.track == 1.0  # on in the tiny preset
+    video = random_batch(tiny_model.config, batch_size=2, num_frames=3)
+    tiny_model.zero_grad()
+    out = tiny_model(video)
+    assert out["track"] > 0
+    out["track"].backward()
+    assert _memory_grads(tiny_model) > 0
+    image = random_batch(tiny_model.config, batch_size=2, num_frames=1)
+    assert tiny_model(image)["track"].item() == 0.0
+
+
+def test_without_the_track_term_the_memory_path_gets_no_gradient():
+    config = resolve_model_config({"preset": "tiny", "loss": {"track_weight": 0.0}})
+    model = build_salma(config)
+    out = model(random_batch(config, batch_size=2, num_frames=3))
+    assert out["track"].item() == 0.0
+    out["total"].backward()
+    assert _memory_grads(model) == 0.0
 
 
 def test_text_only_batch_still_gives_every_parameter_a_gradient(tiny_model):
@@ -146,7 +172,7 @@ def test_the_object_presence_loss_trains_the_presence_head_when_weighted():
     assert config.loss.object_weight == 1.0  # the tiny preset turns it on (its SAM-2 is from scratch)
     head_grads = {}
     for weight in (0.0, 1.0):
-        model = build_salma(config.model_copy(update={"loss": config.loss.model_copy(update={"object_weight": weight})}))
+        model = build_salma(config.model_copy(update={"loss": config.loss.model_copy(update={"object_weight": weight, "track_weight": 0.0})}))
         torch.manual_seed(0)
         batch = random_batch(model.config, batch_size=2, num_frames=2)
         out = model(batch)

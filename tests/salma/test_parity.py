@@ -46,3 +46,29 @@ def test_prior_is_the_best_mask_resized_to_the_feature_map_and_detached():
     prior = model.sam.prior(features)
     h, w = features.image_embed.shape[-2:]
     assert prior.shape == (2, 1, h, w) and not prior.requires_grad
+
+
+def test_sam_adapter_track_matches_the_packages_video_predictor():
+    """``SamAdapter.track`` (batched clips, for training) against ``add_new_mask`` +
+    ``propagate_in_video`` on one clip: the same tracked masks and object scores."""
+    from salma.predictor import init_tracking_state
+
+    torch.manual_seed(0)
+    model = build_salma(tiny_salma_config())
+    adapter = model.sam.eval()
+    size = adapter.image_size
+    frames = torch.randn(3, 3, size, size)
+    first = torch.zeros(size, size, dtype=torch.bool)
+    first[30:90, 40:100] = True
+    with torch.no_grad():
+        tracked = adapter.track(adapter.sam.forward_image(frames), torch.arange(3)[None], first[None])
+        state = init_tracking_state(adapter.sam, frames, size, size)
+        adapter.sam.add_new_mask(state, frame_idx=0, obj_id=0, mask=first)
+        package = {t: masks[0, 0] for t, _, masks in adapter.sam.propagate_in_video(state, start_frame_idx=0)}
+    assert len(tracked) == 2
+    assert any(out.object_score[0, 0] > 0 for out in tracked), "the comparison would only see emptied frames"
+    for t, out in enumerate(tracked, start=1):
+        ours = adapter.upscale(out.masks, (size, size))[0, 0]
+        if out.object_score[0, 0] <= 0:  # the package empties frames it calls absent
+            ours = torch.full_like(ours, -1024.0)
+        torch.testing.assert_close(ours, package[t], atol=1e-4, rtol=1e-4)
