@@ -3,9 +3,9 @@
 SALMA decodes K key frames of a video with language (``SalmaPredictor``) and hands their masks to
 SAM-2's memory tracker, which propagates them to the other frames. This benchmark replaces the
 language-conditioned masks with the ground truth: for every expression of a video split it seeds
-the package's own video predictor (``add_new_mask`` at the K uniformly spaced key frames,
-``propagate_in_video`` forwards and, if needed, backwards, exactly as ``SalmaPredictor._track``),
-and scores J&F (``salma.metrics.video_jf``) over all frames and over the tracked (non-key) frames
+the package's own video predictor as ``SalmaPredictor._track`` does
+(``salma.predictor.propagate_key_masks``: ``add_new_mask`` at the K uniformly spaced key frames,
+``propagate_in_video`` forwards and, if needed, backwards) and scores J&F (``salma.metrics.video_jf``) over all frames and over the tracked (non-key) frames
 alone. It also prints the share of tracked frames on which SAM-2 called the object present: SAM-2
 empties the mask of a frame whose object-presence logit is <= 0.
 
@@ -32,7 +32,7 @@ from salma.data.decode import decode_masks, load_frames
 from salma.data.sources import read_source
 from salma.image_transforms import resize_square, to_normalized_tensor
 from salma.metrics import video_jf
-from salma.predictor import SalmaPredictor, init_tracking_state, key_frame_indices
+from salma.predictor import SalmaPredictor, init_tracking_state, key_frame_indices, propagate_key_masks
 
 
 def load_sam(spec: str):
@@ -59,13 +59,8 @@ def oracle_scores(sam, records, num_key_frames: int) -> dict[str, float]:
         for referent in record.referents:
             gt = decode_masks(referent, list(range(count)), record.height, record.width).astype(bool)
             state = init_tracking_state(model, images, record.height, record.width)
-            for t in keys:
-                seed = F.interpolate(torch.from_numpy(gt[t])[None, None].float(), size=(sam.image_size,) * 2, mode="bilinear")
-                model.add_new_mask(state, frame_idx=t, obj_id=0, mask=seed[0, 0] > 0.5)
-            pred = np.zeros_like(gt)
-            for reverse in [False] + ([True] if keys[0] > 0 else []):
-                for t, _, masks in model.propagate_in_video(state, start_frame_idx=keys[0], reverse=reverse):
-                    pred[t] = (masks[0, 0] > 0).numpy()
+            seeds = F.interpolate(torch.from_numpy(gt[keys])[None].float(), size=(sam.image_size,) * 2, mode="bilinear")
+            pred = propagate_key_masks(model, state, keys, seeds > 0.5)[0]
             all_frames.append(video_jf(pred, gt)["J&F"])
             if others:
                 tracked.append(video_jf(pred[others], gt[others])["J&F"])

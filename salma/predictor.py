@@ -182,16 +182,24 @@ class SalmaPredictor:
         sam = self.model.sam.sam
         images = to_normalized_tensor([resize_square(f, self.geometry.sam_size) for f in frames]).to(self.device)
         state = init_tracking_state(sam, images, height, width)
-        num_segs = key_logits.shape[0]
-        for s in range(num_segs):
-            for j, t in enumerate(keys):
-                sam.add_new_mask(state, frame_idx=t, obj_id=s, mask=(key_logits[s, j] > 0))
-        video = np.zeros((num_segs, len(frames), height, width), dtype=bool)
-        passes = [False] + ([True] if keys[0] > 0 else [])
-        for reverse in passes:
-            for t, _, masks in sam.propagate_in_video(state, start_frame_idx=keys[0], reverse=reverse):
-                video[:, t] = (masks[:, 0] > 0).cpu().numpy()
-        return [video[s] for s in range(num_segs)]
+        video = propagate_key_masks(sam, state, keys, key_logits > 0)
+        return list(video)
+
+
+@torch.no_grad()
+def propagate_key_masks(sam, state: dict, keys: list[int], key_masks: torch.Tensor) -> np.ndarray:
+    """Seed SAM-2's tracker in ``state`` with the masks ``key_masks`` (S, K, h, w) bool of S
+    objects on the ascending key frames ``keys`` (``add_new_mask``) and propagate them with the
+    package's ``propagate_in_video``: forwards from the first key frame, then backwards from it
+    when it is not frame 0. Returns (S, T, video height, video width) bool."""
+    for s in range(key_masks.shape[0]):
+        for j, t in enumerate(keys):
+            sam.add_new_mask(state, frame_idx=t, obj_id=s, mask=key_masks[s, j])
+    video = np.zeros((key_masks.shape[0], state["num_frames"], state["video_height"], state["video_width"]), dtype=bool)
+    for reverse in [False] + ([True] if keys[0] > 0 else []):
+        for t, _, masks in sam.propagate_in_video(state, start_frame_idx=keys[0], reverse=reverse):
+            video[:, t] = (masks[:, 0] > 0).cpu().numpy()
+    return video
 
 
 @torch.no_grad()
