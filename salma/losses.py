@@ -173,6 +173,24 @@ def dense_bce_dice_per_mask(
     return _bce_dice(pred_logits.float().flatten(1), target.flatten(1), dice_eps)  # (P, H·W) each
 
 
+def candidate_bce_dice(
+    candidates: torch.Tensor, gt: torch.Tensor, *, dice_eps: float = DICE_EPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dense_bce_dice_per_mask`` of every one of M candidate masks against its object's mask.
+
+    Args:
+        candidates: (B, M, H, W) mask logits.
+        gt: (B, H, W) ground truth.
+
+    Returns:
+        ``(bce, dice)``, each (B, M).
+    """
+    b, m = candidates.shape[:2]
+    repeated = gt[:, None].expand(-1, m, *gt.shape[-2:]).flatten(0, 1)  # (B·M, H, W)
+    bce, dice = dense_bce_dice_per_mask(candidates.flatten(0, 1), repeated, dice_eps=dice_eps)
+    return bce.view(b, m), dice.view(b, m)
+
+
 def _bce_dice(logits: torch.Tensor, target: torch.Tensor, dice_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(P, K) logits and targets → per-mask mean BCE and mmdet's naive Dice, each (P,)."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=1)

@@ -305,8 +305,9 @@ class SalmaModel(nn.Module):
         """
         w = self.loss_weights
         frames: dict[int, list[tuple[int, int]]] = {}
-        for p, (o, f) in enumerate(zip(batch.pair_object_index.tolist(), batch.pair_frame_index.tolist())):
-            if batch.mask_weight[p] > 0:
+        pairs = zip(batch.pair_object_index.tolist(), batch.pair_frame_index.tolist(), batch.mask_weight.tolist())
+        for p, (o, f, weight) in enumerate(pairs):
+            if weight > 0:
                 frames.setdefault(o, []).append((f, p))
         clips: dict[int, list[list[int]]] = {}  # clip length → each clip's pair indices in time order
         for pairs in frames.values():
@@ -328,8 +329,7 @@ class SalmaModel(nn.Module):
                 count += len(ids)
                 if present.any():
                     n, m = int(present.sum()), out.multimasks.shape[1]
-                    candidates = self.sam.upscale(out.multimasks[present].flatten(0, 1)[:, None], size)[:, 0]
-                    repeated = target[present][:, None].expand(-1, m, *size).flatten(0, 1)
-                    bce, dice = losses.dense_bce_dice_per_mask(candidates, repeated, dice_eps=w.dice_eps)
-                    total = total + (w.bce * bce + w.dice * dice).view(n, m).mean(dim=1).sum()
+                    candidates = self.sam.upscale(out.multimasks[present].flatten(0, 1)[:, None], size)
+                    bce, dice = losses.candidate_bce_dice(candidates.view(n, m, *size), target[present], dice_eps=w.dice_eps)
+                    total = total + (w.bce * bce + w.dice * dice).mean(dim=1).sum()
         return total / max(count, 1)

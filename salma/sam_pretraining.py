@@ -458,9 +458,7 @@ def _candidate_terms(
     size = gt.shape[-2:]
     b, m = multimasks.shape[:2]
     candidates = sam.upscale(multimasks.flatten(0, 1)[:, None], size).view(b, m, *size)  # (B, M, S, S)
-    repeated = gt[:, None].expand(-1, m, *size).flatten(0, 1)  # (B·M, S, S)
-    bce, dice = losses.dense_bce_dice_per_mask(candidates.flatten(0, 1), repeated)
-    bce, dice = bce.view(b, m), dice.view(b, m)
+    bce, dice = losses.candidate_bce_dice(candidates, gt)
     if o.candidates == "best":  # SAM-2: only the best candidate learns
         keep = torch.nn.functional.one_hot((o.bce_weight * bce + o.dice_weight * dice).detach().argmin(dim=1), m)
     else:

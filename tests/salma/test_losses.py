@@ -17,6 +17,8 @@ from salma.losses import (
     TMC_TEMPERATURE,
     TMC_WEIGHT,
     boundary_loss,
+    candidate_bce_dice,
+    dense_bce_dice_per_mask,
     iou_prediction_loss,
     linear_ramp,
     lm_loss,
@@ -396,3 +398,16 @@ def test_object_presence_loss_is_the_weighted_bce_of_mask_not_empty():
     ) / 2  # BCE(2, 1) = softplus(-2); BCE(-1, 0) = softplus(-1)
     assert torch.allclose(object_presence_loss(score, gt, weight), expected)
     assert object_presence_loss(score[:0], gt[:0], weight[:0]).item() == 0.0
+
+
+def test_candidate_bce_dice_scores_every_candidate_against_its_objects_mask():
+    torch.manual_seed(0)
+    candidates = torch.randn(2, 3, 16, 16)
+    gt = torch.rand(2, 16, 16) > 0.5
+    bce, dice = candidate_bce_dice(candidates, gt)
+    assert bce.shape == dice.shape == (2, 3)
+    for b in range(2):
+        for m in range(3):
+            one_bce, one_dice = dense_bce_dice_per_mask(candidates[b, m][None], gt[b][None])
+            torch.testing.assert_close(bce[b, m], one_bce[0])
+            torch.testing.assert_close(dice[b, m], one_dice[0])
