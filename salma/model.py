@@ -305,8 +305,8 @@ class SalmaModel(nn.Module):
         """
         w = self.loss_weights
         frames: dict[int, list[tuple[int, int]]] = {}
-        pairs = zip(batch.pair_object_index.tolist(), batch.pair_frame_index.tolist(), batch.mask_weight.tolist())
-        for p, (o, f, weight) in enumerate(pairs):
+        indices = zip(batch.pair_object_index.tolist(), batch.pair_frame_index.tolist(), batch.mask_weight.tolist())
+        for p, (o, f, weight) in enumerate(indices):
             if weight > 0:
                 frames.setdefault(o, []).append((f, p))
         clips: dict[int, list[list[int]]] = {}  # clip length → each clip's pair indices in time order
