@@ -6,8 +6,9 @@ language-conditioned masks with the ground truth: for every expression of a vide
 the package's own video predictor as ``SalmaPredictor._track`` does
 (``salma.predictor.propagate_key_masks``: ``add_new_mask`` at the K uniformly spaced key frames,
 ``propagate_in_video`` forwards and, if needed, backwards) and scores J&F
-(``salma.metrics.video_jf``) over all frames and over the tracked (non-key) frames alone. It also prints the share of tracked frames on which SAM-2 called the object present: SAM-2
-empties the mask of a frame whose object-presence logit is <= 0.
+(``salma.metrics.video_jf``) over all frames and over the tracked (non-key) frames alone. It
+also prints the share of tracked frames on which SAM-2 called the object present: SAM-2 empties
+the mask of a frame whose object-presence logit is <= 0.
 
     .venv/bin/python benchmarks/oracle_tracking.py --sam data/sam2_pretrained.pt
     .venv/bin/python benchmarks/oracle_tracking.py --sam runs/<run>/export
