@@ -6,6 +6,13 @@ How it is laid out, and why:
   repeated ``repeats`` times, permuted by ``(data.seed, epoch)``. Rank r of W takes positions
   r, r+W, r+2W, … of that permutation: each worker has its own shard and one epoch covers the
   mixture once.
+- **Balanced ranks** (``data.balance_ranks``): every optimizer step waits for the slowest rank
+  in its gradient all-reduce, and examples differ several-fold in cost (a video with three
+  objects against one image and one object). Before dealing, the examples of each global
+  micro-batch (``W × batch_size_per_worker`` consecutive positions) are reordered by their work
+  estimate (``salma.data.sampling.work_estimate``) and dealt snake-wise, so the ranks get
+  matching mixes. A global batch holds the same examples as without it; only which rank
+  computes which changes.
 - Each worker turns its shard into examples with **Ray Data** (``from_items → map_batches``:
   decode frames and masks, sample frames/objects, tile, template, tokenize), streamed with
   ``preserve_order`` so the sequence of examples is a pure function of the config. The sampling
@@ -38,7 +45,7 @@ from salma.batch import SalmaBatch
 from salma.data.errors import BadRecordError
 from salma.data.examples import ImageGeometry, collate, example_from_bytes, example_to_bytes
 from salma.data.record import SampleRecord
-from salma.data.sampling import SamplingOptions, sample_example
+from salma.data.sampling import SamplingOptions, sample_example, work_estimate
 from salma.data.sources import read_source
 
 logger = logging.getLogger(__name__)
@@ -118,6 +125,36 @@ def mixture_order(sizes: list[int], repeats: list[int], *, seed: int, epoch: int
     return items
 
 
+def deal_balanced(items: list, keys: list, *, world_size: int, group: int, first: int | None = None) -> list:
+    """``items`` reordered so that dealing position p to rank ``p % world_size`` gives every rank
+    a matching share of each group's work.
+
+    Groups are runs of ``group`` consecutive positions (the first run ``first`` long, to align
+    with the global batches when an epoch starts mid-batch). Within a group the items are ranked
+    by ``keys`` (largest first, ties in their original order), cut into rows of ``world_size``
+    and dealt snake-wise: row 0 gives rank 0 the largest, row 1 gives it the smallest of its row,
+    and so on. A trailing part row keeps its original order. Pure: same input, same output.
+    """
+    if len(items) != len(keys):
+        raise ValueError(f"deal_balanced: {len(items)} items but {len(keys)} keys")
+    if world_size < 1 or group < 1:
+        raise ValueError(f"deal_balanced: world_size={world_size} and group={group} must be >= 1")
+    bounds = [0]
+    if first:
+        bounds.append(min(first, len(items)))
+    while bounds[-1] < len(items):
+        bounds.append(min(bounds[-1] + group, len(items)))
+    out = []
+    for start, end in zip(bounds, bounds[1:]):
+        ranked = sorted(range(start, end), key=lambda i: keys[i], reverse=True)
+        whole = len(ranked) - len(ranked) % world_size
+        for row, j in enumerate(range(0, whole, world_size)):
+            dealt = ranked[j : j + world_size]
+            out.extend(items[i] for i in (reversed(dealt) if row % 2 else dealt))
+        out.extend(items[i] for i in sorted(ranked[whole:]))
+    return out
+
+
 # --------------------------------------------------------------------------- Ray Data map
 @lru_cache(maxsize=4)
 def _encoder_state(model_config_json: str):
@@ -190,8 +227,23 @@ class WorkerBatches:
         self.options = dict(num_frames=data.num_frames, frame_sampling=data.frame_sampling, max_objects=data.max_objects)
         self._examples = self._example_stream()
 
+    def _epoch_order(self, epoch: int) -> list[tuple[int, int]]:
+        """The epoch's permutation, balanced across ranks when ``data.balance_ranks`` is on."""
+        order = mixture_order(self.sizes, self.repeats, seed=self.cfg.data.seed, epoch=epoch)
+        if not self.cfg.data.balance_ranks or self.world_size == 1:
+            return order
+        per_rank = self.cfg.train.batch_size_per_worker
+        options = SamplingOptions(**self.options)
+        keys = [work_estimate(self.sources[s][i], options) for s, i in order]
+        # Rank streams run on across epochs, so an epoch can start part-way into a micro-batch.
+        # Every rank must compute the same permutation: align on rank 0's stream.
+        rank0_rows = -(-len(order) // self.world_size)
+        into_batch = (epoch * rank0_rows) % per_rank
+        first = self.world_size * ((per_rank - into_batch) % per_rank)
+        return deal_balanced(order, keys, world_size=self.world_size, group=self.world_size * per_rank, first=first)
+
     def _epoch_rows(self, epoch: int, skip: int) -> list[dict]:
-        order = mixture_order(self.sizes, self.repeats, seed=self.cfg.data.seed, epoch=epoch)[self.rank :: self.world_size]
+        order = self._epoch_order(epoch)[self.rank :: self.world_size]
         return [
             {"record": self.sources[s][i].to_json(), "key": f"{epoch}:{self.rank}:{pos}"}
             for pos, (s, i) in enumerate(order)

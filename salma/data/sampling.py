@@ -40,6 +40,30 @@ def sample_frame_positions(num_frames: int, options: SamplingOptions, rng: rando
     return sorted(rng.sample(range(num_frames), options.num_frames))
 
 
+def work_estimate(record: SampleRecord, options: SamplingOptions) -> tuple[int, int]:
+    """What training on ``record`` costs, as a sort key: (object-frame pairs, frames).
+
+    Known before decoding: SAM-2's mask decoder and the mask loss run once per (object, frame)
+    pair, its image encoder once per frame, and ``sample_example`` fixes both counts (objects:
+    ``min(max_objects, referents)``, or every phrase of a grounded caption; frames: 1 for an
+    image, ``min(num_frames, frames)`` for a video, 0 for text). A video with three objects costs
+    several images; text-only records cost least. The MLLM's share (tokens, tiles) is not
+    modelled: it follows the frame count for videos and varies less than the SAM side between
+    the examples of a mixture.
+    """
+    if record.media == "none":
+        frames = 0
+    elif record.media == "image":
+        frames = 1
+    else:
+        frames = min(options.num_frames, record.num_frames)
+    if record.conversation:
+        objects = len(record.referents)
+    else:
+        objects = min(options.max_objects, len(record.referents))
+    return objects * frames, frames
+
+
 def sample_example(
     record: SampleRecord, *, rng: random.Random, options: SamplingOptions, tokenizer, geometry: ImageGeometry
 ) -> dict[str, np.ndarray]:
