@@ -13,6 +13,8 @@ env: $(STAMP)
 # Install order matters: the CPU torch wheel first; sam2 and deepspeed are sdists built against it
 # without build isolation (so the build does not fetch another torch), sam2 without its declared
 # torchvision dependency, which only its automatic-mask-generator and image-predictor transforms use.
+# Last, DeepSpeed's CPU communication op is compiled once (into torch's extension cache), which
+# every DeepSpeed start on CPU would otherwise do on first use: about a minute on 2 cores.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip setuptools wheel
@@ -20,6 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation --no-deps "sam2==1.1.0"
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation "deepspeed>=0.19,<0.20"
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/python -m pipelines.deepspeed_ops
 	touch $(STAMP)
 
 quickstart: $(STAMP)

@@ -9,9 +9,9 @@ How it is laid out, and why:
 - **Balanced ranks** (``data.balance_ranks``): every optimizer step waits for the slowest rank
   in its gradient all-reduce, and examples differ several-fold in cost (a video with three
   objects against one image and one object). Before dealing, the examples of each global
-  micro-batch (``W × batch_size_per_worker`` consecutive positions) are reordered by their work
-  estimate (``salma.data.sampling.work_estimate``) and dealt snake-wise, so the ranks get
-  matching mixes. A global batch holds the same examples as without it; only which rank
+  micro-batch (``W × batch_size_per_worker`` consecutive positions) are reordered by their
+  estimated cost (``example_cost``, from counts known before decoding) and dealt so that the
+  ranks get matching totals (``deal_balanced``). A global batch holds the same examples as without it; only which rank
   computes which changes.
 - Each worker turns its shard into examples with **Ray Data** (``from_items → map_batches``:
   decode frames and masks, sample frames/objects, tile, template, tokenize), streamed with
@@ -45,7 +45,7 @@ from salma.batch import SalmaBatch
 from salma.data.errors import BadRecordError
 from salma.data.examples import ImageGeometry, collate, example_from_bytes, example_to_bytes
 from salma.data.record import SampleRecord
-from salma.data.sampling import SamplingOptions, sample_example, work_estimate
+from salma.data.sampling import SampleCounts, SamplingOptions, sample_counts, sample_example
 from salma.data.sources import read_source
 
 logger = logging.getLogger(__name__)
@@ -125,18 +125,42 @@ def mixture_order(sizes: list[int], repeats: list[int], *, seed: int, epoch: int
     return items
 
 
-def deal_balanced(items: list, keys: list, *, world_size: int, group: int, first: int | None = None) -> list:
+# Relative cost of one training example: a base per sample, then per SAM-2 frame, per (object,
+# frame) pair and per tracked (object, frame). Fitted to one-thread forward + backward times of
+# the tiny preset at batch 8, in ms (benchmarks/example_cost.py: text 2.2, an image with 1 / 3
+# objects 11.8 / 16.2, a 3-frame video with 1 / 3 objects 41.9 / 85.5; residuals <= 2.4 ms). What
+# counts for dealing is the order and the ratios: a video costs several images, mostly through
+# its frames and its tracked objects.
+COST_PER_SAMPLE, COST_PER_FRAME, COST_PER_PAIR, COST_PER_TRACKED = 2.6, 5.6, 2.7, 6.7
+
+
+def example_cost(counts: SampleCounts, *, tracking: bool) -> float:
+    """Estimated training cost of an example with these counts; ``tracking``: the model's
+    tracking loss is on (``model.loss.track_weight`` > 0), so every object of a video is also
+    tracked over its frames after the first."""
+    tracked = counts.objects * max(0, counts.frames - 1) if tracking and counts.video else 0
+    return (
+        COST_PER_SAMPLE
+        + COST_PER_FRAME * counts.frames
+        + COST_PER_PAIR * counts.pairs
+        + COST_PER_TRACKED * tracked
+    )
+
+
+def deal_balanced(items: list, costs: list[float], *, world_size: int, group: int, first: int | None = None) -> list:
     """``items`` reordered so that dealing position p to rank ``p % world_size`` gives every rank
-    a matching share of each group's work.
+    a matching share of each group's cost.
 
     Groups are runs of ``group`` consecutive positions (the first run ``first`` long, to align
-    with the global batches when an epoch starts mid-batch). Within a group the items are ranked
-    by ``keys`` (largest first, ties in their original order), cut into rows of ``world_size``
-    and dealt snake-wise: row 0 gives rank 0 the largest, row 1 gives it the smallest of its row,
-    and so on. A trailing part row keeps its original order. Pure: same input, same output.
+    with the global batches when an epoch starts mid-batch). Within a group the items are taken
+    largest cost first (ties in their original order) and each goes to the rank with the least
+    cost so far among those that still have room, a rank's room being the positions of the
+    group it is dealt (greedy longest-first scheduling with equal counts). Each rank keeps its
+    items in their original order; equal costs leave the group as it was. Pure: same input, same
+    output.
     """
-    if len(items) != len(keys):
-        raise ValueError(f"deal_balanced: {len(items)} items but {len(keys)} keys")
+    if len(items) != len(costs):
+        raise ValueError(f"deal_balanced: {len(items)} items but {len(costs)} costs")
     if world_size < 1 or group < 1:
         raise ValueError(f"deal_balanced: world_size={world_size} and group={group} must be >= 1")
     bounds = [0]
@@ -146,12 +170,17 @@ def deal_balanced(items: list, keys: list, *, world_size: int, group: int, first
         bounds.append(min(bounds[-1] + group, len(items)))
     out = []
     for start, end in zip(bounds, bounds[1:]):
-        ranked = sorted(range(start, end), key=lambda i: keys[i], reverse=True)
-        whole = len(ranked) - len(ranked) % world_size
-        for row, j in enumerate(range(0, whole, world_size)):
-            dealt = ranked[j : j + world_size]
-            out.extend(items[i] for i in (reversed(dealt) if row % 2 else dealt))
-        out.extend(items[i] for i in sorted(ranked[whole:]))
+        size = end - start
+        room = [len(range(r, size, world_size)) for r in range(world_size)]
+        load = [0.0] * world_size
+        dealt: list[list[int]] = [[] for _ in range(world_size)]
+        for i in sorted(range(start, end), key=lambda i: costs[i], reverse=True):
+            rank = min((r for r in range(world_size) if len(dealt[r]) < room[r]), key=lambda r: load[r])
+            dealt[rank].append(i)
+            load[rank] += costs[i]
+        for ranked in dealt:
+            ranked.sort()
+        out.extend(items[dealt[p % world_size][p // world_size]] for p in range(size))
     return out
 
 
@@ -234,7 +263,8 @@ class WorkerBatches:
             return order
         per_rank = self.cfg.train.batch_size_per_worker
         options = SamplingOptions(**self.options)
-        keys = [work_estimate(self.sources[s][i], options) for s, i in order]
+        tracking = self.cfg.model_config_resolved.loss.track_weight > 0
+        keys = [example_cost(sample_counts(self.sources[s][i], options), tracking=tracking) for s, i in order]
         # Rank streams run on across epochs, so an epoch can start part-way into a micro-batch.
         # Every rank must compute the same permutation: align on rank 0's stream.
         rank0_rows = -(-len(order) // self.world_size)

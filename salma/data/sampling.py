@@ -40,17 +40,26 @@ def sample_frame_positions(num_frames: int, options: SamplingOptions, rng: rando
     return sorted(rng.sample(range(num_frames), options.num_frames))
 
 
-def work_estimate(record: SampleRecord, options: SamplingOptions) -> tuple[int, int]:
-    """What training on ``record`` costs, as a sort key: (object-frame pairs, frames).
+@dataclass(frozen=True)
+class SampleCounts:
+    """What ``sample_example`` makes of a record, known before decoding anything: the SAM-2
+    frames, the objects (referents, each with a mask on every frame) and whether it is a video
+    (whose objects SAM-2 also tracks in training)."""
 
-    Known before decoding: SAM-2's mask decoder and the mask loss run once per (object, frame)
-    pair, its image encoder once per frame, and ``sample_example`` fixes both counts (objects:
-    ``min(max_objects, referents)``, or every phrase of a grounded caption; frames: 1 for an
-    image, ``min(num_frames, frames)`` for a video, 0 for text). A video with three objects costs
-    several images; text-only records cost least. The MLLM's share (tokens, tiles) is not
-    modelled: it follows the frame count for videos and varies less than the SAM side between
-    the examples of a mixture.
-    """
+    frames: int
+    objects: int
+    video: bool
+
+    @property
+    def pairs(self) -> int:
+        """(object, frame) pairs: SAM-2's mask decoder and the mask loss run once per pair."""
+        return self.frames * self.objects
+
+
+def sample_counts(record: SampleRecord, options: SamplingOptions) -> SampleCounts:
+    """The counts ``sample_example`` fixes: frames 1 for an image, ``min(num_frames, frames)``
+    for a video, 0 for text; objects ``min(max_objects, referents)``, or every phrase of a
+    grounded caption, 0 for a question-answer record."""
     if record.media == "none":
         frames = 0
     elif record.media == "image":
@@ -61,7 +70,7 @@ def work_estimate(record: SampleRecord, options: SamplingOptions) -> tuple[int, 
         objects = len(record.referents)
     else:
         objects = min(options.max_objects, len(record.referents))
-    return objects * frames, frames
+    return SampleCounts(frames=frames, objects=objects, video=record.media == "video")
 
 
 def sample_example(

@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from pipelines.config import load_experiment
-from pipelines.data import WorkerBatches, deal_balanced, mixture_order
+from pipelines.data import WorkerBatches, deal_balanced, example_cost, mixture_order
+from salma.data.sampling import SampleCounts
 from salma.data.synthetic import write_synthetic
 from salma.tokenizer import build_tiny_tokenizer
 
@@ -32,7 +33,7 @@ def test_each_global_batch_keeps_its_items_and_the_ranks_share_the_work(world_si
         assert Counter(dealt[start : start + group]) == Counter(costs[start : start + group])
     spread_before = [max(s) - min(s) for s in rank_shares(costs, world_size, per_rank)]
     spread_after = [max(s) - min(s) for s in rank_shares(dealt, world_size, per_rank)]
-    # Snake dealing: per batch, no rank is ahead by more than the largest single difference.
+    # Per batch, no rank is ahead by more than the largest single cost.
     assert all(after <= 9 for after in spread_after)
     if per_rank == 1:  # one example per rank: nothing to balance
         assert spread_after == spread_before
@@ -40,16 +41,24 @@ def test_each_global_batch_keeps_its_items_and_the_ranks_share_the_work(world_si
         assert sum(spread_after) < sum(spread_before)
 
 
-def test_snake_dealing_is_a_pure_function_and_ties_keep_their_rank_order():
+def test_dealing_is_a_pure_function_and_equal_costs_keep_their_order():
     items = list("abcdefgh")
-    # Equal keys keep their order; every second row is dealt in reverse.
-    assert deal_balanced(items, [1] * 8, world_size=2, group=4) == list("abdcefhg")
-    keys = [3, 1, 2, 0, 5, 5, 4, 4]
-    once = deal_balanced(items, keys, world_size=2, group=4)
-    assert once == deal_balanced(items, keys, world_size=2, group=4)
-    # group 1: a (3), c (2) | b (1), d (0) → rows (a, c), (b, d), the second reversed.
-    # group 2: e, f (5, 5, in order) | g, h (4, 4) → rows (e, f), (h, g).
-    assert once == list("acdbefhg")
+    assert deal_balanced(items, [1] * 8, world_size=2, group=4) == items
+    costs = [3, 1, 2, 0, 5, 5, 4, 4]
+    once = deal_balanced(items, costs, world_size=2, group=4)
+    assert once == deal_balanced(items, costs, world_size=2, group=4)
+    # Group 1, largest first: a (3) -> rank 0, c (2) -> rank 1, b (1) -> rank 1 (2 < 3), d -> rank 0
+    # (rank 1 is full); each rank keeps its items in order: rank 0 a, d; rank 1 b, c.
+    # Group 2: e, f (5, 5) -> ranks 0, 1; g, h (4, 4) -> ranks 0, 1 (ties go to the lower rank).
+    assert once == list("abdcefgh")
+
+
+def test_one_large_item_is_offset_by_the_others():
+    """Longest-first: the rank given the one expensive item (a video) gets the cheapest of the
+    rest, the best split with four items each (snake dealing by rows gave 133 against 84)."""
+    costs = [90, 40, 17, 16, 15, 14, 13, 12]
+    dealt = deal_balanced(costs, costs, world_size=2, group=8)
+    assert rank_shares(dealt, 2, 4) == [[90 + 14 + 13 + 12, 40 + 17 + 16 + 15]]
 
 
 def test_the_first_group_aligns_to_a_batch_started_in_the_previous_epoch():
@@ -61,8 +70,22 @@ def test_the_first_group_aligns_to_a_batch_started_in_the_previous_epoch():
     assert deal_balanced(list(range(5)), [0, 1, 2, 3, 4], world_size=2, group=4)[4:] == [4]
 
 
+def test_the_cost_ranks_text_images_and_videos_as_training_does():
+    text = SampleCounts(frames=0, objects=0, video=False)
+    image1, image3 = SampleCounts(frames=1, objects=1, video=False), SampleCounts(frames=1, objects=3, video=False)
+    video1, video3 = SampleCounts(frames=3, objects=1, video=True), SampleCounts(frames=3, objects=3, video=True)
+    costs = [example_cost(c, tracking=True) for c in (text, image1, image3, video1, video3)]
+    assert costs == sorted(costs) and len(set(costs)) == len(costs)
+    # An image with three objects has as many (object, frame) pairs as a one-object 3-frame video,
+    # which costs more than twice as much (its frames are encoded and its object tracked).
+    assert example_cost(video1, tracking=True) > 2 * example_cost(image3, tracking=True)
+    # Tracking adds to videos only.
+    assert example_cost(video3, tracking=False) < example_cost(video3, tracking=True)
+    assert example_cost(image3, tracking=False) == example_cost(image3, tracking=True)
+
+
 def test_bad_arguments_are_errors():
-    with pytest.raises(ValueError, match="3 items but 2 keys"):
+    with pytest.raises(ValueError, match="3 items but 2 costs"):
         deal_balanced([1, 2, 3], [1, 2], world_size=2, group=2)
     with pytest.raises(ValueError, match="world_size=0"):
         deal_balanced([1], [1], world_size=0, group=2)

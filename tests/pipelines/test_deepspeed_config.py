@@ -58,3 +58,11 @@ def test_overrides(fields, gpus, expected):
 def test_gpu_requested_without_gpus_is_an_error_that_says_what_to_do():
     with pytest.raises(ValueError, match="use_gpu=null"):
         resolve_distributed_setup(TrainConfig(use_gpu=True), gpus_available=False)
+
+
+def test_the_cpu_comm_op_builds_on_a_cpu_machine():
+    """``make env`` compiles DeepSpeed's CPU comm op (``python -m pipelines.deepspeed_ops``); on a
+    CPU accelerator the op applies and then loads from torch's extension cache."""
+    from pipelines.deepspeed_ops import build_cpu_comm_op
+
+    assert build_cpu_comm_op() is True
