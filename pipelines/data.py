@@ -11,8 +11,8 @@ How it is laid out, and why:
   objects against one image and one object). Before dealing, the examples of each global
   micro-batch (``W × batch_size_per_worker`` consecutive positions) are reordered by their
   estimated cost (``example_cost``, from counts known before decoding) and dealt so that the
-  ranks get matching totals (``deal_balanced``). A global batch holds the same examples as without it; only which rank
-  computes which changes.
+  ranks get matching totals (``deal_balanced``). A global batch holds the same examples as
+  without it; only which rank computes which changes.
 - Each worker turns its shard into examples with **Ray Data** (``from_items → map_batches``:
   decode frames and masks, sample frames/objects, tile, template, tokenize), streamed with
   ``preserve_order`` so the sequence of examples is a pure function of the config. The sampling
@@ -264,13 +264,13 @@ class WorkerBatches:
         per_rank = self.cfg.train.batch_size_per_worker
         options = SamplingOptions(**self.options)
         tracking = self.cfg.model_config_resolved.loss.track_weight > 0
-        keys = [example_cost(sample_counts(self.sources[s][i], options), tracking=tracking) for s, i in order]
+        costs = [example_cost(sample_counts(self.sources[s][i], options), tracking=tracking) for s, i in order]
         # Rank streams run on across epochs, so an epoch can start part-way into a micro-batch.
         # Every rank must compute the same permutation: align on rank 0's stream.
         rank0_rows = -(-len(order) // self.world_size)
         into_batch = (epoch * rank0_rows) % per_rank
         first = self.world_size * ((per_rank - into_batch) % per_rank)
-        return deal_balanced(order, keys, world_size=self.world_size, group=self.world_size * per_rank, first=first)
+        return deal_balanced(order, costs, world_size=self.world_size, group=self.world_size * per_rank, first=first)
 
     def _epoch_rows(self, epoch: int, skip: int) -> list[dict]:
         order = self._epoch_order(epoch)[self.rank :: self.world_size]
