@@ -6,9 +6,9 @@ How it is laid out, and why:
   repeated ``repeats`` times, permuted by ``(data.seed, epoch)``. Rank r of W takes positions
   r, r+W, r+2W, … of that permutation: each worker has its own shard and one epoch covers the
   mixture once.
-- **Balanced ranks** (``data.balance_ranks``): every optimizer step waits for the slowest rank
-  in its gradient all-reduce, and examples differ several-fold in cost (a video with three
-  objects against one image and one object). Before dealing, the examples of each global
+- **Balanced ranks** (``data.balance_ranks``, off by default): every optimizer step waits for
+  the slowest rank in its gradient all-reduce, and examples differ several-fold in cost (a
+  video with three objects against one image and one object). Before dealing, the examples of each global
   micro-batch (``W × batch_size_per_worker`` consecutive positions) are reordered by their
   estimated cost (``example_cost``, from counts known before decoding) and dealt so that the
   ranks get matching totals (``deal_balanced``). A global batch holds the same examples as

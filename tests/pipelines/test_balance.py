@@ -118,8 +118,8 @@ def test_worker_shards_cover_each_epoch_once_with_the_same_global_batches(data_d
     """Every rank computes the same balanced permutation (epochs whose rank streams start
     part-way into a batch included), the shards partition the epoch, and each global batch holds
     the examples it holds without balancing."""
-    cfg = experiment(data_dir)
-    plain = experiment(data_dir, "data.balance_ranks=false")
+    cfg = experiment(data_dir, "data.balance_ranks=true")
+    plain = experiment(data_dir)  # off by default
     tok = build_tiny_tokenizer()
     shards = [WorkerBatches(cfg, rank=r, world_size=world_size, tokenizer=tok) for r in range(world_size)]
     unbalanced = WorkerBatches(plain, rank=0, world_size=world_size, tokenizer=tok)
