@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from pipelines.config import load_experiment
-from pipelines.data import WorkerBatches, example_cost
+from pipelines.data import WorkerBatches
 from salma.builder import build_salma
-from salma.data.sampling import SamplingOptions, sample_counts
 from salma.tokenizer import load_tokenizer
 from salma.testing import random_batch, tiny_salma_config
 
@@ -52,16 +51,11 @@ def rank_imbalance(config_path: str, *, balance: bool, steps: int) -> tuple[floa
     tokenizer = load_tokenizer("tiny")
     t, world = cfg.train, cfg.train.num_workers
     ranks = [WorkerBatches(cfg, rank=r, world_size=world, tokenizer=tokenizer) for r in range(world)]
-    options = SamplingOptions(**ranks[0].options)
-    tracking = cfg.model_config_resolved.loss.track_weight > 0
     streams = []
     for shard in ranks:
         costs, epoch = [], 0
         while len(costs) < steps * t.batch_size_per_worker:
-            costs += [
-                example_cost(sample_counts(shard.sources[s][i], options), tracking=tracking)
-                for s, i in shard._epoch_order(epoch)[shard.rank :: world]
-            ]
+            costs += [shard.record_costs[s][i] for s, i in shard._epoch_order(epoch)[shard.rank :: world]]
             epoch += 1
         streams.append(costs)
     excess = []

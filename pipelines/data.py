@@ -8,10 +8,10 @@ How it is laid out, and why:
   mixture once.
 - **Balanced ranks** (``data.balance_ranks``, off by default): every optimizer step waits for
   the slowest rank in its gradient all-reduce, and examples differ several-fold in cost (a
-  video with three objects against one image and one object). Before dealing, the examples of each global
-  micro-batch (``W × batch_size_per_worker`` consecutive positions) are reordered by their
-  estimated cost (``example_cost``, from counts known before decoding) and dealt so that the
-  ranks get matching totals (``deal_balanced``). A global batch holds the same examples as
+  video with three objects against one image and one object). Before dealing, the examples of
+  each global micro-batch (``W × batch_size_per_worker`` consecutive positions) are reordered by
+  their estimated cost (``example_cost``, from counts known before decoding) and dealt so that
+  the ranks get matching totals (``deal_balanced``). A global batch holds the same examples as
   without it; only which rank computes which changes.
 - Each worker turns its shard into examples with **Ray Data** (``from_items → map_batches``:
   decode frames and masks, sample frames/objects, tile, template, tokenize), streamed with
@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -256,15 +256,23 @@ class WorkerBatches:
         self.options = dict(num_frames=data.num_frames, frame_sampling=data.frame_sampling, max_objects=data.max_objects)
         self._examples = self._example_stream()
 
+    @cached_property
+    def record_costs(self) -> list[list[float]]:
+        """``example_cost`` of every record, per source (computed once: it depends on the record
+        and the sampling options only, not on the epoch)."""
+        options = SamplingOptions(**self.options)
+        tracking = self.cfg.model_config_resolved.loss.track_weight > 0
+        return [
+            [example_cost(sample_counts(r, options), tracking=tracking) for r in records] for records in self.sources
+        ]
+
     def _epoch_order(self, epoch: int) -> list[tuple[int, int]]:
         """The epoch's permutation, balanced across ranks when ``data.balance_ranks`` is on."""
         order = mixture_order(self.sizes, self.repeats, seed=self.cfg.data.seed, epoch=epoch)
         if not self.cfg.data.balance_ranks or self.world_size == 1:
             return order
         per_rank = self.cfg.train.batch_size_per_worker
-        options = SamplingOptions(**self.options)
-        tracking = self.cfg.model_config_resolved.loss.track_weight > 0
-        costs = [example_cost(sample_counts(self.sources[s][i], options), tracking=tracking) for s, i in order]
+        costs = [self.record_costs[s][i] for s, i in order]
         # Rank streams run on across epochs, so an epoch can start part-way into a micro-batch.
         # Every rank must compute the same permutation: align on rank 0's stream.
         rank0_rows = -(-len(order) // self.world_size)

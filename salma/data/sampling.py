@@ -93,7 +93,7 @@ def sample_example(
         referents = record.referents
         rounds = [Round(prefix=t.question, answer=t.answer) for t in record.conversation]
     else:
-        count = min(options.max_objects, len(record.referents))
+        count = sample_counts(record, options).objects
         referents = [record.referents[i] for i in sorted(rng.sample(range(len(record.referents)), count))]
         rounds = [referring_round(rng.choice(r.expressions), media=media, rng=rng) for r in referents]
     masks = np.stack([decode_masks(r, positions, height, width) for r in referents])  # (O, F, H, W)

@@ -62,9 +62,9 @@ def test_one_large_item_is_offset_by_the_others():
 
 
 def test_the_first_group_aligns_to_a_batch_started_in_the_previous_epoch():
-    keys = [0, 0, 9, 9, 0, 0, 9, 1]
-    dealt = deal_balanced(list(range(8)), keys, world_size=2, group=4, first=2)
-    assert dealt[:2] == [0, 1]  # the first group (2 positions) is one row, left as it is
+    costs = [0, 0, 9, 9, 0, 0, 9, 1]
+    dealt = deal_balanced(list(range(8)), costs, world_size=2, group=4, first=2)
+    assert dealt[:2] == [0, 1]  # the first group (2 positions, equal costs) is left as it is
     assert sorted(dealt[2:6]) == [2, 3, 4, 5] and sorted(dealt[6:]) == [6, 7]
     # A trailing part row (fewer than world_size items) keeps its order.
     assert deal_balanced(list(range(5)), [0, 1, 2, 3, 4], world_size=2, group=4)[4:] == [4]
