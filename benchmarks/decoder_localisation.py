@@ -18,8 +18,8 @@ Measured on the 2-core machine (``--steps 3000 --eval-every 300 --threads 1``): 
 segments both squares (own ≈ other ≈ 0.43) for hundreds of steps; with ``--seed 0`` it then
 localises at about step 900 and stays (own 0.99, other 0.00); with ``--seed 1`` it localises at
 step 600 (own 0.76), falls back to both squares by step 900 and stays there to step 3000. The
-same seed with two threads instead of one did not localise within 1500 steps. See the README
-("Measured figures → Quickstart").
+same seed with two threads instead of one did not localise within 1500 steps. See
+docs/experiments/2026-12-02-grounding-with-sam2-from-scratch.md.
 """
 
 from __future__ import annotations

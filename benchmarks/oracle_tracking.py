@@ -15,7 +15,7 @@ the mask of a frame whose object-presence logit is <= 0.
     .venv/bin/python benchmarks/oracle_tracking.py --sam random
 
 ``--sam``: ``random`` (the tiny preset's SAM-2 as built), a SAM-2 checkpoint (``.pt``, the sam2
-layout) or an exported SALMA model folder (its SAM-2). Figures: README ("Measured figures").
+layout) or an exported SALMA model folder (its SAM-2). Figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ the video phase (``--steps 0``).
     .venv/bin/python benchmarks/sam_pretraining.py --steps 3000 --seed 1 --iou-weight 1 --warmup-fraction 0.05
     .venv/bin/python benchmarks/sam_pretraining.py --steps 3000 --out data/sam2_pretrained.pt
 
-Figures: the ``salma.sam_pretraining`` module docstring and the README ("Measured figures").
+Figures: docs/experiments/2026-12-03-sam2-pretraining-and-tracking.md.
 """
 
 from __future__ import annotations

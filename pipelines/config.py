@@ -61,8 +61,9 @@ class DataConfig(_Strict):
     encode_actors: int = 1  # Ray Data decode actors per train worker
     # Deal each global micro-batch so that every rank gets an equal share of its estimated cost
     # (videos, objects): the all-reduce waits for the slowest rank (pipelines.data.deal_balanced).
-    # Off by default: in the quickstart it cut the slowest rank's excess from 17 % to 8 % of a
-    # step, but its runs scored lower on the image split (README, "Measured figures").
+    # Off by default: it moves examples between ranks, and with them the in-rank contrastive
+    # negatives and each example's random frames and points; its quickstart runs scored lower
+    # (docs/experiments/2026-12-06-quickstart-budget-and-data-order.md).
     balance_ranks: bool = False
     seed: int = 0
 

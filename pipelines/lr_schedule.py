@@ -1,5 +1,5 @@
 """The learning-rate schedule: linear warm-up over the first ``warmup_fraction`` of the steps,
-then a cosine decay to zero (DESIGN §3: 5% warm-up, then cosine).
+then a cosine decay to zero (the training recipe in docs/design.md: 5 % warm-up, then cosine).
 
 ``warmup_cosine`` is the multiplier of the base learning rate used by optimizer step ``step``
 (0-based). It is a pure function of the step, and ``torch.optim.lr_scheduler.LambdaLR`` keeps only

@@ -123,7 +123,7 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
 
 
 def apply_training_recipe(model: SalmaModel, config: SalmaConfig) -> None:
-    """Freezing and LoRA per DESIGN §3: the vision encoder, LLM base and SAM-2 image encoder are
+    """Freezing and LoRA of the training recipe (docs/design.md): the vision encoder, LLM base and SAM-2 image encoder are
     frozen in the real presets; the projector, SAM-2 decoder, [SEG]/expression projections, MBA
     and the (resized) token embeddings / output head train. ``tiny`` trains everything."""
     f = config.freeze

@@ -149,7 +149,7 @@ class MBAConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """Loss weights and schedules (DESIGN §3; values follow Sa2VA's and the SALMA paper's)."""
+    """Loss weights and schedules (values follow Sa2VA's and the SALMA paper's; docs/design.md)."""
 
     lm_weight: float = 1.0
     bce_weight: float = 2.0

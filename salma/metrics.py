@@ -20,7 +20,7 @@ Video benchmarks (MeViS, Ref-YouTube-VOS, Ref-DAVIS17, ReVOS)
     ``aggregate_revos`` reproduces that summary.
 
 Known, deliberate differences from the reference scripts are listed where they arise:
-``ciou_giou`` (no float32 epsilon; a missing prediction is an empty mask, per DESIGN §6) and the
+``ciou_giou`` (no float32 epsilon; a missing prediction is an empty mask, see docs/evaluation.md) and the
 ReVOS functions (boolean ground truth instead of a sum of per-object uint8 masks).
 """
 
@@ -230,7 +230,7 @@ def ciou_giou(pairs: Iterable[tuple[np.ndarray | None, np.ndarray]]) -> tuple[fl
       LISA's Σ∩ / (Σ∪ + 1e-10) gives).
     - gIoU = mean over sentences of |pred ∩ gt| / |pred ∪ gt|, that IoU being 1 when both masks
       are empty (LISA's ``acc_iou[union_i == 0] += 1.0``, "no-object target").
-    - A missing prediction counts as an empty mask (DESIGN §6). Sa2VA's ``RESDataset.evaluate``
+    - A missing prediction counts as an empty mask (docs/evaluation.md). Sa2VA's ``RESDataset.evaluate``
       instead skips it, adding nothing to Σ∩ and Σ∪ and 0 to the gIoU sum; with an empty mask the
       ground truth still enters Σ∪, so a model cannot raise cIoU by answering nothing.
 

@@ -1,12 +1,11 @@
 """Promptable-segmentation pre-training of a SAM-2 built from scratch: what a checkpoint brings.
 
-The real presets load a SAM-2.1 checkpoint trained on SA-1B / SA-V with point and box prompts, so
+The real presets load a SAM-2 checkpoint trained on SA-1B / SA-V with point and box prompts, so
 their mask decoder already turns a prompt into a location before SALMA training starts, and the
 language prompt only has to learn to speak that decoder's language. The ``tiny`` preset is built
-with random weights; trained jointly with a random MLLM it never learns to localise: the
-grounding probes (README, "Measured figures") show that even the referent's true centre, given as
-a SAM-2 point prompt, stays at chance after 800 joint steps, and that the decoder alone needs a
-few hundred steps at a moderate learning rate before it separates two identical objects.
+with random weights; trained jointly with a random MLLM its decoder does not learn to localise
+(even the referent's true centre given as a point prompt stays at chance), so it is pre-trained
+here first.
 
 This module trains the tiny SAM-2 the way SAM-2 itself is trained, on class-agnostic instance
 masks with no language (every object of the training images, whatever the expressions say):
@@ -31,35 +30,11 @@ masks with no language (every object of the training images, whatever the expres
   while the prompted decoder keeps what it learned.
 
 From scratch, the decoder first learns to segment *every* object whatever the prompt (a click
-and a box then give the same masks, held-out IoU with the prompted object about 0.44) and only
-after a long plateau starts to follow the prompt. What was measured on the synthetic RefCOCO
-train split (300 images, 620 masks; held-out: the val split), batch 8, lr 3e-4:
-
-- SAM-2's own rule (the best candidate only) with SALMA's point-sampled loss (1024 uncertain
-  points): the three candidates learned to cover the two or three objects of an image whatever
-  the prompt (best candidate right 81 % of the time, the IoU head's choice 40 %). SAM-2's rule
-  expects images crowded with nested objects, where a click is ambiguous; here it is not.
-- Every candidate trained, point-sampled loss, or dense loss with the IoU-head loss and a
-  warm-up (cosine or constant schedule): still ignoring the prompt after 1500, 2400 and 3000
-  steps.
-- Every candidate trained, dense loss, no IoU-head loss, no warm-up, constant rate: starts to
-  follow the prompt between steps 1500 and 2100 in each of 3 seeds (held-out central-click IoU
-  0.69-0.74 at steps 1800-2400; measured with this loop before the final decay was added).
-  These are the defaults; the rate decays only over the last ``decay_fraction``. In the
-  quickstart (3000 steps on the RefCOCO-format images and video frames together) the train
-  IoU went from 0.47 at step 1600 to 0.71 at step 2000.
-
-The video phase, measured from the quickstart's image-pre-trained SAM-2 (3000 image steps on the
-RefCOCO-format images and video frames; ``benchmarks/sam_pretraining.py --steps 0 --start …``),
-4 clips of 4 frames per clip step, lr 3e-4, held out: the synthetic MeViS valid_u tracks. Before
-it, tracked-frame IoU 0.34, and with the ground truth at 5 of the ~10 frames SAM-2's tracker
-reaches J&F 0.41 on the other frames (``benchmarks/oracle_tracking.py``; the random SAM-2 0.08).
-After 600 video steps, 0.47 / 0.56 (the same at lr 1e-3). After 1200, 0.91 / 0.92: like the
-prompted decoder, the tracker plateaus before it turns. Step by step (1500 video steps, one
-thread): held-out tracked-frame IoU 0.41-0.48 up to step 900, then 0.71 at 1000, 0.89 at 1100
-and 0.93 at 1500, while the prompted IoU stays where the image phase left it (click 0.74-0.78,
-box 0.75-0.81). The quickstart therefore runs 1500 video steps. With one schedule over both
-phases (decaying from video step 360 of 1200) the tracker did not turn at all (train IoU 0.47).
+and a box then give the same masks) and only after a plateau starts to follow the prompt; the
+tracker plateaus the same way before it turns. The defaults (every candidate trained, dense loss,
+no IoU-head loss, no warm-up, a constant rate that decays only over the last ``decay_fraction``,
+and a schedule of its own for the video phase) are the settings under which both get past their
+plateau; the measurements behind them are in docs/experiments/2026-12-03-sam2-pretraining-and-tracking.md.
 
 ``save_sam2_checkpoint`` writes the package's own checkpoint layout (``{"model": state_dict}``),
 so the result loads through ``sam.checkpoint`` with the package's strict loader, exactly as a

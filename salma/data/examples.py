@@ -42,7 +42,7 @@ class ImageGeometry:
 
 
 def mllm_tiles(frames: list[np.ndarray], media: str, geometry: ImageGeometry) -> list[np.ndarray]:
-    """An image gets dynamic tiling; each video frame is one tile (DESIGN §3)."""
+    """An image gets dynamic tiling; each video frame is one tile (docs/design.md)."""
     g = geometry
     if media == "image":
         return dynamic_tiles(

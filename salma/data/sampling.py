@@ -1,6 +1,6 @@
 """One training example from one record: which frames, which objects, which phrasing.
 
-Per sample (DESIGN §3): videos give ``num_frames`` frames (random or consecutive, then sorted) ×
+Per sample (the training recipe in docs/design.md): videos give ``num_frames`` frames (random or consecutive, then sorted) ×
 up to ``max_objects`` referents; images give up to ``max_objects`` referents. Each referent is
 asked about with one of its expressions, in one round of the chat. Conversation records (VQA,
 video QA) keep their turns; grounded-caption records (GCG) answer with one ``[SEG]`` per phrase.

@@ -66,7 +66,7 @@ POSITION_GAP = 0.15  # fraction of the image side between the two most extreme c
 
 # Shape sizes as fractions of the shorter image side. The lower bound keeps every object at least
 # ~2 cells of the tiny preset's stride-16 map wide: grounding an expression is learned within a
-# CPU budget only when objects cover a few cells (objects of ~1 cell stay at chance, see README).
+# CPU budget only when objects cover a few cells (objects of ~1 cell stay at chance: docs/experiments/2026-12-02-grounding-with-sam2-from-scratch.md).
 OBJECT_SIZE = (0.26, 0.46)
 DRIFT_TARGET_SIZE = (0.2, 0.28)  # the drift distractor is 1.6-2x this
 
