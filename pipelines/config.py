@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.config_errors import ConfigError, describe_validation_error
 from salma.config import SalmaConfig, deep_update, resolve_model_config
 
 
@@ -265,7 +266,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key.path=value")
+            raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. train.max_steps=20)")
         key, raw = item.split("=", 1)
         node = out
         parts = key.strip().split(".")
@@ -284,12 +285,16 @@ def load_experiment(path: str | os.PathLike | None, overrides: list[str] | None 
                 data = yaml.safe_load(f) or {}
         except FileNotFoundError:
             raise FileNotFoundError(f"experiment config {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"experiment config {path} is a folder; pass a YAML file (e.g. experiments/quickstart.yaml)") from None
         except yaml.YAMLError as err:
-            raise ValueError(f"experiment config {path} is not valid YAML: {err}") from None
+            raise ConfigError(f"experiment config {path} is not valid YAML: {err}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"experiment config {path} must be a mapping at the top level")
-    data = deep_update(data, parse_overrides(overrides or []))
+            raise ConfigError(f"experiment config {path} must be a mapping at the top level")
+    given = parse_overrides(overrides or [])
+    data = deep_update(data, given)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise ValueError(f"invalid experiment config {path or '<defaults>'}:\n{err}") from None
+        where = str(path) if path is not None else None
+        raise ConfigError(describe_validation_error(err, root=ExperimentConfig, source=where, overrides=given)) from None

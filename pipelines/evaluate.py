@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines import console
 from pipelines.config import EvalConfig, SourceConfig, TrackingConfig
 from pipelines.infer import (
     ShippedModel,
@@ -513,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=0, help="step the metrics are logged at (e.g. the checkpoint's)")
     parser.add_argument("--no-tracking", action="store_true", help="write the tables only")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.configure()
     source = None
     if args.dataset or args.split:
         if not (args.dataset and args.split):

@@ -13,6 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipelines import console
 from pipelines.checkpoint import InvalidCheckpointError, find_latest_checkpoint, load_model_state, read_checkpoint
 from salma.builder import build_salma
 from salma.config import SalmaConfig
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run folder (its latest)")
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.configure()
     out = export_checkpoint(args.checkpoint, args.out)
     print(f"exported to {out}; load with SalmaPredictor.from_pretrained({str(out)!r})")
     return 0

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipelines import console
 from pipelines.config import EvalConfig, SourceConfig, load_experiment
 from pipelines.prediction_folder import (
     ANNOTATIONS_DIR,
@@ -449,7 +450,7 @@ def ensure_ray(address: str | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(address=address, log_to_driver=True)
+    ray.init(address=address, **console.ray_init_options())
     return True
 
 
@@ -648,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-bad-fraction", type=float, default=0.0)
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.configure()
     source = parse_dataset(args.dataset, split=args.split, options=parse_options(args.option), name=args.name)
     import ray
 

@@ -15,6 +15,7 @@ import logging
 import time
 from pathlib import Path
 
+from pipelines import console
 from pipelines.config import ExperimentConfig, load_experiment
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def quickstart(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | 
         # Logical CPUs beyond the train workers and their decode actors leave room for the
         # evaluation actors. The dashboard serves the state API that Ray Train's placement-group
         # cleaner polls (without it, it warns every few seconds); it binds to 127.0.0.1.
-        ray.init(address="local", num_cpus=4, include_dashboard=True, logging_level="WARNING")
+        ray.init(address="local", num_cpus=4, include_dashboard=True, **console.ray_init_options())
     result = train(cfg)
     train_s = time.perf_counter() - start
     export_dir = Path(result.run_dir) / "export"
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment YAML (default: quickstart)")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.max_steps=100")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.configure()
     quickstart(args.config, args.overrides)
     return 0
 

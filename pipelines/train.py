@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipelines import tracking
+from pipelines import console, tracking
 from pipelines.checkpoint import (
     checkpoint_name,
     find_latest_checkpoint,
@@ -58,6 +58,7 @@ from pipelines.fault_injection import ENV_VAR as FAULT_ENV_VAR
 from pipelines.fault_injection import FaultInjection
 from pipelines.held_out import HeldOutBatch
 from pipelines.lr_schedule import parameter_groups, warmup_cosine_scheduler
+from pipelines.progress import Progress, TrainProgressRelay, post_progress
 from pipelines.run_folder import RunFolder
 from pipelines.sam_pretrain import ensure_sam_pretrained
 
@@ -75,6 +76,8 @@ class TrainResult:
     checkpoint_path: str | None
     run_id: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Seconds per phase: "prepare" (data checks, SAM-2 pre-training when it runs) and "train".
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 # ====================================================================================== driver
@@ -89,7 +92,9 @@ def train(
 
     ``callbacks`` go to Ray Train's ``RunConfig`` (``pipelines.tune`` passes Tune's report
     callback); ``tags`` are added to a new MLflow run (a sweep's ``mlflow.parentRunId``)."""
+    started = time.perf_counter()
     cfg = prepare_data(cfg)
+    prepared = time.perf_counter()
     run = RunFolder.existing(resume) if resume else RunFolder.new(cfg)
     if cfg.train.num_workers == 0 and run.local_path is None:
         raise ValueError(f"train.num_workers=0 (local mode) needs a local run folder, not {run.path}")
@@ -102,11 +107,14 @@ def train(
         tags={"experiment": cfg.name, "preset": cfg.model_config_resolved.preset, "run_dir": run.path, **(tags or {})},
     )
     tracking_uri = getattr(tracker, "tracking_uri", None)
+    relay = None
     try:
         run.record_attempt(cfg, mlflow_run_id=tracker.run_id, tracking_uri=tracking_uri)
         _log_run_start(tracker, cfg, run, resumed=resume is not None)
+        relay = _progress_relay(cfg, run)
         result = _trainer(
-            cfg, run, setup, tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, callbacks=callbacks
+            cfg, run, setup, tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, callbacks=callbacks,
+            progress=relay.handle,
         ).fit()
     except KeyboardInterrupt:
         tracker.finish("KILLED")
@@ -114,12 +122,25 @@ def train(
     except BaseException:
         tracker.finish("FAILED")
         raise
+    finally:
+        if relay is not None:
+            relay.close()
     metrics = dict(result.metrics or {})
     final = {f"final/{k}": v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}
     tracker.log_metrics(final, step=int(metrics.get("step", cfg.train.max_steps)))
     tracker.finish("FINISHED")
     checkpoint = f"{run.path}/{os.path.basename(result.checkpoint.path)}" if result.checkpoint else None
-    return TrainResult(run_dir=run.path, checkpoint_path=checkpoint, run_id=tracker.run_id, metrics=metrics)
+    phases = {"prepare": prepared - started, "train": time.perf_counter() - prepared}
+    return TrainResult(run_dir=run.path, checkpoint_path=checkpoint, run_id=tracker.run_id, metrics=metrics,
+                       phase_seconds=phases)
+
+
+def _progress_relay(cfg: ExperimentConfig, run: RunFolder) -> TrainProgressRelay:
+    """The driver's training line (``pipelines.progress``), starting at the step a resumed run
+    continues from."""
+    latest = find_latest_checkpoint(run.local_path) if run.local_path else None
+    progress = Progress("train", total=cfg.train.max_steps, unit="step", initial=latest.step if latest else 0)
+    return TrainProgressRelay(progress, use_ray=cfg.train.num_workers > 0)
 
 
 def prepare_data(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -144,7 +165,7 @@ def _gpus_available(cfg: ExperimentConfig) -> bool:
         return torch.cuda.is_available()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init()  # $RAY_ADDRESS when set (a job on a cluster), else a local Ray
+        ray.init(**console.ray_init_options())  # $RAY_ADDRESS when set (a job on a cluster), else a local Ray
     _check_cpu_budget(cfg, local=started_here and not os.environ.get("RAY_ADDRESS"))
     return ray.cluster_resources().get("GPU", 0) > 0
 
@@ -188,6 +209,7 @@ def _trainer(
     tracking_uri: str | None,
     mlflow_run_id: str | None,
     callbacks: list[ray.train.UserCallback] | None = None,
+    progress: Any = None,
 ) -> TorchTrainer:
     t = cfg.train
     resume_from = find_latest_checkpoint(run.local_path) if run.local_path else None
@@ -201,6 +223,7 @@ def _trainer(
         "resume_checkpoint": resume_from.path if resume_from else None,
         "tracking_uri": tracking_uri,
         "mlflow_run_id": mlflow_run_id,
+        "progress": progress,  # where rank 0 posts its step values (pipelines.progress)
     }
     fault = os.environ.get(FAULT_ENV_VAR)
     return TorchTrainer(
@@ -241,6 +264,7 @@ class _Worker:
     local_run_dir: str | None
     fault: FaultInjection | None
     held_out: HeldOutBatch | None = None
+    progress: Any = None
 
     @property
     def local_mode(self) -> bool:
@@ -314,6 +338,7 @@ def _setup_worker(
         trainable=trainable, reshaped_scalars=reshaped, tracker=tracker, staging_root=staging_root,
         local_run_dir=local_run_dir, fault=FaultInjection.from_env(),
         held_out=HeldOutBatch.from_config(cfg, tokenizer=engine.module.tokenizer),
+        progress=loop_config.get("progress") if rank == 0 else None,
     )
 
 
@@ -422,6 +447,7 @@ def _run_steps(worker: _Worker, batches: Iterator, start_step: int) -> None:
             window = _MetricWindow()
             if worker.rank == 0:
                 logger.info("step %d/%d loss %.4f lr %.3g", done, t.max_steps, metrics["loss/total"], lr)
+                post_progress(worker.progress, metrics)
         if report:
             _checkpoint_and_report(worker, done, metrics, data_position=batches.position)
 
@@ -556,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this run folder")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=20")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    console.configure()
     if args.resume and not args.config:
         cfg = RunFolder.existing(args.resume).load_config(args.overrides)
     else:

@@ -49,8 +49,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from pipelines import tracking
+from pipelines import console, tracking
 from pipelines.config import ExperimentConfig, parse_overrides
+from pipelines.config_errors import ConfigError, describe_validation_error
 from pipelines.run_folder import RUN_FILE
 from salma.config import deep_update
 
@@ -191,7 +192,8 @@ class Sweep:
         try:
             return ExperimentConfig.model_validate(data)
         except ValidationError as err:
-            raise ValueError(f"sweep {self.name}: configuration {overrides} (seed {seed}) is invalid:\n{err}") from None
+            problems = describe_validation_error(err, root=ExperimentConfig, source=None, overrides={})
+            raise ConfigError(f"sweep {self.name}: configuration {overrides} (seed {seed}) is invalid:\n{problems}") from None
 
     def best_experiment(self, configuration: Configuration) -> dict[str, Any]:
         data = self.experiment
@@ -214,7 +216,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     raw = _read_mapping(path)
     raw = deep_update(raw, parse_overrides(overrides or []))
     if "sweep" not in raw:
-        raise ValueError(f"{path} has no sweep: section (a plain experiment runs with salma train)")
+        raise ConfigError(f"{path} has no sweep: section (a plain experiment runs with salma train)")
     base = raw.pop("base", None)
     sweep_raw = raw.pop("sweep") or {}
     experiment: dict[str, Any] = {}
@@ -222,7 +224,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
         base_path = (path.parent / base).resolve()
         experiment = _read_mapping(base_path)
         if "sweep" in experiment or "base" in experiment:
-            raise ValueError(f"{path}: base {base_path} must be a plain experiment YAML, not a sweep")
+            raise ConfigError(f"{path}: base {base_path} must be a plain experiment YAML, not a sweep")
     experiment = deep_update(experiment, raw)
     return build_sweep(sweep_raw, experiment, default_name=path.stem, where=str(path))
 
@@ -231,7 +233,8 @@ def build_sweep(sweep_raw: dict[str, Any], experiment: dict[str, Any], *, defaul
     try:
         settings = SweepSettings.model_validate(sweep_raw)
     except ValidationError as err:
-        raise ValueError(f"invalid sweep section in {where}:\n{err}") from None
+        problems = describe_validation_error(err, root=SweepSettings, source=where, overrides={})
+        raise ConfigError(f"invalid sweep section in {where}:\n{problems}") from None
     name = settings.name or default_name
     sweep = Sweep(name=name, settings=settings, experiment=experiment, configurations=_configurations(settings),
                   source={"sweep": {**sweep_raw, "name": name}, **experiment})
@@ -244,17 +247,17 @@ def build_sweep(sweep_raw: dict[str, Any], experiment: dict[str, Any], *, defaul
 
 def _check_trial(cfg: ExperimentConfig, settings: SweepSettings, where: str) -> None:
     if cfg.train.num_workers < 1:
-        raise ValueError(
+        raise ConfigError(
             f"{where}: train.num_workers must be >= 1 in a sweep (Train's local mode, num_workers: 0, "
             "runs no callbacks, so its reports would never reach Tune)"
         )
     if settings.metric.startswith("val/") and not cfg.data.eval_sources:
-        raise ValueError(f"{where}: sweep.metric {settings.metric} is the held-out loss; it needs data.eval_sources")
+        raise ConfigError(f"{where}: sweep.metric {settings.metric} is the held-out loss; it needs data.eval_sources")
     if settings.evaluate and not cfg.data.eval_sources:
-        raise ValueError(f"{where}: sweep.evaluate needs data.eval_sources (the splits each trial is scored on)")
+        raise ConfigError(f"{where}: sweep.evaluate needs data.eval_sources (the splits each trial is scored on)")
     max_t = settings.asha.max_t or cfg.train.max_steps
     if settings.scheduler == "asha" and settings.asha.grace_period > max_t:
-        raise ValueError(f"{where}: sweep.asha.grace_period={settings.asha.grace_period} exceeds max_t={max_t} steps")
+        raise ConfigError(f"{where}: sweep.asha.grace_period={settings.asha.grace_period} exceeds max_t={max_t} steps")
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -263,9 +266,9 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"config {path} does not exist") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"config {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config {path} must be a mapping at the top level")
+        raise ConfigError(f"config {path} must be a mapping at the top level")
     return data
 
 
@@ -536,7 +539,7 @@ def _ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init()  # $RAY_ADDRESS when set (a cluster, or the test cluster), else a local Ray
+        ray.init(**console.ray_init_options())  # $RAY_ADDRESS when set (a cluster, or the test cluster), else a local Ray
 
 
 def _experiment_of(source: dict[str, Any]) -> dict[str, Any]:
@@ -939,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="experiment fields (train.max_steps=20), sweep settings (sweep.seeds=[0,1]) or base=")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    console.configure()
     if bool(args.config) == bool(args.resume):
         parser.error("give exactly one of --config and --resume")
     if args.resume and args.overrides:

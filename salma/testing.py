@@ -61,3 +61,53 @@ def random_batch(
             encode_example(frames=frames, masks=masks, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry)
         )
     return collate(examples, pad_token_id=tokenizer.pad_token_id)
+
+
+def write_own_data_example(
+    root, *, num_images: int = 6, num_videos: int = 1, with_masks: bool = True, seed: int = 0,
+    height: int = 96, width: int = 128, video_frames: int = 4,
+) -> dict[str, int]:
+    """A small folder in the own-data format (``salma.data.own_data``), as a user would lay it
+    out: ``photos/*.jpg`` with ``masks/*.png``, one frame folder per video under ``clips/`` with
+    a PNG per frame, and ``train.jsonl`` / ``val.jsonl`` (the last third of the images and the
+    videos go to val). Two coloured squares per image, one line (with a mask unless
+    ``with_masks`` is false) per square. Returns the number of lines written per split."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    lines: dict[str, list[dict]] = {"train": [], "val": []}
+    cut = num_images - max(1, num_images // 3)
+    for i in range(num_images + num_videos):
+        video = i >= num_images
+        count = video_frames if video else 1
+        frames, masks, expressions = random_sample(rng, num_frames=count, num_objects=2, height=height, width=width)
+        split = "val" if (i >= cut and not video) or (video and i == num_images + num_videos - 1 and num_videos > 1) else "train"
+        name = f"clip{i:02d}" if video else f"photo{i:02d}"
+        for o, expression in enumerate(expressions):
+            if video:
+                media = {"video": f"clips/{name}/"}
+                mask: object = f"masks/{name}_{o}/"
+                for t in range(count):
+                    Image.fromarray(frames[t]).save(_mkdir(root / "clips" / name) / f"{t:05d}.jpg", quality=95)
+                    Image.fromarray(masks[o, t].astype(np.uint8) * 255).save(_mkdir(root / "masks" / f"{name}_{o}") / f"{t:05d}.png")
+            else:
+                media = {"image": f"photos/{name}.png"}
+                Image.fromarray(frames[0]).save(_mkdir(root / "photos") / f"{name}.png")
+                mask = f"masks/{name}_{o}.png"
+                Image.fromarray(masks[o, 0].astype(np.uint8) * 255).save(_mkdir(root / "masks") / f"{name}_{o}.png")
+            line = {**media, "expression": expression}
+            if with_masks:
+                line["mask"] = mask
+            lines[split].append(line)
+    for split, entries in lines.items():
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    return {split: len(entries) for split, entries in lines.items()}
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -13,6 +13,9 @@ reader's keyword arguments (passed through ``read_source(..., **options)``):
 - ``llava``: LLaVA-665K-style conversations (``salma.data.llava``).
 - ``chatunivi``: Chat-UniVi video QA (``salma.data.chatunivi``).
 - ``gcg``: GLaMM grounded captioning, ``layout="refcocog_gcg" | "grandf"`` (``salma.data.gcg``).
+- ``own_data``: your own images and videos, a JSON Lines file ``<root>/<split>.jsonl`` naming
+  media, expressions and optional masks; ``frame_stride``, ``allow_outside_root``
+  (``salma.data.own_data``).
 
 Every reader also takes ``on_bad`` (see ``salma.data.errors``).
 """
@@ -26,6 +29,7 @@ from salma.data.chatunivi import read_chatunivi
 from salma.data.gcg import read_gcg
 from salma.data.llava import read_llava
 from salma.data.mevis import read_mevis
+from salma.data.own_data import read_own_data
 from salma.data.record import SampleRecord
 from salma.data.ref_sav import read_ref_sav
 from salma.data.ref_vos import read_ref_davis17, read_ref_youtube_vos
@@ -42,6 +46,7 @@ SOURCE_FORMATS = Literal[
     "llava",
     "chatunivi",
     "gcg",
+    "own_data",
 ]
 SOURCE_FORMAT_NAMES: tuple[str, ...] = get_args(SOURCE_FORMATS)
 
@@ -67,5 +72,7 @@ def read_source(format: SOURCE_FORMATS, root: str | Path, split: str, **options:
             return read_chatunivi(root, split, **options)
         case "gcg":
             return read_gcg(root, split, **options)
+        case "own_data":
+            return read_own_data(root, split, **options)
         case _:
             raise ValueError(f"unknown source format {format!r}; expected one of {', '.join(SOURCE_FORMAT_NAMES)}")

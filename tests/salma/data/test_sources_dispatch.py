@@ -15,11 +15,13 @@ from data_fixture_writers import (
 )
 from salma.data import SOURCE_FORMATS, read_source
 from salma.data.sources import SOURCE_FORMAT_NAMES
+from salma.testing import write_own_data_example
 
 
 def test_source_formats_literal():
     assert get_args(SOURCE_FORMATS) == SOURCE_FORMAT_NAMES == (
         "refcoco", "mevis", "revos", "ref_youtube_vos", "ref_davis17", "ref_sav", "llava", "chatunivi", "gcg",
+        "own_data",
     )
 
 
@@ -50,6 +52,9 @@ def _case(fmt, tmp_path, manifest):
         case "gcg":
             write_gcg(tmp_path)
             return tmp_path, "train", {"layout": "grandf"}
+        case "own_data":
+            write_own_data_example(tmp_path, num_images=3, num_videos=1)
+            return tmp_path, "train", {}
     raise AssertionError(fmt)
 
 

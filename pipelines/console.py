@@ -1,0 +1,69 @@
+"""What the console shows: quiet by default, everything with ``--verbose``.
+
+Quiet (the default): the pipelines print one progress line (or bar) per phase
+(``pipelines.progress``), warnings and errors; log records below WARNING are dropped, Ray's
+workers do not forward their output to the driver (``log_to_driver=False``: no "Starting
+execution of Dataset", no "[repeated 2x across cluster]"), and Ray Data draws no progress bars
+and prints no execution plans. Verbose (``salma --verbose …``, or ``SALMA_VERBOSE=1``): INFO logs
+with timestamps, Ray's own output and progress bars as Ray prints them. The setting is kept in
+the environment so that processes started from this one see it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+ENV_VAR = "SALMA_VERBOSE"
+_FORMAT_VERBOSE = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_FORMAT_QUIET = "%(levelname)s %(name)s: %(message)s"
+# Loggers that speak at INFO about their own machinery; kept at WARNING unless verbose.
+_HANDLER = logging.StreamHandler()  # stderr, added to the root logger once
+_CHATTY = ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "alembic", "httpx", "urllib3", "gradio")
+
+
+def is_verbose() -> bool:
+    return os.environ.get(ENV_VAR, "") not in ("", "0", "false")
+
+
+def configure(*, verbose: bool | None = None) -> None:
+    """Set up logging for a command (``verbose`` None: from the environment)."""
+    if verbose is not None:
+        if verbose:
+            os.environ[ENV_VAR] = "1"
+        else:
+            os.environ.pop(ENV_VAR, None)
+    loud = is_verbose()
+    level = logging.INFO if loud else logging.WARNING
+    root = logging.getLogger()
+    if _HANDLER not in root.handlers:
+        root.addHandler(_HANDLER)
+    _HANDLER.setFormatter(logging.Formatter(_FORMAT_VERBOSE if loud else _FORMAT_QUIET))
+    _HANDLER.setLevel(level)
+    root.setLevel(level)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.INFO if loud else logging.WARNING)
+    quiet_ray_data()
+
+
+def ray_init_options() -> dict[str, Any]:
+    """Keyword arguments for ``ray.init`` that follow the verbosity."""
+    loud = is_verbose()
+    return {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.WARNING}
+
+
+def quiet_ray_data() -> None:
+    """Ray Data in this process: no progress bars or execution banners unless verbose (a no-op
+    when Ray Data has not been imported: it is configured when it is)."""
+    import sys
+
+    if "ray.data" not in sys.modules:
+        return
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    loud = is_verbose()
+    context.enable_progress_bars = loud
+    context.print_on_execution_start = loud
+    logging.getLogger("ray.data").setLevel(logging.INFO if loud else logging.WARNING)
