@@ -42,7 +42,7 @@ import numpy as np
 
 from pipelines.config import DataConfig, ExperimentConfig, SourceConfig
 from salma.batch import SalmaBatch
-from salma.data.errors import BadRecordError
+from salma.data.errors import BadRecordError, DatasetFormatError
 from salma.data.examples import ImageGeometry, collate, example_from_bytes, example_to_bytes
 from salma.data.record import SampleRecord
 from salma.data.sampling import SampleCounts, SamplingOptions, sample_counts, sample_example
@@ -112,7 +112,14 @@ def read_mixture(sources: list[SourceConfig], *, bad: BadRecordLog | None = None
     for s in sources:
         records = read_source(s.format, s.root, s.split, on_bad=on_bad, **s.options)
         if not records:
-            raise ValueError(f"data source {s.name!r} ({s.format} at {s.root}, split {s.split}) has no usable records")
+            raise DatasetFormatError(s.root, f"data source {s.name!r} ({s.format}, split {s.split}) has no usable records")
+        unlabelled = [r.sample_id for r in records if r.meta.get("has_ground_truth") is False]
+        if unlabelled:
+            raise DatasetFormatError(
+                s.root, f"data source {s.name!r} (split {s.split}): {len(unlabelled)} records have expressions "
+                f"without masks (e.g. {unlabelled[0]}); training needs a mask for each, so add them or move "
+                "those lines to a split used only for inference"
+            )
         logger.info("source %s: %d records (x%d repeats)", s.name, len(records), s.repeats)
         out.append(records)
     return out

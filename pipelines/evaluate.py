@@ -9,7 +9,11 @@ layout). Scores follow the public evaluation code exactly (``salma.metrics``):
 - RefCOCO / RefCOCO+ / RefCOCOg: cIoU and gIoU over sentences;
 - MeViS, Ref-YouTube-VOS, Ref-DAVIS17 (and Ref-SAV): J, F, J&F, mean over expressions of the
   frame means;
-- ReVOS: J, F, J&F, A, R for referring, reasoning and overall (= mean of the two).
+- ReVOS: J, F, J&F, A, R for referring, reasoning and overall (= mean of the two);
+- your own data (``own_data``) with masks: cIoU / gIoU over its image expressions and J, F, J&F
+  over its video expressions (groups ``images`` and ``videos`` when it has both); lines without a
+  mask are not scored (counted as ``unannotated``), and a split with no mask at all is refused
+  with a message saying so.
 
 Benchmark scores are in percent, as papers report them. Where the data knows its distractors
 (the synthetic drift splits), the attention-drift score (``salma.drift_score``) is added from the
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -145,6 +150,8 @@ def score_predictions(
         raise EvaluationError(f"{results_path} does not exist; run salma infer first (or finish the interrupted run)")
     results = json.loads(results_path.read_text())
     records = read_records(source, max_samples)
+    if source.format == "own_data":
+        return _with_diagnostics(_score_own(source, records, results, workers, pred), pred)
     missing_truth = [r.sample_id for r in records if r.meta.get("has_ground_truth") is False]
     if missing_truth:
         raise EvaluationError(
@@ -156,12 +163,60 @@ def score_predictions(
         scores = _score_images(source, records, results)
     else:
         scores = _score_videos(source, records, results, workers)
+    return _with_diagnostics(scores, pred)
+
+
+def _with_diagnostics(scores: BenchmarkScores, pred: Path) -> BenchmarkScores:
+    """Add the drift score and the share of answers without ``[SEG]`` from the diagnostics."""
     diagnostics_path = pred / DIAGNOSTICS
     if diagnostics_path.is_file():
         diagnostics = json.loads(diagnostics_path.read_text())
         scores.drift = _drift(diagnostics)
         if diagnostics:
             scores.counts["no_seg_fraction"] = sum(d["num_masks"] == 0 for d in diagnostics) / len(diagnostics)
+    return scores
+
+
+def _score_own(
+    source: SourceConfig, records: list[SampleRecord], results: Any, workers: int | None, pred: Path
+) -> BenchmarkScores:
+    """Own data: the annotated expressions of its images as RefCOCO, of its videos as MeViS."""
+    if not isinstance(results, list):
+        raise EvaluationError(f"{pred / RESULTS}: own-data predictions are a list of per-expression entries")
+    annotated, unannotated = [], 0
+    for record in records:
+        referents = [r for r in record.referents if r.meta.get("has_mask")]
+        unannotated += sum(len(r.expressions) for r in record.referents if not r.meta.get("has_mask"))
+        if referents:
+            annotated.append(dataclasses.replace(record, referents=referents))
+    if not annotated:
+        raise EvaluationError(
+            f"own_data split {source.split!r} ({source.root}) has no masks: there is no ground truth to score. "
+            f"The predictions are in {pred} (masks/, results.json); add \"mask\" to the lines to evaluate"
+        )
+    images = [r for r in annotated if r.media == "image"]
+    videos = [r for r in annotated if r.media == "video"]
+    video_results: dict[str, dict[str, Any]] = {}
+    for entry in results:
+        if "prediction_masks" in entry:
+            video_results.setdefault(entry["sample_id"], {})[entry["id"]] = entry
+    parts = []
+    if images:
+        parts.append(("images", _score_images(source, images, [e for e in results if "segmentation" in e])))
+    if videos:
+        parts.append(("videos", _score_videos(source, videos, video_results, workers)))
+    if len(parts) == 1:
+        scores = parts[0][1]
+    else:
+        scores = BenchmarkScores(
+            name=source.name, format=source.format, split=source.split,
+            groups={group: part.groups["all"] for group, part in parts},
+            counts={f"{group}_{k}": v for group, part in parts for k, v in part.counts.items()},
+            per_expression=[row for _, part in parts for row in part.per_expression],
+        )
+    scores.counts["unannotated"] = float(unannotated)
+    if unannotated:
+        logger.warning("%s: %d expressions have no mask and are not scored", source.name, unannotated)
     return scores
 
 

@@ -25,10 +25,17 @@ Output folder::
     <out>/visuals/<key>.png   visual report of the first ``--visual-samples`` records
     <out>/bad_records.json    records whose frames or masks could not be decoded, if any
 
+Your own data (``--dataset own_data:DIR --split NAME`` reads ``DIR/NAME.jsonl``, see
+``salma.data.own_data``) gets one PNG mask per expression under ``<out>/masks/``, a
+``results.json`` listing them with their COCO RLE, and with ``--overlays`` the masks drawn over
+the pictures under ``<out>/overlays/`` (``pipelines.own_data_outputs``).
+
 Rerunning with the same ``--out`` skips every record whose shard is complete; a truncated or
 partial shard is predicted again. No results file is ever left half-written (temporary file +
 ``os.replace``). ``--model`` is an exported model folder (``salma export``) or a preset name
-(``tiny``: random weights, for tests).
+(``tiny``: random weights, for tests). ``run_info.json`` is written once predicting has started,
+so a command that fails before (a wrong dataset path, a model folder that does not load) can be
+corrected and rerun without ``--restart``.
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ import yaml
 
 from pipelines import console
 from pipelines.config import EvalConfig, SourceConfig, load_experiment
+from pipelines.config_errors import ConfigError
+from pipelines.own_data_outputs import merge_own_results, write_own_outputs
+from pipelines.progress import Progress
 from pipelines.prediction_folder import (
     ANNOTATIONS_DIR,
     BAD_RECORDS,
@@ -78,7 +88,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("refcoco",)
 VIDEO_FORMATS = ("mevis", "revos", "ref_youtube_vos", "ref_davis17", "ref_sav")
-_LOG_EVERY_S = 10.0
+OWN_FORMATS = ("own_data",)  # images and videos mixed, one's own layout of outputs
+INFER_FORMATS = IMAGE_FORMATS + VIDEO_FORMATS + OWN_FORMATS
 
 
 class InferenceError(RuntimeError):
@@ -111,9 +122,9 @@ def parse_dataset(
     """``"refcoco:data/synthetic/refer/refcoco"`` → a ``SourceConfig`` with an absolute root."""
     fmt, sep, root = spec.partition(":")
     if not sep or not root:
-        raise ValueError(f"--dataset {spec!r} must be FORMAT:ROOT, e.g. mevis:data/mevis")
+        raise ConfigError(f"--dataset {spec!r} must be FORMAT:ROOT, e.g. mevis:data/mevis or own_data:my_photos")
     if fmt not in SOURCE_FORMAT_NAMES:
-        raise ValueError(f"--dataset {spec!r}: unknown format {fmt!r}; choose one of {', '.join(SOURCE_FORMAT_NAMES)}")
+        raise ConfigError(f"--dataset {spec!r}: unknown format {fmt!r}; choose one of {', '.join(INFER_FORMATS)}")
     options = dict(options or {})
     root = str(Path(root).expanduser().resolve())
     source = SourceConfig(name="", format=fmt, root=root, split=split, options=options)
@@ -138,19 +149,22 @@ def parse_options(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--option {item!r} must be key=value")
+            raise ConfigError(f"--option {item!r} must be key=value")
         out[key.strip()] = yaml.safe_load(raw)
     return out
 
 
 def media_of(source: SourceConfig) -> str:
+    """``image`` or ``video`` for a benchmark format, ``mixed`` for one's own data."""
     if source.format in IMAGE_FORMATS:
         return "image"
     if source.format in VIDEO_FORMATS:
         return "video"
-    raise ValueError(
-        f"format {source.format!r} has no segmentation benchmark; infer runs on "
-        f"{', '.join(IMAGE_FORMATS + VIDEO_FORMATS)}"
+    if source.format in OWN_FORMATS:
+        return "mixed"
+    raise ConfigError(
+        f"format {source.format!r} has no masks to predict (a conversation format); infer runs on "
+        f"{', '.join(INFER_FORMATS)}"
     )
 
 
@@ -205,29 +219,42 @@ def load_model(model: Any):
         model = ray.get(model)
     if isinstance(model, ShippedModel):
         return model.build()
+    kind, found = check_model_spec(model)
+    if kind == "folder":
+        from salma.export import load_exported
+
+        return load_exported(found)
+    from salma.builder import build_salma
+
+    return build_salma(preset_config(found))
+
+
+def check_model_spec(model: str | os.PathLike) -> tuple[str, str]:
+    """``("folder", path)`` for an exported model folder, ``("preset", name)`` for a preset;
+    raises ``ConfigError`` (what was given, what to pass instead) for anything else. Reads no
+    weights: the driver checks ``--model`` before any actor loads it."""
+    from salma.config import preset_config
+    from salma.export import CONFIG_FILE
+
     spec = str(model)
     path = Path(spec).expanduser()
     if path.is_dir():
-        from salma.export import CONFIG_FILE, load_exported
-
         if (path / CONFIG_FILE).is_file():
-            return load_exported(path)
+            return "folder", str(path)
         if (path / "salma_checkpoint.json").is_file():
-            raise ValueError(
+            raise ConfigError(
                 f"{path} is a training checkpoint; export it first "
                 f"(salma export --checkpoint {path} --out DIR) and pass --model DIR"
             )
-        raise ValueError(f"{path} is neither an exported SALMA model (no {CONFIG_FILE}) nor a preset name")
+        raise ConfigError(f"{path} is neither an exported SALMA model (no {CONFIG_FILE}) nor a preset name")
     try:
-        config = preset_config(spec)
+        preset_config(spec)
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"--model {spec!r} is not a folder and not a preset; pass an exported model folder "
             "(salma export) or a preset name such as 'tiny'"
         ) from None
-    from salma.builder import build_salma
-
-    return build_salma(config)
+    return "preset", spec
 
 
 def describe_model(model: Any) -> str:
@@ -430,6 +457,7 @@ def predict_rows(
 
     if isinstance(model, SalmaModel):
         constructor["model"] = ray.put(ShippedModel.of(model))  # one copy in the object store
+    console.quiet_ray_data()
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # one row per block: balanced actors
     dataset = dataset.map_batches(
         RecordPredictor,
@@ -467,23 +495,8 @@ def _gpus_wanted(settings: EvalConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-class _Progress:
-    def __init__(self, name: str, total: int, resumed: int):
-        self.name, self.total, self.done, self.frames = name, total, resumed, 0
-        self.resumed = resumed
-        self.started = self.last = time.perf_counter()
-
-    def add(self, frames: int) -> None:
-        self.done += 1
-        self.frames += frames
-        now = time.perf_counter()
-        if now - self.last >= _LOG_EVERY_S or self.done == self.total:
-            self.last = now
-            elapsed = now - self.started
-            rate = (self.done - self.resumed) / elapsed if elapsed > 0 else 0.0
-            left = (self.total - self.done) / rate if rate > 0 else float("inf")
-            logger.info("infer %s: %d/%d records, %.2f records/s, %.1f frames/s, about %.0f s left",
-                        self.name, self.done, self.total, rate, self.frames / elapsed if elapsed else 0.0, left)
+def _progress(name: str, total: int, resumed: int) -> Progress:
+    return Progress(f"infer {name}", total=total, unit="record", initial=resumed)
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -497,6 +510,7 @@ def infer(
     zip_annotations: bool = False,
     max_bad_fraction: float = 0.0,
     address: str | None = None,
+    overlays: bool = False,
 ) -> InferSummary:
     """Predict every sentence of ``source`` and write the output folder (module docstring).
 
@@ -505,14 +519,18 @@ def infer(
     mode). ``resume=False`` discards earlier outputs in ``out_dir``. Uses the Ray cluster already
     initialised in this process, else ``ray.init(address)``. Raises ``InferenceError`` when more
     than ``max_bad_fraction`` of the records could not be decoded (after writing everything else,
-    so a rerun only retries those).
+    so a rerun only retries those). ``overlays`` (own data): also draw every mask over its
+    picture (``pipelines.own_data_outputs``).
     """
     settings = settings or EvalConfig()
     media = media_of(source)
-    out = _prepare_folder(out_dir, resume=resume, info={
+    if isinstance(model, (str, os.PathLike)):
+        check_model_spec(model)
+    info = {
         "model": describe_model(model), "name": source.name, "format": source.format, "root": source.root,
         "split": source.split, "options": source.options, "media": media, **settings.model_dump(),
-    })
+    }
+    out = _prepare_folder(out_dir, resume=resume, info=info)
     records = read_records(source, settings.max_samples)
     if not records:
         raise InferenceError(f"{source.format}:{source.root} split {source.split!r} has no usable records")
@@ -522,11 +540,14 @@ def infer(
     started = time.perf_counter()
     visual_keys = {shard_key(r.sample_id) for r in records[: settings.visual_samples]}
     bad, per_record = _predict_pending(out, source.name, todo, len(records), resumed, model=model, settings=settings,
-                                       visual_keys=visual_keys, address=address)
+                                       visual_keys=visual_keys, address=address, info=info,
+                                       own=media == "mixed", overlays=overlays)
+    write_json_atomic(out / RUN_INFO, info)  # (also when every record was done already)
     seconds = time.perf_counter() - started
     _check_bad(out, bad, len(records), max_bad_fraction)
     bad_ids = {b["sample_id"] for b in bad}
-    results = merge_results(out, [r for r in records if r.sample_id not in bad_ids], media)
+    kept = [r for r in records if r.sample_id not in bad_ids]
+    results = merge_own_results(out, kept) if media == "mixed" else merge_results(out, kept, media)
     if zip_annotations and media == "video":
         logger.info("wrote %s", zip_submission(out, source.format))
     frames = sum(r["frames"] for r in per_record)
@@ -545,7 +566,7 @@ def _prepare_folder(out_dir: str | os.PathLike, *, resume: bool, info: dict[str,
             shutil.rmtree(out / stale, ignore_errors=True)
         for stale in (RUN_INFO, RESULTS, DIAGNOSTICS, BAD_RECORDS, SUBMISSION):
             (out / stale).unlink(missing_ok=True)
-    check_run_info(out, info)
+    check_run_info(out, info, write=False)  # written once predicting has started
     return out
 
 
@@ -561,10 +582,11 @@ def _pending(out: Path, records: Iterable[SampleRecord]) -> tuple[list[SampleRec
 
 def _predict_pending(
     out: Path, name: str, todo: list[SampleRecord], total: int, resumed: int, *, model: Any, settings: EvalConfig,
-    visual_keys: set[str], address: str | None,
+    visual_keys: set[str], address: str | None, info: dict[str, Any], own: bool = False, overlays: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Predict the records without a complete shard, writing each one's outputs as it arrives.
-    Returns (bad records, timing of each predicted record)."""
+    """Predict the records without a complete shard, writing each one's outputs as it arrives
+    (``run_info.json`` = ``info`` before the first). Returns (bad records, timing of each
+    predicted record)."""
     bad: list[dict[str, Any]] = []
     per_record: list[dict[str, Any]] = []
     if not todo:
@@ -572,20 +594,28 @@ def _predict_pending(
     if settings.num_actors > 0:
         ensure_ray(address)
     rows = [_inference_row(r, visual=shard_key(r.sample_id) in visual_keys) for r in todo]
-    progress = _Progress(name, total, resumed)
+    by_key = {shard_key(r.sample_id): r for r in todo}
+    progress = _progress(name, total, resumed)
+    started, frames_done = time.perf_counter(), 0
     for row in predict_rows(rows, model=model, settings=settings, use_gpu=_gpus_wanted(settings)):
         shard = json.loads(row["shard"])
         if "error" in shard:
             bad.append({"sample_id": shard["sample_id"], **shard["error"]})
             logger.warning("record %s skipped: %s (%s)", shard["sample_id"], shard["error"]["reason"],
                            shard["error"]["path"])
-            progress.add(0)
-            continue
-        write_record_outputs(out, shard, bytes(row["visual_png"]) or None)
-        frames = len(shard["frame_names"]) * len(shard["predictions"])
-        per_record.append({k: shard[k] for k in ("sample_id", "seconds", "started_at", "finished_at")}
-                          | {"frames": frames})
-        progress.add(frames)
+        else:
+            if not per_record:
+                write_json_atomic(out / RUN_INFO, info)
+            if own:
+                write_own_outputs(out, shard, by_key[shard["key"]], overlays=overlays)
+            write_record_outputs(out, shard, bytes(row["visual_png"]) or None, annotations=not own)
+            frames = len(shard["frame_names"]) * len(shard["predictions"])
+            per_record.append({k: shard[k] for k in ("sample_id", "seconds", "started_at", "finished_at")}
+                              | {"frames": frames})
+            frames_done += frames
+        elapsed = time.perf_counter() - started
+        progress.update(progress.done + 1, **{"frames/s": frames_done / elapsed if elapsed > 0 else 0.0})
+    progress.close()
     return bad, per_record
 
 
@@ -616,7 +646,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalConfig:
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--dataset", required=required, metavar="FORMAT:ROOT",
-                        help=f"dataset format and folder; formats: {', '.join(IMAGE_FORMATS + VIDEO_FORMATS)}")
+                        help=f"dataset format and folder; formats: {', '.join(INFER_FORMATS)}")
     parser.add_argument("--split", required=required, help="split name as the reader knows it (val, valid_u, ...)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="reader option, repeatable (e.g. dataset=refcocog, split_by=umd, masks=png)")
@@ -647,6 +677,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--zip", action="store_true",
                         help="also write submission.zip for the benchmark server (video datasets)")
     parser.add_argument("--max-bad-fraction", type=float, default=0.0)
+    parser.add_argument("--overlays", action="store_true",
+                        help="own data: also draw each mask over its image or video frames (overlays/)")
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     args = parser.parse_args(argv)
     console.configure()
@@ -656,7 +688,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ray_was_up = ray.is_initialized()
     try:
         summary = infer(args.model, source, args.out, settings=settings_from_args(args), resume=not args.restart,
-                        zip_annotations=args.zip, max_bad_fraction=args.max_bad_fraction, address=args.address)
+                        zip_annotations=args.zip, max_bad_fraction=args.max_bad_fraction, address=args.address,
+                        overlays=args.overlays)
     finally:
         if not ray_was_up and ray.is_initialized():
             ray.shutdown()

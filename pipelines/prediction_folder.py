@@ -104,9 +104,10 @@ def read_complete_shard(path: Path, record: SampleRecord) -> dict | None:
     return shard
 
 
-def write_record_outputs(out: Path, shard: dict, png: bytes | None) -> None:
-    """PNGs first, the shard last: a shard on disk means the record's outputs are complete."""
-    if shard["media"] == "video":
+def write_record_outputs(out: Path, shard: dict, png: bytes | None, *, annotations: bool = True) -> None:
+    """PNGs first, the shard last: a shard on disk means the record's outputs are complete.
+    ``annotations``: a video's benchmark PNG layout (own data has its own, written before)."""
+    if shard["media"] == "video" and annotations:
         for p in shard["predictions"]:
             folder = out / ANNOTATIONS_DIR / shard["sample_id"] / prediction_id(p["ref_id"], p["sent_index"])
             for name, rle in zip(shard["frame_names"], p["masks"], strict=True):
@@ -119,8 +120,9 @@ def write_record_outputs(out: Path, shard: dict, png: bytes | None) -> None:
     write_json_atomic(out / SHARDS_DIR / f"{shard['key']}.json", shard)
 
 
-def check_run_info(out: Path, info: dict[str, Any]) -> None:
-    """Refuse to mix predictions of different models or settings in one folder."""
+def check_run_info(out: Path, info: dict[str, Any], *, write: bool = True) -> None:
+    """Refuse to mix predictions of different models or settings in one folder; then record
+    ``info`` (``write``)."""
     path = out / RUN_INFO
     if path.is_file():
         try:
@@ -135,7 +137,8 @@ def check_run_info(out: Path, info: dict[str, Any]) -> None:
                     f"({', '.join(f'{k}: {old.get(k)!r} → {info.get(k)!r}' for k in changed)}); "
                     "choose another --out or pass --restart to discard them"
                 )
-    write_json_atomic(path, info)
+    if write:
+        write_json_atomic(path, info)
 
 
 def merge_results(out: Path, records: Sequence[SampleRecord], media: str) -> Path:

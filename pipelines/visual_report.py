@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipelines.overlay import blend
+
 _TARGET = (0.1, 0.85, 0.2)  # green: ground truth
 _PREDICTION = (0.15, 0.45, 1.0)  # blue: prediction
 _DISTRACTOR = (1.0, 0.2, 0.2)  # red: known distractor
@@ -74,11 +76,5 @@ def render_prediction_figure(
 
 
 def _overlay(frame: np.ndarray, layers: list[tuple[np.ndarray | None, tuple[float, float, float]]]) -> np.ndarray:
-    """The frame with each mask blended in its colour (45 % opacity)."""
-    out = frame.astype(np.float32) / 255.0  # (H, W, 3)
-    for mask, colour in layers:
-        if mask is None:
-            continue
-        m = np.asarray(mask, dtype=bool)
-        out[m] = 0.55 * out[m] + 0.45 * np.asarray(colour, dtype=np.float32)
-    return (np.clip(out, 0.0, 1.0) * 255).astype(np.uint8)
+    """The frame with each mask blended in its colour (``pipelines.overlay.blend``)."""
+    return blend(frame, layers)
