@@ -423,6 +423,9 @@ def _artifacts(
     scores: Sequence[BenchmarkScores], pred_dirs: Mapping[str, Path], tables: Sequence[Path]
 ) -> list[tuple[Path, str]]:
     files = [(t, "eval") for t in tables]
+    per_expression = Path(tables[0]).parent / PER_EXPRESSION_CSV
+    if per_expression.is_file():
+        files.append((per_expression, "eval"))
     for s in scores:
         visuals = pred_dirs[s.name] / VISUALS_DIR
         if visuals.is_dir():
@@ -539,6 +542,17 @@ def _run_info(pred: Path) -> dict[str, Any] | None:
         return None
 
 
+def last_training_step(uri: str, run_id: str | None) -> int:
+    """The last step a training run logged its loss at (0 without a run or a loss curve), so
+    that scores logged onto it sit at the end of its curves."""
+    if run_id is None:
+        return 0
+    from mlflow import MlflowClient
+
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "loss/total")
+    return max((m.step for m in history), default=0)
+
+
 def _default_tracking_uri(workdir: str) -> str:
     from pipelines.tracking import resolve_tracking_uri
 
@@ -566,7 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db")
     parser.add_argument("--workdir", default="runs", help="where the default SQLite tracking database lives")
     parser.add_argument("--experiment", default="salma", help="MLflow experiment of a new evaluation run")
-    parser.add_argument("--step", type=int, default=0, help="step the metrics are logged at (e.g. the checkpoint's)")
+    parser.add_argument("--step", type=int,
+                        help="step the metrics are logged at (default: the --run-id run's last training step, else 0)")
     parser.add_argument("--no-tracking", action="store_true", help="write the tables only")
     args = parser.parse_args(argv)
     console.configure()
@@ -580,8 +595,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         uri = args.tracking_uri or _default_tracking_uri(args.workdir)
         if uri.startswith("sqlite:///"):
             Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        step = args.step if args.step is not None else last_training_step(uri, args.run_id)
         tracking = TrackingTarget(uri=uri, run_id=args.run_id, new_run=args.new_run, experiment=args.experiment,
-                                  step=args.step)
+                                  step=step)
     report = evaluate(args.pred, source, out_dir=args.out, workers=args.workers, tracking=tracking)
     print(Path(report.table_md).read_text(), end="")
     if report.run_id:

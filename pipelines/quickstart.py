@@ -2,10 +2,12 @@
 
 1. writes the synthetic datasets (RefCOCO / MeViS / Ref-YouTube-VOS / LLaVA formats) if needed,
 2. trains tiny SALMA with 2 Ray Train workers (DeepSpeed ZeRO-2, CPU, gloo) on a local Ray,
-3. exports the final checkpoint and evaluates it on the synthetic val and attention-drift splits
-   with the benchmark metrics (Ray Data batch inference),
+3. exports the final checkpoint (``<run>/export``, also logged as the run's MLflow model) and
+   evaluates it on the synthetic val and attention-drift splits with the benchmark metrics (Ray
+   Data batch inference),
 4. logs everything to MLflow (SQLite under the run folder's workdir) — the evaluation scores as
-   metrics of the training run — and prints a results table, the run id and how to open the UI.
+   metrics of the training run, at its final step — and prints a results table, the time of each
+   phase, the folders it wrote, the run id and how to open the UI.
 """
 
 from __future__ import annotations
@@ -47,34 +49,64 @@ def quickstart(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | 
     from pipelines.tracking import tracking_uri
     from pipelines.train import train
 
+    from pipelines.mlflow_model import log_exported_model
+    from pipelines.progress import phase_line
+
     start = time.perf_counter()
     cfg: ExperimentConfig = load_experiment(config_path, overrides)
     ensure_synthetic(cfg)
+    phases = {"data": time.perf_counter() - start}
     if not ray.is_initialized():
         # Logical CPUs beyond the train workers and their decode actors leave room for the
         # evaluation actors. The dashboard serves the state API that Ray Train's placement-group
         # cleaner polls (without it, it warns every few seconds); it binds to 127.0.0.1.
         ray.init(address="local", num_cpus=4, include_dashboard=True, **console.ray_init_options())
     result = train(cfg)
-    train_s = time.perf_counter() - start
+    phases["SAM-2 pre-training and data checks"] = result.phase_seconds.get("prepare", 0.0)
+    phases["training"] = result.phase_seconds.get("train", 0.0)
+    began = time.perf_counter()
     export_dir = Path(result.run_dir) / "export"
     export_checkpoint(result.checkpoint_path, export_dir)
-    sources = cfg.data.eval_sources
     uri = tracking_uri(cfg)
+    model_uri = log_exported_model(export_dir, tracking_uri=uri, run_id=result.run_id) if result.run_id else None
+    phases["export"] = time.perf_counter() - began
+    phase_line("export", f"{export_dir}" + (f" (MLflow model {model_uri})" if model_uri else ""))
+    began = time.perf_counter()
+    sources = cfg.data.eval_sources
+    eval_dir = Path(result.run_dir) / "eval"
     metrics = evaluate_model(
         str(export_dir),
         sources,
-        Path(result.run_dir) / "eval",
+        eval_dir,
         num_actors=cfg.eval.num_actors,
         run_id=result.run_id,
         tracking_uri=uri,
+        step=int(result.metrics.get("step", cfg.train.max_steps)),
     )
+    phases["evaluation"] = time.perf_counter() - began
     total_s = time.perf_counter() - start
     print("\n" + results_table(metrics, [s.name for s in sources]))
-    print(f"\ntrained in {train_s / 60:.1f} min, total {total_s / 60:.1f} min")
-    print(f"MLflow run: {result.run_id}  (tracking URI {uri})")
-    print(f"open the UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
-    return {"metrics": metrics, "run_id": result.run_id, "train_s": train_s, "total_s": total_s}
+    print("\n" + summary(phases, total_s, run_dir=result.run_dir, export_dir=export_dir, eval_dir=eval_dir,
+                          run_id=result.run_id, uri=uri, model_uri=model_uri))
+    return {"metrics": metrics, "run_id": result.run_id, "phases_s": phases, "total_s": total_s,
+            "export_dir": str(export_dir)}
+
+
+def summary(phases: dict[str, float], total_s: float, *, run_dir: str, export_dir: Path, eval_dir: Path,
+            run_id: str | None, uri: str, model_uri: str | None) -> str:
+    """Where the time went, phase by phase, and the folders and commands a user needs next."""
+    times = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in phases.items())
+    lines = [
+        f"time: {times}; total {total_s / 60:.1f} min",
+        f"run folder:   {run_dir}",
+        f"model:        {export_dir}   (try: salma segment PHOTO.jpg \"the ...\" --model {export_dir})",
+        f"evaluation:   {eval_dir}   (scores.md, per-split predictions and visual reports)",
+    ]
+    if run_id:
+        lines.append(f"MLflow run:   {run_id}" + (f", model {model_uri}" if model_uri else "") + f"  (tracking URI {uri})")
+        lines.append(f"open the UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+                     "   (experiment 'salma', Runs tab)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

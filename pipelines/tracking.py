@@ -32,6 +32,10 @@ _PACKAGES = ("torch", "deepspeed", "ray", "mlflow", "transformers", "peft", "sam
 _MAX_PARAMS_PER_CALL = 100
 _MAX_METRICS_PER_CALL = 1000
 _MAX_PARAM_LENGTH = 6000
+# MLflow 3's UI opens an experiment in its GenAI view (runs listed as "Evaluation runs") unless the
+# experiment says it is model training; this tag is what its experiment page reads.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class Tracker(Protocol):
@@ -231,10 +235,12 @@ def _experiment_id(client, name: str, artifact_root: str | None) -> str:
 
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     try:
         location = Path(artifact_root).resolve().as_uri() if artifact_root else None
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:
         # Another driver (a parallel Tune trial) created it first.
         experiment = client.get_experiment_by_name(name)

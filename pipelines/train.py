@@ -488,6 +488,8 @@ def _checkpoint_and_report(worker: _Worker, step: int, metrics: dict[str, Any], 
         worker.engine, worker.staging_root, step=step, rank=worker.rank, save_id=_agree_on_save_id(),
         rank_state={"data_position": data_position}, meta=meta, before_commit=fault_point,
     )
+    if meta is not None:
+        _log_checkpoint_meta(worker.tracker, step, meta)
     if worker.local_mode:
         published = publish_local(staged, worker.local_run_dir, step)
         prune_local(worker.local_run_dir, worker.cfg.train.keep_checkpoints)
@@ -501,6 +503,15 @@ def _checkpoint_and_report(worker: _Worker, step: int, metrics: dict[str, Any], 
             checkpoint_dir_name=checkpoint_name(step),
             delete_local_checkpoint_after_upload=True,
         )
+
+
+def _log_checkpoint_meta(tracker: tracking.Tracker, step: int, meta: dict[str, Any]) -> None:
+    """Rank 0: the checkpoint's metadata (step, world size, config, trained parameters) as the
+    MLflow artifact ``checkpoints/checkpoint_<step>.json``; the weights stay in the run folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, f"{checkpoint_name(step)}.json")
+        path.write_text(json.dumps(meta, indent=1, default=str))
+        tracker.log_artifact(str(path), "checkpoints")
 
 
 def _agree_on_save_id() -> str:

@@ -29,7 +29,7 @@ def test_checkpoint_weights_load_into_the_model(trained):
 
 
 def test_export_from_a_run_folder_round_trips_predictions(trained, tmp_path):
-    assert main(["--checkpoint", trained.run_dir, "--out", str(tmp_path / "out")]) == 0
+    assert main(["--checkpoint", trained.run_dir, "--out", str(tmp_path / "out"), "--no-tracking"]) == 0
     reloaded = load_exported(tmp_path / "out")
     original = load_checkpoint_model(trained.checkpoint_path)
     image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
@@ -41,3 +41,55 @@ def test_export_from_a_run_folder_round_trips_predictions(trained, tmp_path):
 def test_a_folder_without_checkpoints_is_refused(tmp_path):
     with pytest.raises(InvalidCheckpointError, match="neither a checkpoint"):
         export_checkpoint(tmp_path, tmp_path / "out")
+
+
+def test_export_logs_an_mlflow_model_that_loads_registers_and_predicts(trained, tmp_path):
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    from pipelines.mlflow_model import input_example
+    from pipelines.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+    from pipelines.run_folder import RunFolder
+    from salma.data.masks import decode_rle
+
+    assert main(["--checkpoint", trained.run_dir, "--out", str(tmp_path / "model"), "--register", "salma-tiny-test"]) == 0
+    uri = RunFolder.existing(trained.run_dir).run_info()["tracking_uri"]
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pyfunc.load_model(f"runs:/{trained.run_id}/model")
+    assert loaded.metadata.signature.inputs.input_names() == ["expression", "image", "frames"]
+    frames = np.random.default_rng(1).integers(0, 255, (3, 40, 56, 3), dtype=np.uint8)
+    table = pd.DataFrame({"expression": ["the red square", "the moving square"],
+                          "image": [input_example()["image"][0], None], "frames": [None, [_png(f) for f in frames]]})
+    out = loaded.predict(table, params={"generate": False})
+    assert list(out.columns) == ["answer", "num_masks", "masks"] and len(out) == 2
+    image_masks, video_masks = (json.loads(m) for m in out["masks"])
+    assert [len(image_masks), len(video_masks)] == [1, 3]
+    reference = SalmaPredictor(load_exported(tmp_path / "model"))
+    expected = reference.segment(frames, "the moving square", generate=False).masks[0]  # (T, H, W)
+    assert np.array_equal(np.stack([decode_rle(r) for r in video_masks]), expected)
+    registered = mlflow.pyfunc.load_model("models:/salma-tiny-test/1")
+    assert registered.predict(input_example(), params={"generate": False})["num_masks"].tolist() == [1]
+    client = mlflow.MlflowClient(uri)
+    assert [a.path for a in client.list_artifacts(trained.run_id, "checkpoints")] == [
+        "checkpoints/checkpoint_000002.json"]
+    experiment = client.get_experiment(client.get_run(trained.run_id).info.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND  # the UI shows it as model training
+
+
+def test_register_needs_a_tracked_run(trained, tmp_path):
+    from pipelines.config_errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--register needs a checkpoint of a tracked training run"):
+        main(["--checkpoint", trained.run_dir, "--out", str(tmp_path / "m"), "--register", "x", "--no-tracking"])
+
+
+def _png(frame: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    return buffer.getvalue()
