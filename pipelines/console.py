@@ -19,6 +19,10 @@ ENV_VAR = "SALMA_VERBOSE"
 _FORMAT_VERBOSE = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _FORMAT_QUIET = "%(levelname)s %(name)s: %(message)s"
 # Loggers that speak at INFO about their own machinery; kept at WARNING unless verbose.
+# Third-party progress bars (weight loading, artifact downloads, SAM-2's video propagation):
+# off unless verbose. tqdm reads TQDM_* when it is imported; pipelines.progress asks for its bar.
+# MLflow configures its own logger from MLFLOW_LOGGING_LEVEL when it is imported.
+_QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 _HANDLER = logging.StreamHandler()  # stderr, added to the root logger once
 _CHATTY = ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "alembic", "httpx", "urllib3", "gradio")
 
@@ -35,6 +39,11 @@ def configure(*, verbose: bool | None = None) -> None:
         else:
             os.environ.pop(ENV_VAR, None)
     loud = is_verbose()
+    for name, value in _QUIET_ENV.items():
+        if loud:
+            os.environ.pop(name, None)
+        else:
+            os.environ.setdefault(name, value)
     level = logging.INFO if loud else logging.WARNING
     root = logging.getLogger()
     if _HANDLER not in root.handlers:
@@ -50,7 +59,8 @@ def configure(*, verbose: bool | None = None) -> None:
 def ray_init_options() -> dict[str, Any]:
     """Keyword arguments for ``ray.init`` that follow the verbosity."""
     loud = is_verbose()
-    return {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.WARNING}
+    # Quiet: Ray's own warnings too (such as the token-authentication notice of every local start).
+    return {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.ERROR}
 
 
 def quiet_ray_data() -> None:

@@ -384,5 +384,10 @@ def ensure_synthetic(cfg: ExperimentConfig) -> dict | None:
         wanted = (syn.seed, syn.size, GENERATOR_VERSION)
         if (manifest.get("seed"), manifest.get("size"), manifest.get("version")) == wanted:
             return manifest
+    from pipelines.progress import phase_line
+
     logger.info("writing synthetic datasets to %s (seed %d, size %s)", out, syn.seed, syn.size)
-    return write_synthetic(out, seed=syn.seed, size=syn.size)
+    started = time.perf_counter()
+    manifest = write_synthetic(out, seed=syn.seed, size=syn.size)
+    phase_line("data synth", f"wrote the synthetic datasets to {out} in {time.perf_counter() - started:.0f} s")
+    return manifest

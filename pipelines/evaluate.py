@@ -560,10 +560,13 @@ def _default_tracking_uri(workdir: str) -> str:
 
 
 def _log_summary(scores: Sequence[BenchmarkScores]) -> None:
+    """One line per benchmark (and group) with its scores: the evaluation phase's progress."""
+    from pipelines.progress import phase_line
+
     for s in scores:
         for group, values in s.groups.items():
             text = ", ".join(f"{k} {v:.2f}" for k, v in values.items())
-            logger.info("%s%s: %s", s.name, "" if group == "all" else f" {group}", text)
+            phase_line("evaluate", f"{s.name}{'' if group == 'all' else f' {group}'}: {text}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,7 +68,7 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=phase, unit=unit, file=self.stream,
-                             dynamic_ncols=True, leave=True)
+                             dynamic_ncols=True, leave=True, disable=False)  # whatever TQDM_DISABLE says
 
     def update(self, done: int, **fields: Any) -> None:
         """``done`` units are finished (absolute, not an increment); ``fields`` go into the line."""

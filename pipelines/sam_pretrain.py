@@ -27,6 +27,7 @@ from typing import Any
 
 from pipelines.config import ExperimentConfig, SamPretrainConfig
 from pipelines.data import read_mixture
+from pipelines.progress import Progress, phase_line
 from salma.data.record import SampleRecord
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def ensure_sam_pretrained(cfg: ExperimentConfig, mixture: list[list[SampleRecord
     meta_path = out.with_name(out.name + ".json")
     if out.is_file() and meta_path.is_file() and _read_json(meta_path).get("trained_from") == wanted:
         logger.info("SAM-2 pre-training: reusing %s", out)
+        phase_line("SAM-2 pre-training", f"reusing {out}")
     else:
         _pretrain(cfg, p, records, out, meta_path, wanted)
     sam = {**cfg.model.get("sam", {}), "checkpoint": str(out)}
@@ -126,7 +128,15 @@ def _pretrain(
             clip_frames=p.clip_frames,
             seed=p.seed,
         )
-        rows = pretrain_sam(sam, data, options, normalize=to_normalized_tensor, tracks=tracks)
+        progress = Progress("SAM-2 pre-training", total=p.steps + p.video_steps, unit="step")
+
+        def show(row: dict[str, float]) -> None:
+            loss = sum(v for k, v in row.items() if k != "step" and not k.endswith("_iou"))
+            ious = {k.removesuffix("_iou") + " IoU": v for k, v in row.items() if k.endswith("_iou")}
+            progress.update(int(row["step"]), loss=loss, **ious)
+
+        rows = pretrain_sam(sam, data, options, normalize=to_normalized_tensor, tracks=tracks, on_log=show)
+        progress.close()
         scores = evaluate_prompts(sam, data, normalize=to_normalized_tensor)
         if tracks is not None:
             scores["track_iou"] = evaluate_tracking(

@@ -7,7 +7,7 @@ from salma.data.synthetic import main as synthetic_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return synthetic_main(argv)
+    return synthetic_main(argv, prog="salma data synth")
 
 
 if __name__ == "__main__":

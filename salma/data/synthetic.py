@@ -451,8 +451,8 @@ def _write_llava(root: Path, seed: int, counts: Counts) -> dict[str, Any]:
 # --------------------------------------------------------------------------- command line
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m salma.data.synthetic", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m salma.data.synthetic") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (empty, or an earlier synthetic output)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=("small", "medium"), default="small")
