@@ -578,6 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="where the tables go (default: --pred)")
     parser.add_argument("--workers", type=int, help="processes for video metrics (default: one per CPU)")
     parser.add_argument("--run-id", help="MLflow run that produced the model: scores are logged onto it")
+    parser.add_argument("--run", metavar="RUN_DIR",
+                        help="training run folder whose MLflow run (and tracking URI) the scores go to")
     parser.add_argument("--new-run", action="store_true",
                         help="log to a new evaluation run tagged salma.model_run_id=RUN_ID instead")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db")
@@ -594,6 +596,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--dataset and --split go together")
         source = parse_dataset(args.dataset, split=args.split, options=parse_options(args.option), name=args.name)
     tracking = None
+    if args.run:
+        from pipelines.run_folder import RunFolder
+
+        info = RunFolder.existing(args.run).run_info()
+        args.run_id = args.run_id or info.get("mlflow_run_id")
+        args.tracking_uri = args.tracking_uri or info.get("tracking_uri")
     if not args.no_tracking:
         uri = args.tracking_uri or _default_tracking_uri(args.workdir)
         if uri.startswith("sqlite:///"):

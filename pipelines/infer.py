@@ -525,7 +525,9 @@ def infer(
     settings = settings or EvalConfig()
     media = media_of(source)
     if isinstance(model, (str, os.PathLike)):
-        check_model_spec(model)
+        kind, found = check_model_spec(model)
+        if kind == "folder":  # the actors run in another working directory
+            model = str(Path(found).resolve())
     info = {
         "model": describe_model(model), "name": source.name, "format": source.format, "root": source.root,
         "split": source.split, "options": source.options, "media": media, **settings.model_dump(),

@@ -599,7 +599,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = load_experiment(args.config, args.overrides)
     result = train(cfg, resume=args.resume)
-    print(json.dumps(asdict(result), indent=1, default=str))
+    print(f"run folder:  {result.run_dir}")
+    print(f"checkpoint:  {result.checkpoint_path}")
+    if result.run_id:
+        print(f"MLflow run:  {result.run_id}")
+    print(f"next:        salma export --checkpoint {result.run_dir} --out {result.run_dir}/export")
     return 0
 
 
