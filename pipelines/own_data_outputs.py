@@ -25,7 +25,16 @@ import numpy as np
 from PIL import Image
 
 from pipelines.overlay import draw_overlay
-from pipelines.prediction_folder import DIAGNOSTICS, RESULTS, SHARDS_DIR, prediction_id, shard_key, write_json_atomic, write_png_atomic
+from pipelines.prediction_folder import (
+    DIAGNOSTICS,
+    RESULTS,
+    SHARDS_DIR,
+    diagnostic_entry,
+    prediction_id,
+    shard_key,
+    write_json_atomic,
+    write_png_atomic,
+)
 from salma.data.decode import load_frames
 from salma.data.masks import decode_rle
 from salma.data.own_data import media_folder_name
@@ -86,11 +95,7 @@ def merge_own_results(out: Path, records: Sequence[SampleRecord]) -> Path:
             else:
                 entry["prediction_masks"] = p["masks"]
             results.append(entry)
-            diagnostics.append({
-                "sample_id": record.sample_id, "ref_id": p["ref_id"], "sent_index": p["sent_index"],
-                "expression": p["expression"], "answer": p["answer"], "num_masks": p["num_masks"],
-                "key_frames": p["key_frames"], "drift": p["drift"],
-            })
+            diagnostics.append(diagnostic_entry(record, p))
     write_json_atomic(out / DIAGNOSTICS, diagnostics)
     write_json_atomic(out / RESULTS, results)
     return out / RESULTS

@@ -163,14 +163,20 @@ def merge_results(out: Path, records: Sequence[SampleRecord], media: str) -> Pat
                     "answer": p["answer"],
                     "segmentation": p["masks"][0],
                 })
-            diagnostics.append({
-                "sample_id": record.sample_id, "ref_id": p["ref_id"], "sent_index": p["sent_index"],
-                "expression": p["expression"], "answer": p["answer"], "num_masks": p["num_masks"],
-                "key_frames": p["key_frames"], "drift": p["drift"],
-            })
+            diagnostics.append(diagnostic_entry(record, p))
     write_json_atomic(out / DIAGNOSTICS, diagnostics)
     write_json_atomic(out / RESULTS, results)
     return out / RESULTS
+
+
+def diagnostic_entry(record: SampleRecord, prediction: dict) -> dict[str, Any]:
+    """One prediction's line of ``diagnostics.json``."""
+    p = prediction
+    return {
+        "sample_id": record.sample_id, "ref_id": p["ref_id"], "sent_index": p["sent_index"],
+        "expression": p["expression"], "answer": p["answer"], "num_masks": p["num_masks"],
+        "key_frames": p["key_frames"], "drift": p["drift"],
+    }
 
 
 def _sent_ids(record: SampleRecord) -> dict[tuple[str, int], Any]:
