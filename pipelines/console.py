@@ -18,13 +18,16 @@ from typing import Any
 ENV_VAR = "SALMA_VERBOSE"
 _FORMAT_VERBOSE = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _FORMAT_QUIET = "%(levelname)s %(name)s: %(message)s"
-# Loggers that speak at INFO about their own machinery; kept at WARNING unless verbose.
 # Third-party progress bars (weight loading, artifact downloads, SAM-2's video propagation):
 # off unless verbose. tqdm reads TQDM_* when it is imported; pipelines.progress asks for its bar.
 # MLflow configures its own logger from MLFLOW_LOGGING_LEVEL when it is imported.
-_QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+_QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_LOGGING_LEVEL": "ERROR"}
 _HANDLER = logging.StreamHandler()  # stderr, added to the root logger once
-_CHATTY = ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "alembic", "httpx", "urllib3", "gradio")
+# Loggers that speak at INFO about their own machinery; kept at WARNING unless verbose.
+_CHATTY = ("alembic", "httpx", "urllib3", "gradio")
+# Libraries whose warnings are about themselves ("Setting accelerator to CPU", "Progress bars
+# disabled", the cloudpickle notice of every logged model): ERROR unless verbose.
+_SELF_ABSORBED = ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "DeepSpeed")
 
 
 def is_verbose() -> bool:
@@ -53,6 +56,8 @@ def configure(*, verbose: bool | None = None) -> None:
     root.setLevel(level)
     for name in _CHATTY:
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.WARNING)
+    for name in _SELF_ABSORBED:
+        logging.getLogger(name).setLevel(logging.INFO if loud else logging.ERROR)
     quiet_ray_data()
 
 
@@ -76,4 +81,4 @@ def quiet_ray_data() -> None:
     loud = is_verbose()
     context.enable_progress_bars = loud
     context.print_on_execution_start = loud
-    logging.getLogger("ray.data").setLevel(logging.INFO if loud else logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.INFO if loud else logging.ERROR)

@@ -59,7 +59,7 @@ class Progress:
         self.every_s = every_s
         self.done = self.initial = initial
         self.started = time.perf_counter()
-        self._last_line = -float("inf")
+        self._last_line = self.started  # the first line after every_s: a short phase prints one line
         self._fields: dict[str, Any] = {}
         self._closed = False
         use_bar = self.stream.isatty() if bar is None else bar
@@ -80,7 +80,8 @@ class Progress:
             return
         self.done = done
         now = time.perf_counter()
-        if now - self._last_line >= self.every_s:
+        finished = self.total is not None and done >= self.total  # close() prints the last line
+        if now - self._last_line >= self.every_s and not finished:
             self._last_line = now
             self._print(self.line())
 

@@ -79,6 +79,7 @@ def quickstart(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | 
         sources,
         eval_dir,
         num_actors=cfg.eval.num_actors,
+        settings=cfg.eval,
         run_id=result.run_id,
         tracking_uri=uri,
         step=int(result.metrics.get("step", cfg.train.max_steps)),

@@ -83,6 +83,7 @@ def test_a_failed_start_leaves_no_run_info_and_the_corrected_command_runs(model,
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_own_data_runs_under_ray_data_and_resumes(ray_cluster, model, unlabelled, tmp_path):
     source = parse_dataset(f"own_data:{unlabelled}", split="train")
     settings = FAST.model_copy(update={"num_actors": 1, "cpus_per_actor": 0.5})

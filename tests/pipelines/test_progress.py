@@ -18,7 +18,7 @@ def test_lines_carry_step_loss_throughput_data_wait_and_time_left():
     relay = TrainProgressRelay(progress, use_ray=False)  # local mode: the worker runs in this process
     post_progress(relay.handle, {"step": 25, "loss/total": 0.81234, "samples_per_s": 22.41, "data_wait_fraction": 0.04})
     relay.close()
-    first, last = stream.getvalue().splitlines()
+    first, last = stream.getvalue().splitlines()  # the line at step 25, then the closing one
     assert first.startswith("train: step 25/100 (25%), loss 0.8123, 22.4 samples/s, data wait 4%, ")
     assert first.endswith(" left")
     assert last.startswith("train: step 25/100 (25%)") and "(done in " in last
@@ -31,7 +31,7 @@ def test_lines_are_spaced_unless_a_phase_ends():
         progress.update(done, **{"frames/s": 2.0})
     progress.close()
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 2 and lines[-1].startswith("infer x: record 10/10 (100%), 2.0 frames/s (done in")
+    assert len(lines) == 1 and lines[-1].startswith("infer x: record 10/10 (100%), 2.0 frames/s (done in")
 
 
 def test_quiet_by_default_verbose_on_request(monkeypatch):
@@ -40,7 +40,7 @@ def test_quiet_by_default_verbose_on_request(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     console.configure(verbose=False)
     assert console.ray_init_options() == {"log_to_driver": False, "logging_level": logging.ERROR}
-    assert logging.getLogger("mlflow").level == logging.WARNING
+    assert logging.getLogger("mlflow").level == logging.ERROR
     import os
 
     assert os.environ["TQDM_DISABLE"] == "1"
