@@ -195,10 +195,10 @@ def deal_balanced(items: list, costs: list[float], *, world_size: int, group: in
 @lru_cache(maxsize=4)
 def _encoder_state(model_config_json: str):
     from salma.config import SalmaConfig
-    from salma.tokenizer import load_tokenizer
+    from salma.tokenizer import load_tokenizer, tokenizer_name
 
     config = SalmaConfig.model_validate_json(model_config_json)
-    tokenizer = load_tokenizer(config.mllm.tokenizer or config.mllm.path or "tiny")
+    tokenizer = load_tokenizer(tokenizer_name(config))
     return tokenizer, ImageGeometry.from_config(config)
 
 

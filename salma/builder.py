@@ -8,33 +8,39 @@ import torch
 from torch import nn
 from transformers import InternVLForConditionalGeneration
 
+from salma.checkpoint_layout import require_native_internvl
 from salma.config import SalmaConfig
+from salma.export import MLLM_DIR, init_from_folder, load_init_weights
+from salma.hub import resolve_model_folder
 from salma.mask_biased_attention import MaskBiasedAttention
-from salma.mllm import SalmaMLLM, internvl_config
+from salma.mllm import SalmaMLLM, internvl_config, load_native_internvl
 from salma.model import LossWeights, SalmaModel
 from salma.sam_adapter import SamAdapter, build_sam2_model
-from salma.tokenizer import IMG_CONTEXT, SEG_TOKEN, load_tokenizer
+from salma.tokenizer import IMG_CONTEXT, SEG_TOKEN, load_tokenizer, tokenizer_name
 
 logger = logging.getLogger(__name__)
 
 
-def build_internvl(config: SalmaConfig, tokenizer, *, device: str | torch.device = "cpu") -> InternVLForConditionalGeneration:
-    """Pretrained weights from ``mllm.path``, or the configured architecture with random weights.
+def build_internvl(
+    config: SalmaConfig, tokenizer, *, device: str | torch.device = "cpu", path: str | None = None
+) -> InternVLForConditionalGeneration:
+    """Pretrained weights from ``path`` (default ``mllm.path``; a folder or hub id), or the
+    configured architecture with random weights.
 
-    The embedding matrix is resized to the tokenizer (new special tokens are trainable rows).
+    A pretrained folder is checked before anything is allocated (``load_native_internvl``) and
+    must agree with the config's image geometry. The embedding matrix is resized to the
+    tokenizer (new special tokens are trainable rows); a separate output head stays separate.
     """
     m = config.mllm
+    path = path if path is not None else m.path
     image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
-    if m.path is not None:
-        model, info = InternVLForConditionalGeneration.from_pretrained(
-            m.path, dtype=torch.float32, output_loading_info=True
-        )
-        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-        if problems:
-            raise ValueError(f"{m.path}: the MLLM checkpoint does not match its architecture: {problems}")
+    if path is not None:
+        folder = resolve_model_folder(path)
+        model = load_native_internvl(folder)
+        _check_geometry(model.config, config, folder)
         if model.config.image_token_id != image_token_id:
             raise ValueError(
-                f"{m.path}: config.image_token_id={model.config.image_token_id} but the tokenizer maps "
+                f"{path}: config.image_token_id={model.config.image_token_id} but the tokenizer maps "
                 f"{IMG_CONTEXT} to {image_token_id}; the tokenizer does not belong to this checkpoint"
             )
     else:
@@ -57,12 +63,35 @@ def build_internvl(config: SalmaConfig, tokenizer, *, device: str | torch.device
     return model
 
 
+def _check_geometry(hf_config, config: SalmaConfig, folder) -> None:
+    """The image tiling the data pipeline uses (``mllm.tile_size``, ``downsample_ratio``) must be
+    the one the checkpoint was built for."""
+    vision = hf_config.vision_config
+    size, patch = tuple(vision.image_size), tuple(vision.patch_size)
+    m = config.mllm
+    mismatches = []
+    if size != (m.tile_size, m.tile_size):
+        mismatches.append(f"model.mllm.tile_size={size[0]} (config has {m.tile_size})")
+    if patch != (m.vision.patch_size, m.vision.patch_size):
+        mismatches.append(f"model.mllm.vision.patch_size={patch[0]} (config has {m.vision.patch_size})")
+    if hf_config.downsample_ratio != m.downsample_ratio:
+        mismatches.append(f"model.mllm.downsample_ratio={hf_config.downsample_ratio} (config has {m.downsample_ratio})")
+    if mismatches:
+        raise ValueError(f"{folder}: the checkpoint's image geometry differs from the config; set " + ", ".join(mismatches))
+
+
 def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> SalmaModel:
     """Build the model a config describes. ``device="meta"`` builds the architecture without
     allocating weights (parameter counting at full size)."""
     torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(config.mllm.tokenizer or config.mllm.path or "tiny")
-    mllm = SalmaMLLM(model=build_internvl(config, tokenizer, device=device))
+    init = None if config.init_from is None else init_from_folder(config.init_from)
+    mllm_path = str(init / MLLM_DIR) if init is not None else config.mllm.path
+    if mllm_path is not None:
+        # Refuse a released remote-code folder before anything reads it (its tokenizer included).
+        mllm_path = str(resolve_model_folder(mllm_path))
+        require_native_internvl(mllm_path)
+    tokenizer = load_tokenizer(tokenizer_name(config))
+    mllm = SalmaMLLM(model=build_internvl(config, tokenizer, device=device, path=mllm_path))
     if config.mllm.gradient_checkpointing:
         mllm.model.gradient_checkpointing_enable()
     s = config.sam
@@ -116,6 +145,8 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
         tokenizer=tokenizer,
         config=config,
     )
+    if init is not None and str(device) != "meta":
+        load_init_weights(model, init)
     if str(device) not in ("cpu", "meta"):
         model.to(device)
     apply_training_recipe(model, config)

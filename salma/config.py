@@ -50,11 +50,14 @@ class TextArch(_Strict):
 class MLLMConfig(_Strict):
     """The InternVL multimodal LLM.
 
-    ``path``: a local folder or hub id of a checkpoint in transformers' native InternVL layout
-    (the original remote-code InternVL2.5 checkpoints must be converted first, see the README).
-    ``None`` builds the architecture below with random weights (tests, the tiny preset,
-    parameter counting). ``tokenizer``: ``"tiny"`` builds the offline word-level tokenizer;
-    anything else is loaded with ``AutoTokenizer.from_pretrained`` (defaults to ``path``).
+    ``path``: a local folder or hub id of a checkpoint in transformers' native InternVL layout.
+    The released remote-code InternVL2.5 folders are refused with the command that converts them
+    (``salma convert internvl SRC --out DST``, see docs/weights.md). With a path, the
+    checkpoint's own ``config.json`` gives the architecture (``vision`` and ``text`` below are
+    not used) and ``tile_size`` / ``downsample_ratio`` must agree with it. ``None`` builds the
+    architecture below with random weights (tests, the tiny preset, parameter counting).
+    ``tokenizer``: ``"tiny"`` builds the offline word-level tokenizer; anything else is loaded
+    with ``AutoTokenizer.from_pretrained`` (defaults to ``path``).
     """
 
     path: str | None = None
@@ -97,18 +100,70 @@ class MLLMConfig(_Strict):
         return int(side * self.downsample_ratio) ** 2
 
 
+# SAM-2 generations and Hiera trunk sizes, as the ``sam2`` package names its configs:
+# ``configs/sam2/sam2_hiera_{t,s,b+,l}.yaml`` (SAM-2.0) and ``configs/sam2.1/sam2.1_hiera_*.yaml``
+# (SAM-2.1). The two generations differ in weights, not only in training: SAM-2.1 adds
+# ``no_obj_embed_spatial`` and a projection of the object pointers' temporal encoding
+# (``obj_ptr_tpos_proj``), so a checkpoint loads into its own generation only.
+SAM_VERSIONS = ("2.0", "2.1")
+HIERA_SIZES = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
+
+
+def sam_package_config(version: str, hiera: str) -> str:
+    """The ``sam2`` package's config name for a SAM-2 generation and Hiera size."""
+    suffix = HIERA_SIZES[hiera]
+    match version:
+        case "2.0":
+            return f"configs/sam2/sam2_hiera_{suffix}.yaml"
+        case "2.1":
+            return f"configs/sam2.1/sam2.1_hiera_{suffix}.yaml"
+        case _:
+            raise ValueError(f"unknown SAM-2 version {version!r}; choose one of {SAM_VERSIONS}")
+
+
+def parse_sam_package_config(name: str) -> tuple[str, str]:
+    """``sam2_hiera_l``, ``sam2.1_hiera_b+.yaml`` or ``configs/sam2.1/sam2.1_hiera_t.yaml`` →
+    (version, hiera size); an error lists the accepted names."""
+    stem = name.rsplit("/", 1)[-1].removesuffix(".yaml")
+    for version in SAM_VERSIONS:
+        for hiera, suffix in HIERA_SIZES.items():
+            if sam_package_config(version, hiera).rsplit("/", 1)[-1].removesuffix(".yaml") == stem:
+                return version, hiera
+    accepted = [sam_package_config(v, h).rsplit("/", 1)[-1].removesuffix(".yaml") for v in SAM_VERSIONS for h in HIERA_SIZES]
+    raise ValueError(f"{name!r} is not one of the sam2 package's model configs: {', '.join(accepted)}")
+
+
 class SamConfig(_Strict):
     """SAM-2 through the ``sam2`` package.
 
-    ``config_name`` is one of the package's own configs; ``overrides`` are Hydra overrides applied
-    on top (the tiny preset shrinks the Hiera trunk with them); ``checkpoint`` a SAM-2 ``.pt``.
+    ``version`` ("2.0" or "2.1") and ``hiera`` (tiny, small, base_plus, large) pick one of the
+    package's own configs; ``overrides`` are Hydra overrides applied on top (the tiny preset
+    shrinks the Hiera trunk with them); ``checkpoint`` a SAM-2 ``.pt`` of that generation and
+    size (``sam2_hiera_large.pt`` is SAM-2.0 Hiera-L, ``sam2.1_hiera_large.pt`` SAM-2.1).
+    ``image_size`` is the SAM input size (set it here, not through an override).
     """
 
-    config_name: str = "configs/sam2.1/sam2.1_hiera_l.yaml"
+    version: Literal["2.0", "2.1"] = "2.1"
+    hiera: Literal["tiny", "small", "base_plus", "large"] = "large"
     checkpoint: str | None = None
     image_size: int = 1024
     overrides: list[str] = Field(default_factory=list)
     suppress_no_object: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_config_name(cls, data: Any) -> Any:
+        # Configs written before ``version``/``hiera`` existed name the package config instead.
+        if isinstance(data, dict) and isinstance(data.get("version"), float):
+            # YAML reads an unquoted 2.0 / 2.1 as a number.
+            data = {**data, "version": f"{data['version']:.1f}"}
+        if isinstance(data, dict) and "config_name" in data:
+            data = dict(data)
+            name = data.pop("config_name")
+            if "version" in data or "hiera" in data:
+                raise ValueError("sam.config_name and sam.version/sam.hiera both given: keep version and hiera")
+            data["version"], data["hiera"] = parse_sam_package_config(str(name))
+        return data
 
     @field_validator("image_size")
     @classmethod
@@ -116,6 +171,19 @@ class SamConfig(_Strict):
         if v % 64:
             raise ValueError(f"sam.image_size={v} must be a multiple of 64 (SAM-2's stride-16 map times 4)")
         return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _no_image_size_override(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if item.lstrip("+").split("=", 1)[0] == "model.image_size":
+                raise ValueError(f"sam.overrides sets the input size ({item!r}): set sam.image_size instead")
+        return v
+
+    @property
+    def config_name(self) -> str:
+        """The ``sam2`` package config this version and size select."""
+        return sam_package_config(self.version, self.hiera)
 
 
 class MBAConfig(_Strict):
@@ -213,7 +281,19 @@ class FreezeConfig(_Strict):
 
 
 class SalmaConfig(_Strict):
+    """The whole model.
+
+    ``init_from``: an exported SALMA folder (``salma export``) or a converted Sa2VA release
+    (``salma convert sa2va``), as a path or hub id. Its MLLM, tokenizer, SAM-2, ``[SEG]``
+    projector and (if it has them) MBA weights start the model; the architecture here must
+    match it, except that parameters the export lacks and that may start fresh (MBA and the
+    expression projector: ``salma.export.INIT_FROM_MAY_START_FRESH``) keep their initialisation,
+    which is logged. The export supplies the weights, so ``mllm.path``, ``mllm.tokenizer`` and
+    ``sam.checkpoint`` stay unset.
+    """
+
     preset: Literal["tiny", "salma-1b"] = "salma-1b"
+    init_from: str | None = None
     mllm: MLLMConfig = Field(default_factory=MLLMConfig)
     sam: SamConfig = Field(default_factory=SamConfig)
     mba: MBAConfig = Field(default_factory=MBAConfig)
@@ -221,6 +301,25 @@ class SalmaConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _init_from_supplies_the_weights(self) -> "SalmaConfig":
+        if self.init_from is not None:
+            given = [
+                name
+                for name, value in (
+                    ("mllm.path", self.mllm.path),
+                    ("mllm.tokenizer", self.mllm.tokenizer),
+                    ("sam.checkpoint", self.sam.checkpoint),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"init_from={self.init_from!r} supplies the MLLM, its tokenizer and SAM-2; "
+                    f"set {', '.join(given)} to null"
+                )
+        return self
 
 
 def tiny_config() -> SalmaConfig:
@@ -271,7 +370,7 @@ def tiny_config() -> SalmaConfig:
             tile_size=56,
             max_tiles=2,
         ),
-        sam=SamConfig(config_name="configs/sam2.1/sam2.1_hiera_t.yaml", image_size=128, overrides=sam_overrides),
+        sam=SamConfig(version="2.1", hiera="tiny", image_size=128, overrides=sam_overrides),
         mba=MBAConfig(num_heads=2),
         loss=LossConfig(num_points=1024, object_weight=1.0, track_weight=1.0),
         lora=LoraConfig(enabled=False),
@@ -280,7 +379,13 @@ def tiny_config() -> SalmaConfig:
 
 
 def salma_1b_config() -> SalmaConfig:
-    """InternVL2.5-1B (InternViT-300M + Qwen2.5-0.5B) + SAM-2.1 Hiera-L, the paper's recipe."""
+    """InternVL2.5-1B (InternViT-300M + Qwen2.5-0.5B) + SAM-2.1 Hiera-L, the paper's recipe.
+
+    Which SAM-2 the releases use: Sa2VA-1B and the public SALMA code ship SAM-2.0 Hiera-L
+    (``sam2_hiera_large.pt``); this preset defaults to SAM-2.1 Hiera-L
+    (``sam2.1_hiera_large.pt``). Set ``sam.version: "2.0"`` to start from the SAM-2.0 weights
+    (``experiments/salma_1b_from_sa2va.yaml`` does, since its weights come from Sa2VA-1B).
+    """
     return SalmaConfig(preset="salma-1b")
 
 

@@ -1,14 +1,22 @@
-"""Weights on disk: strict safetensors state dicts and the exported model folder.
+"""Weights on disk: strict safetensors state dicts, the exported model folder, and ``init_from``.
 
-An exported folder is self-contained and loads without the training code:
+An exported folder is self-contained, loads without the training code, and is laid out as a
+hub model repository (upload it as it is; ``SalmaPredictor.from_pretrained`` takes the hub id):
 
-    <out>/salma_config.json     the model config (LoRA off: adapters are merged)
+    <out>/config.json           {"model_type": "salma", "dtype": ..., "salma": <the model config>}
+                                (LoRA off: adapters are merged)
+    <out>/README.md             the model card: provenance, the resolved config, evaluation scores
     <out>/mllm/                 the InternVL MLLM, transformers ``save_pretrained`` (safetensors),
                                 with its tokenizer — loadable by transformers alone
     <out>/salma.safetensors     everything else: SAM-2, the [SEG]/expression projectors, MBA
 
-Loading is strict: a missing or unexpected key is an error (``STRICT_ALLOW_MISSING`` lists the
-exceptions, currently none, and a test asserts that list).
+Weights are written in the training dtype (``dtype``). Loading is strict: a missing or unexpected
+key is an error (``STRICT_ALLOW_MISSING`` lists the exceptions, currently none, and a test asserts
+that list). Folders written before ``config.json`` existed (``salma_config.json``) still load.
+
+``init_from`` starts a model of possibly different configuration from an export: everything must
+match except the parameters in ``INIT_FROM_MAY_START_FRESH``, which keep their initialisation
+when the export lacks them (a Sa2VA baseline has no MBA), and which are logged by name.
 """
 
 from __future__ import annotations
@@ -16,23 +24,38 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from salma.config import SalmaConfig
+from salma.hub import resolve_model_folder
 from salma.model import SalmaModel
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "salma_config.json"
+CONFIG_FILE = "config.json"
+LEGACY_CONFIG_FILE = "salma_config.json"
+MODEL_TYPE = "salma"
 MLLM_DIR = "mllm"
 WEIGHTS_FILE = "salma.safetensors"
+MODEL_CARD_FILE = "README.md"
 STRICT_ALLOW_MISSING: frozenset[str] = frozenset()
+# Parameters a model started with ``init_from`` may lack in the export and initialise afresh:
+# Mask-Biased Attention and the expression-token projector, which a Sa2VA baseline (MBA off)
+# does not have. Everything else (MLLM, SAM-2, the [SEG] projector) must come from the export.
+INIT_FROM_MAY_START_FRESH: tuple[str, ...] = ("mba.", "expression_projector.")
 
 
-def _non_mllm_state(model: SalmaModel) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("mllm.")}
+def _non_mllm_state(model: SalmaModel, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("mllm."):
+            continue
+        v = v.detach().cpu()
+        state[k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+    return state
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, *, keys: set[str] | None = None) -> None:
@@ -68,23 +91,118 @@ def check_weights(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], 
             raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
 
 
-def export_model(model: SalmaModel, out_dir: str | Path) -> Path:
-    """Merge LoRA and write the self-contained folder described in the module docstring."""
+def export_config(model_config: SalmaConfig) -> SalmaConfig:
+    """The config an export carries: LoRA merged, weights in the folder itself."""
+    config = model_config.model_copy(deep=True)
+    config.lora.enabled = False
+    config.init_from = None
+    config.mllm.path = MLLM_DIR
+    config.mllm.tokenizer = MLLM_DIR
+    config.sam.checkpoint = None
+    return config
+
+
+def write_export_config(out: Path, config: SalmaConfig, *, dtype: torch.dtype) -> None:
+    document = {
+        "model_type": MODEL_TYPE,
+        "dtype": str(dtype).removeprefix("torch."),
+        "salma": config.model_dump(mode="json"),
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
+
+
+def export_model(
+    model: SalmaModel,
+    out_dir: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    scores: dict[str, float] | None = None,
+    source: str | None = None,
+) -> Path:
+    """Merge LoRA and write the self-contained folder described in the module docstring.
+
+    ``dtype``: the dtype of the written weights (the training dtype; default: the parameters'
+    own). ``scores`` (e.g. ``{"eval/refcoco_val/ciou": 73.2}``) and ``source`` (what was
+    exported) go into the model card.
+    """
+    from salma.model_card import write_model_card
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merged = model.mllm.merge_lora() if model.mllm.has_lora else 0
     logger.info("merged %d LoRA layers", merged)
+    dtype = dtype or next(model.parameters()).dtype
     mllm_dir = out / MLLM_DIR
-    model.mllm.model.save_pretrained(mllm_dir, safe_serialization=True)
+    _save_mllm(model, mllm_dir, dtype)
     model.tokenizer.save_pretrained(mllm_dir)
-    save_file(_non_mllm_state(model), str(out / WEIGHTS_FILE))
-    config: SalmaConfig = model.config.model_copy(deep=True)
-    config.lora.enabled = False
-    config.mllm.path = MLLM_DIR
-    config.mllm.tokenizer = MLLM_DIR
-    config.sam.checkpoint = None
-    (out / CONFIG_FILE).write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+    save_file(_non_mllm_state(model, dtype), str(out / WEIGHTS_FILE))
+    config = export_config(model.config)
+    write_export_config(out, config, dtype=dtype)
+    write_model_card(out / MODEL_CARD_FILE, config=config, dtype=dtype, scores=scores or {}, source=source)
     return out
+
+
+def _save_mllm(model: SalmaModel, mllm_dir: Path, dtype: torch.dtype) -> None:
+    """``save_pretrained`` of the InternVL model with its weights in ``dtype``; the model in
+    memory is left as it is. A tied output head is not written (it is the input embedding), a
+    separate one is."""
+    from salma.mllm import OUTPUT_HEAD
+
+    internvl = model.mllm.model
+    state = {
+        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach())
+        for k, v in internvl.state_dict().items()
+    }
+    if internvl.config.tie_word_embeddings:
+        state.pop(OUTPUT_HEAD, None)
+    internvl.save_pretrained(mllm_dir, state_dict=state, safe_serialization=True)
+    # config.json records the dtype of the stored weights.
+    config_path = mllm_dir / "config.json"
+    document = json.loads(config_path.read_text())
+    document["dtype"] = str(dtype).removeprefix("torch.")
+    config_path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def read_export_config(folder: str | Path) -> SalmaConfig:
+    """The model config of an exported folder, validated; the paths it names must be the
+    folder's own ``mllm`` subfolder (an export never points outside itself)."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if path.is_file():
+        document = _read_json(path)
+        if not isinstance(document, dict) or document.get("model_type") != MODEL_TYPE:
+            kind = document.get("model_type") if isinstance(document, dict) else None
+            raise ValueError(
+                f"{path}: model_type={kind!r}, not an exported SALMA model; a released InternVL or Sa2VA "
+                "folder is converted with `salma convert internvl|sa2va`"
+            )
+        raw = document.get("salma")
+    elif (folder / LEGACY_CONFIG_FILE).is_file():
+        path = folder / LEGACY_CONFIG_FILE
+        raw = _read_json(path)
+    else:
+        raise FileNotFoundError(f"{folder} is not an exported SALMA model: {CONFIG_FILE} is missing")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the model config is not a JSON object")
+    try:
+        config = SalmaConfig.model_validate(raw)
+    except ValueError as err:
+        raise ValueError(f"{path}: invalid model config: {err}") from None
+    if config.mllm.path != MLLM_DIR or config.mllm.tokenizer != MLLM_DIR:
+        raise ValueError(
+            f"{path}: mllm.path / mllm.tokenizer must be {MLLM_DIR!r} (the folder's own MLLM), got "
+            f"{config.mllm.path!r} / {config.mllm.tokenizer!r}"
+        )
+    if config.sam.checkpoint is not None or config.init_from is not None:
+        raise ValueError(f"{path}: an export carries its own weights; sam.checkpoint and init_from must be null")
+    return config
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
 
 
 def load_exported(folder: str | Path, *, device: str = "cpu") -> SalmaModel:
@@ -92,14 +210,51 @@ def load_exported(folder: str | Path, *, device: str = "cpu") -> SalmaModel:
     from salma.builder import build_salma
 
     folder = Path(folder)
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} is not an exported SALMA model: {CONFIG_FILE} is missing")
-    raw = json.loads(config_path.read_text())
-    raw["mllm"]["path"] = str(folder / raw["mllm"]["path"])
-    raw["mllm"]["tokenizer"] = str(folder / raw["mllm"]["tokenizer"])
-    config = SalmaConfig.model_validate(raw)
+    config = read_export_config(folder)
+    config.mllm.path = str(folder / MLLM_DIR)
+    config.mllm.tokenizer = str(folder / MLLM_DIR)
     model = build_salma(config)  # loads the MLLM strictly (see build_internvl)
     expected = {k for k in model.state_dict() if not k.startswith("mllm.")}
     load_weights(model, folder / WEIGHTS_FILE, expected=expected)
     return model.to(device)
+
+
+# ------------------------------------------------------------------------------------ init_from
+def init_from_folder(name_or_path: str | Path) -> Path:
+    """The local folder of an ``init_from`` export (a path or hub id), checked to be one."""
+    folder = resolve_model_folder(name_or_path)
+    read_export_config(folder)
+    return folder
+
+
+def load_init_weights(model: SalmaModel, folder: str | Path) -> list[str]:
+    """Load an export's non-MLLM weights (SAM-2, projectors, MBA) into ``model``, whose MLLM the
+    builder already loaded from the export's ``mllm`` folder. Strict, except that parameters in
+    ``INIT_FROM_MAY_START_FRESH`` the export lacks keep their initialisation; returns their
+    names (also logged)."""
+    folder = Path(folder)
+    exported = read_export_config(folder)
+    ours = model.config.sam
+    different = [
+        f"sam.{name}: export {getattr(exported.sam, name)!r}, config {getattr(ours, name)!r}"
+        for name in ("version", "hiera", "image_size", "overrides")
+        if getattr(exported.sam, name) != getattr(ours, name)
+    ]
+    if different:
+        raise ValueError(f"{folder}: init_from needs the export's SAM-2 architecture; " + "; ".join(different))
+    state = load_file(str(folder / WEIGHTS_FILE))
+    own = model.state_dict()
+    expected = {k for k in own if not k.startswith("mllm.")}
+    fresh = sorted(k for k in expected - set(state) if k.startswith(INIT_FROM_MAY_START_FRESH))
+    check_weights(state, own, expected=expected - set(fresh), source=str(folder / WEIGHTS_FILE))
+    model.load_state_dict(state, strict=False)
+    groups = {prefix: sum(k.startswith(prefix) for k in fresh) for prefix in INIT_FROM_MAY_START_FRESH}
+    logger.info(
+        "init_from %s: %d tensors loaded; %d start fresh (%s): %s",
+        folder,
+        len(state),
+        len(fresh),
+        ", ".join(f"{p}* x{n}" for p, n in groups.items() if n) or "none",
+        fresh,
+    )
+    return fresh

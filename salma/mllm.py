@@ -3,18 +3,119 @@
 ``SalmaMLLM`` only adds what SALMA needs around it: the hidden state at every ``[SEG]`` position
 (taken *at* the position, not shifted) and the LoRA / freezing switches. Its logits are the raw
 model's logits (a parity test checks this on shared weights).
+
+``load_native_internvl`` loads a checkpoint folder in transformers' native layout, after checking
+from the files alone (``config.json`` and the safetensors headers) that every stored tensor has
+its place and shape in the architecture the config describes: a folder in another layout is an
+error before any weight memory is allocated. Whether the output head is tied to the input
+embeddings is decided by the checkpoint's tensors, not by the config's ``tie_word_embeddings``
+flag: a stored head is a separate head (InternVL2.5-1B ships one), and it stays separate through
+embedding resizing, LoRA merging and export.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import InternVLConfig, InternVLForConditionalGeneration
 
+from salma.checkpoint_layout import CheckpointLayoutError, TensorSpec, require_native_internvl, stored_tensors
+
 logger = logging.getLogger(__name__)
+
+# transformers saves the native InternVL with these top-level names (the layout of the public
+# ``*-hf`` folders) and renames them to its module names on load; ``native_module_name`` applies
+# the same renaming, so that a folder's tensors can be checked against a model's state dict.
+_DISK_TO_MODULE_PREFIXES = (
+    ("language_model.lm_head.", "lm_head."),
+    ("language_model.model.", "model.language_model."),
+    ("vision_tower.", "model.vision_tower."),
+    ("multi_modal_projector.", "model.multi_modal_projector."),
+)
+_MODULE_TO_DISK_PREFIXES = tuple((module, disk) for disk, module in _DISK_TO_MODULE_PREFIXES)
+OUTPUT_HEAD = "lm_head.weight"  # module name of the output head
+
+
+def _renamed(name: str, prefixes: tuple[tuple[str, str], ...]) -> str:
+    for old, new in prefixes:
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return name
+
+
+def native_module_name(disk_name: str) -> str:
+    """A tensor name as stored in a native InternVL folder → its name in the model's state dict
+    (names already in module form pass through)."""
+    return _renamed(disk_name, _DISK_TO_MODULE_PREFIXES)
+
+
+def native_disk_name(module_name: str) -> str:
+    """The inverse of ``native_module_name``: the name ``save_pretrained`` writes."""
+    return _renamed(module_name, _MODULE_TO_DISK_PREFIXES)
+
+
+def native_state_shapes(config: InternVLConfig) -> dict[str, tuple[int, ...]]:
+    """Module name → shape of every tensor the architecture ``config`` stores, computed on the
+    meta device (nothing is allocated). A tied head is left out: it is not stored."""
+    with torch.device("meta"):
+        model = InternVLForConditionalGeneration(config)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        shapes.pop(OUTPUT_HEAD, None)
+    return shapes
+
+
+def check_stored_against(
+    stored: dict[str, TensorSpec], expected: dict[str, tuple[int, ...]], *, source: str
+) -> None:
+    """Raise ``CheckpointLayoutError`` unless ``stored`` (disk names) holds exactly the
+    ``expected`` tensors (module names) with their shapes."""
+    by_module = {native_module_name(name): spec for name, spec in stored.items()}
+    missing = sorted(set(expected) - set(by_module))
+    unexpected = sorted(set(by_module) - set(expected))
+    wrong = sorted(
+        f"{name}: stored {spec.shape}, expected {expected[name]}"
+        for name, spec in by_module.items()
+        if name in expected and spec.shape != expected[name]
+    )
+    if missing or unexpected or wrong:
+        raise CheckpointLayoutError(
+            f"{source}: the stored tensors do not fit the architecture its config.json describes: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+            f"{len(wrong)} of another shape (e.g. {wrong[:2]})"
+        )
+
+
+def has_stored_head(stored: dict[str, TensorSpec]) -> bool:
+    """Whether a native folder stores its own output head (a tied head is not stored)."""
+    return any(native_module_name(name) == OUTPUT_HEAD for name in stored)
+
+
+def load_native_internvl(folder: str | Path, *, dtype: torch.dtype = torch.float32) -> InternVLForConditionalGeneration:
+    """Load a transformers-native InternVL folder strictly; every check happens before the
+    weights are allocated (see the module docstring)."""
+    folder = Path(folder)
+    require_native_internvl(folder)
+    stored = stored_tensors(folder)
+    config = InternVLConfig.from_pretrained(folder)
+    # The tensors decide the tying: a folder converted with the default top-level
+    # ``tie_word_embeddings: true`` but a stored head of its own must keep that head.
+    tied = not has_stored_head(stored)
+    config.tie_word_embeddings = tied
+    config.text_config.tie_word_embeddings = tied
+    check_stored_against(stored, native_state_shapes(config), source=str(folder))
+    model, info = InternVLForConditionalGeneration.from_pretrained(
+        folder, config=config, dtype=dtype, output_loading_info=True, trust_remote_code=False
+    )
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        raise CheckpointLayoutError(f"{folder}: the MLLM checkpoint does not match its architecture: {problems}")
+    logger.info("loaded %s (%s output head)", folder, "tied" if tied else "separate")
+    return model
 
 
 @dataclass

@@ -44,9 +44,9 @@ def random_batch(
 ) -> SalmaBatch:
     """A batch of random video samples built through the same ``encode_example``/``collate`` path
     as real data. ``num_frames=1`` gives image samples (dynamic tiling)."""
-    from salma.tokenizer import load_tokenizer
+    from salma.tokenizer import load_tokenizer, tokenizer_name
 
-    tokenizer = tokenizer or load_tokenizer(config.mllm.tokenizer or config.mllm.path or "tiny")
+    tokenizer = tokenizer or load_tokenizer(tokenizer_name(config))
     rng = np.random.default_rng(seed)
     text_rng = random.Random(seed)
     media = "image" if num_frames == 1 else "video"

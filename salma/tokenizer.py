@@ -64,11 +64,25 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def tokenizer_name(config) -> str:
+    """Where a model config's tokenizer comes from: ``mllm.tokenizer``, else ``mllm.path``, else
+    the ``init_from`` export's MLLM folder, else the tiny offline tokenizer."""
+    m = config.mllm
+    if m.tokenizer or m.path:
+        return m.tokenizer or m.path
+    if config.init_from is not None:
+        from salma.export import MLLM_DIR, init_from_folder
+
+        return str(init_from_folder(config.init_from) / MLLM_DIR)
+    return "tiny"
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """``"tiny"`` → the offline tokenizer; otherwise a pretrained one with SALMA's tokens added."""
     if name_or_path == "tiny":
         return build_tiny_tokenizer()
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    # Never remote code: a tokenizer that needs its own .py files is refused, not run.
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     missing = [t for t in INTERNVL_SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
         raise ValueError(
