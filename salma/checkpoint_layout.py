@@ -89,9 +89,11 @@ def read_config(folder: str | Path) -> dict[str, Any]:
 def release_layout(config: dict[str, Any]) -> str | None:
     """``"internvl"`` or ``"sa2va"`` for a released remote-code config, else None."""
     architectures = set(config.get("architectures") or [])
-    model_type = config.get("model_type")
-    for name, (archs, types, _) in REMOTE_CODE_LAYOUTS.items():
-        if architectures & archs or model_type in types:
+    for name, (archs, _, _) in REMOTE_CODE_LAYOUTS.items():
+        if architectures & archs:
+            return name
+    for name, (_, types, _) in REMOTE_CODE_LAYOUTS.items():
+        if config.get("model_type") in types:
             return name
     return None
 
