@@ -9,6 +9,7 @@
     salma export --checkpoint C --out DIR    a self-contained model folder (pipelines.export)
     salma segment IMAGE_OR_VIDEO "text"      one image or video, no Ray (pipelines.segment)
     salma demo [--model DIR]                 a Gradio app in the browser (pipelines.demo)
+    salma convert internvl|sa2va SRC --out DIR   a released checkpoint → a folder SALMA loads
 
 Each subcommand forwards its arguments to the ``main(argv)`` of its module, so
 ``salma train …`` and ``python -m pipelines.train …`` are the same thing.
@@ -38,6 +39,7 @@ COMMANDS = {
     "export": ("pipelines.export", "export a checkpoint as a self-contained model folder"),
     "segment": ("pipelines.segment", "segment one image, video or frame folder and draw the result"),
     "demo": ("pipelines.demo", "a browser demo: upload an image or video, type an expression"),
+    "convert": ("pipelines.convert", "convert a released InternVL2.5 or Sa2VA folder (no remote code)"),
 }
 DATA_COMMANDS = {"synth": ("pipelines.synth", "write the synthetic datasets in the public formats")}
 GLOBAL_FLAGS = ("--verbose", "--debug")
@@ -111,7 +113,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
         FileNotFoundError, NotADirectoryError, IsADirectoryError,
     ]
     for module, name in (("pipelines.infer", "InferenceError"), ("pipelines.evaluate", "EvaluationError"),
-                         ("pipelines.demo", "MissingExtraError")):
+                         ("pipelines.demo", "MissingExtraError"), ("salma.checkpoint_layout", "CheckpointLayoutError")):
         found = getattr(sys.modules.get(module), name, None)  # only where that command was imported
         if found is not None:
             types.append(found)

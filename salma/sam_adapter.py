@@ -207,3 +207,25 @@ def build_sam2_model(
     )
     model.train()
     return model
+
+
+def sam2_state_shapes(*, config_name: str, overrides: list[str], image_size: int) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor in the state dict of the SAM-2 a config builds, without
+    allocating its weights: parameters are created on the meta device as they are registered
+    (Hiera's constructor needs real tensors for its drop-path schedule, so a meta-device
+    context cannot be used), then the small buffers follow."""
+    original = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        model = build_sam2_model(
+            config_name=config_name, checkpoint=None, overrides=overrides, image_size=image_size, device="meta"
+        )
+    finally:
+        nn.Module.register_parameter = original
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}

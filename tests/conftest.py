@@ -60,3 +60,27 @@ def tiny_experiment(synthetic_data) -> Callable[..., "object"]:
         return load_experiment(None, base + list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sa2va_release(tmp_path_factory) -> Path:
+    """A tiny replica of a released Sa2VA-1B folder (``salma.release_replicas``): its layout,
+    config fields, tensor names and token ids, with a tiny InternVL and a tiny SAM-2.0."""
+    from salma.config import tiny_config
+    from salma.release_replicas import tiny_sizes, write_sa2va_release
+
+    folder = tmp_path_factory.mktemp("releases") / "Sa2VA-1B"
+    return write_sa2va_release(folder, tiny_sizes(), sam_version="2.0", sam_hiera="tiny",
+                               sam_overrides=tiny_config().sam.overrides, sam_image_size=128, seed=2)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def sa2va_export(sa2va_release, tmp_path_factory) -> Path:
+    """``sa2va_release`` converted by ``salma convert sa2va`` (the Sa2VA baseline as a SALMA export)."""
+    from salma.config import tiny_config
+    from salma.sa2va_conversion import convert_sa2va
+
+    out = tmp_path_factory.mktemp("converted") / "Sa2VA-1B-salma"
+    convert_sa2va(sa2va_release, out, sam_config="sam2_hiera_t",
+                  sam_overrides=[*tiny_config().sam.overrides, "++model.image_size=128"])  # fmt: skip
+    return out

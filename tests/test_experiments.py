@@ -43,3 +43,15 @@ def test_unknown_keys_are_errors(tmp_path):
         load_experiment(bad)
     with pytest.raises(ValueError, match="not of the form"):
         load_experiment(None, ["train.max_steps"])
+
+
+def test_the_sa2va_start_differs_from_salma_only_in_where_the_weights_come_from():
+    salma = load_experiment(ROOT / "experiments/salma_1b.yaml").resolved()
+    start = load_experiment(ROOT / "experiments/salma_1b_from_sa2va.yaml").resolved()
+    assert start["model"]["init_from"] and start["model"]["mllm"]["path"] is None
+    assert start["model"]["sam"]["version"] == "2.0" and start["model"]["sam"]["checkpoint"] is None
+    for cfg in (salma, start):
+        cfg["name"] = "x"
+        cfg["model"]["init_from"] = cfg["model"]["mllm"]["path"] = cfg["model"]["sam"]["checkpoint"] = None
+        cfg["model"]["sam"]["version"] = "2.0"
+    assert salma == start
