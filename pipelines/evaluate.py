@@ -15,6 +15,10 @@ layout). Scores follow the public evaluation code exactly (``salma.metrics``):
   mask are not scored (counted as ``unannotated``), and a split with no mask at all is refused
   with a message saying so.
 
+Missing predictions: a sentence or expression without one is an empty mask; a video with no
+predictions at all scores 0 (J = F = 0) for each of its expressions, with a warning naming the
+videos, as MeViS's ``eval_mevis.py`` scores a video folder missing from a submission.
+
 Benchmark scores are in percent, as papers report them. Where the data knows its distractors
 (the synthetic drift splits), the attention-drift score (``salma.drift_score``) is added from the
 inference diagnostics. Writes ``scores.md``, ``scores.csv`` and ``per_expression.csv`` to ``--out``
@@ -81,6 +85,9 @@ PER_EXPRESSION_CSV = "per_expression.csv"
 # Column order of the markdown table: (metric key in BenchmarkScores.groups, header).
 _COLUMNS = (("cIoU", "cIoU"), ("gIoU", "gIoU"), ("J", "J"), ("F", "F"), ("J&F", "J&F"), ("A", "A"), ("R", "R"))
 _METRIC_NAME = {"cIoU": "ciou", "gIoU": "giou", "J": "j", "F": "f", "J&F": "jf", "A": "a", "R": "r"}
+
+
+MISSING_VIDEO = "missing video"  # the prediction of an expression whose video has none
 
 
 class EvaluationError(RuntimeError):
@@ -262,6 +269,13 @@ def _score_videos(
         raise EvaluationError(f"{source.format} predictions must map video → expression (see salma infer)")
     revos = source.format == "revos"
     tasks, meta, missing = [], [], 0
+    # A video with no predictions at all scores 0 (J = F = 0) for each of its expressions, as
+    # MeViS's eval_mevis.py does for a video folder missing from the submission; a missing
+    # expression of a predicted video is an empty mask (below).
+    missing_videos = sorted(r.sample_id for r in records if r.sample_id not in results)
+    if missing_videos:
+        logger.warning("%s: %d videos have no predictions and score 0 for their expressions: %s",
+                       source.name, len(missing_videos), ", ".join(missing_videos))  # fmt: skip
     for record in records:
         fg = record.meta.get("foreground_masks") if revos else None
         if revos and fg is None:
@@ -273,7 +287,10 @@ def _score_videos(
                 pid = prediction_id(referent.ref_id, index)
                 entry = results.get(record.sample_id, {}).get(pid)
                 masks = None if entry is None else entry.get("prediction_masks")
-                if masks is None:
+                if record.sample_id in missing_videos:
+                    missing += 1
+                    masks = MISSING_VIDEO
+                elif masks is None:
                     missing += 1
                 elif len(masks) != record.num_frames:
                     raise EvaluationError(
@@ -289,7 +306,8 @@ def _score_videos(
                        source.name, missing, len(tasks))
     per_expression = _map(score_expression, tasks, workers)
     rows = [m | s for m, s in zip(meta, per_expression, strict=True)]
-    counts = {"expressions": float(len(rows)), "missing_predictions": float(missing)}
+    counts = {"expressions": float(len(rows)), "missing_predictions": float(missing),
+              "missing_videos": float(len(missing_videos))}  # fmt: skip
     if revos:
         groups = aggregate_revos(per_expression, [m["type_id"] for m in meta])  # already in percent
     else:
@@ -299,14 +317,18 @@ def _score_videos(
 
 
 def score_expression(task: tuple) -> dict[str, float]:
-    """One expression (a pool task): (pred RLEs or None, GT RLEs, foreground RLEs or None, H, W)
-    → ``video_jf`` (or ``video_revos`` with a foreground) as fractions."""
+    """One expression (a pool task): (pred RLEs or None or ``MISSING_VIDEO``, GT RLEs, foreground
+    RLEs or None, H, W) → ``video_jf`` (or ``video_revos`` with a foreground) as fractions. An
+    expression of a video missing from the predictions gets J = F = 0 (its other scores are
+    those of an empty prediction)."""
     pred_rles, gt_rles, fg_rles, height, width = task
-    pred = _stack(pred_rles, len(gt_rles), height, width)
+    missing_video = isinstance(pred_rles, str) and pred_rles == MISSING_VIDEO
+    pred = _stack(None if missing_video else pred_rles, len(gt_rles), height, width)
     gt = _stack(gt_rles, len(gt_rles), height, width)
-    if fg_rles is None:
-        return video_jf(pred, gt)
-    return video_revos(pred, gt, _stack(fg_rles, len(gt_rles), height, width))
+    scores = video_jf(pred, gt) if fg_rles is None else video_revos(pred, gt, _stack(fg_rles, len(gt_rles), height, width))
+    if missing_video:
+        scores.update({"J": 0.0, "F": 0.0, "J&F": 0.0})
+    return scores
 
 
 def _stack(rles: Sequence[dict | None] | None, num_frames: int, height: int, width: int) -> np.ndarray:

@@ -148,6 +148,7 @@ def merge_results(out: Path, records: Sequence[SampleRecord], media: str) -> Pat
     for record in records:
         shard = json.loads((out / SHARDS_DIR / f"{shard_key(record.sample_id)}.json").read_text())
         sent_ids = _sent_ids(record)
+        source_ref_ids = {r.ref_id: r.meta.get("ref_id", r.ref_id) for r in record.referents}
         for p in shard["predictions"]:
             if media == "video":
                 results.setdefault(record.sample_id, {})[prediction_id(p["ref_id"], p["sent_index"])] = {
@@ -156,7 +157,8 @@ def merge_results(out: Path, records: Sequence[SampleRecord], media: str) -> Pat
             else:
                 results.append({
                     "image_id": record.meta.get("image_id", record.sample_id),
-                    "ref_id": p["ref_id"],
+                    # The ref id as the dataset has it (refs(*).p: an int), as the refer API keys it.
+                    "ref_id": source_ref_ids.get(p["ref_id"], p["ref_id"]),
                     "sent_index": p["sent_index"],
                     "sent_id": sent_ids.get((p["ref_id"], p["sent_index"])),
                     "sentence": p["expression"],

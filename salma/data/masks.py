@@ -100,6 +100,27 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> RLE:
     raise ValueError(f"unrecognised segmentation of type {type(segmentation).__name__}")
 
 
+def refer_mask_rle(segmentation: Any, height: int, width: int) -> RLE:
+    """A RefCOCO-family annotation's mask with the official semantics for several parts.
+
+    The ``refer`` API's ``getMask`` and LISA's RefCOCO loader decode the parts (polygons, or a
+    list of RLEs) and *sum* them into a uint8 mask; LISA's ``intersectionAndUnionGPU`` then
+    counts only the values 0 and 1 (``torch.histc`` over [0, 1] drops the rest). A pixel that two
+    or more parts cover (sum >= 2) is therefore not foreground: it weighs in the metric exactly
+    as background does. So the foreground is where the uint8 sum is 1 — where exactly one part
+    covers the pixel (a sum of 257 wraps to 1 in uint8, as it does there). Where parts do not
+    overlap this is their union, as before; a single part or a single RLE is unchanged.
+    """
+    if not isinstance(segmentation, list) or len(segmentation) < 2:
+        return segmentation_to_rle(segmentation, height, width)
+    parts = [decode_rle(segmentation_to_rle([part] if not isinstance(part, dict) else part, height, width))
+             for part in segmentation]  # fmt: skip
+    summed = np.zeros((height, width), dtype=np.uint8)
+    for part in parts:
+        summed += part.astype(np.uint8)  # uint8 arithmetic, as np.sum(...).astype(np.uint8) there
+    return encode_mask(summed == 1)
+
+
 def rle_area(rle: RLE) -> int:
     return int(coco_mask.area(_as_pycocotools(rle)))
 

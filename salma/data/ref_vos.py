@@ -11,7 +11,9 @@ Layout::
 One record per video, one referent per expression (``exp_id`` as ``ref_id``, the expression's
 single ``obj_id`` as ``object_ids``). Masks come from (``masks`` option):
 
-- ``"png"``: the palette PNGs, one object id per object; an object absent on a frame is ``None``.
+- ``"png"``: the palette PNGs, one object id per object; an object absent on a frame is ``None``,
+  and an object absent on every frame has an all-empty mask (ReferFormer's loader: its
+  expressions are scored against empty ground truth, not dropped).
 - ``"mask_dict"``: ``mask_dict.pkl`` = ``{str(anno_id): [RLE or None per frame]}``, where the
   ``anno_id`` of an expression is its position in a count over the videos in sorted order and,
   within a video, the expression ids in sorted (string) order - the convention of the VISA and
@@ -26,6 +28,7 @@ two formats, and only from the path the caller configures.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +50,8 @@ from salma.data.video_expressions import (
     object_ids_of,
     read_expression_videos,
 )
+
+logger = logging.getLogger(__name__)
 
 MaskSourceName = Literal["auto", "png", "mask_dict", "none"]
 
@@ -138,14 +143,15 @@ class PaletteAnnotations:
 
     def object_masks(self, video: VideoEntry, object_ids: list[int] | tuple[int, ...]) -> FrameMasks:
         tracks = self._video_tracks(video)
-        for object_id in object_ids:
-            if object_id not in tracks:
-                raise MaskLookupError(
-                    self._folder / video.video_id,
-                    "object missing from annotations",
-                    f"object id {object_id} is on none of the {len(video.frames)} annotation PNGs",
-                )
-        return merge_tracks([tracks[i] for i in object_ids], len(video.frames))
+        absent = [i for i in object_ids if i not in tracks]
+        if absent:
+            # An object on none of the PNGs has an empty mask on every frame, as ReferFormer's
+            # Ref-YouTube-VOS loader builds it (``(mask == obj_id)`` per frame): its expressions
+            # are scored against all-empty ground truth, not dropped.
+            logger.info("%s: object id(s) %s on none of the %d annotation PNGs: empty ground truth",
+                        self._folder / video.video_id, absent, len(video.frames))  # fmt: skip
+        empty: FrameMasks = [None] * len(video.frames)
+        return merge_tracks([tracks.get(i, empty) for i in object_ids], len(video.frames))
 
     def _video_tracks(self, video: VideoEntry) -> dict[int, FrameMasks]:
         """{object id: one mask per frame}; each PNG is decoded once per video."""

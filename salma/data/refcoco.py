@@ -16,6 +16,9 @@ splits containing that letter); any other name (such as the synthetic ``drift``)
 
 One record per image holding every ref of that image in the split: ``ref_id`` as ``Referent.ref_id``,
 the ref's ``ann_id`` as ``object_ids``, all its sentences (``sent``) as ``expressions``, one mask.
+An object of several parts gets the official mask semantics (``salma.data.masks.refer_mask_rle``:
+the parts are summed as the ``refer`` API and LISA do; where two parts overlap the pixel is not
+foreground). ``meta["ref_id"]`` keeps the ref id as the pickle has it (an int in the releases).
 
 ``refs(*).p`` is a pickle and pickles execute code when loaded: it is only unpickled for this
 format, from the path the caller configures.
@@ -30,7 +33,7 @@ from typing import Any, Literal
 from salma.data.annotation_files import load_json_file, load_pickle_file, require_list, require_mapping
 from salma.data.distractors import load_distractors
 from salma.data.errors import BadRecordReporter, DatasetFormatError, OnBad
-from salma.data.masks import RLE, MaskSizeError, merge_rles, segmentation_to_rle
+from salma.data.masks import RLE, MaskSizeError, merge_rles, refer_mask_rle
 from salma.data.record import Referent, SampleRecord
 from salma.data.video_expressions import clean_expression
 
@@ -144,6 +147,7 @@ def _referent(ref: dict, image_id: Any, height: int, width: int, ctx: _Context) 
     if mask is None:
         return None
     meta: dict[str, Any] = {
+        "ref_id": ref["ref_id"],  # as refs(*).p has it (an int in the releases): results.json keeps it
         "mask_file": str(ctx.instances_path),
         "category_id": ref.get("category_id"),
         "sent_ids": [s.get("sent_id") for s in ref["sentences"] if isinstance(s, dict)],
@@ -168,7 +172,7 @@ def _annotation_mask(ann_id: Any, height: int, width: int, key: str, ctx: _Conte
         )
         return None
     try:
-        return segmentation_to_rle(annotation.get("segmentation"), height, width)
+        return refer_mask_rle(annotation.get("segmentation"), height, width)
     except MaskSizeError as exc:
         ctx.reporter.report(
             ctx.instances_path, "mask size disagrees with frame", sample_id=key, detail=f"ann_id {ann_id}: {exc}"

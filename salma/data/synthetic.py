@@ -10,7 +10,7 @@
     <out>/mevis/<split>/{meta_expressions.json, mask_dict.json, JPEGImages/}
                                              format "mevis"    splits train, valid_u, drift
     <out>/mevis/drift/distractors.json
-    <out>/ref_youtube_vos/meta_expressions/<split>/meta_expressions.json
+    <out>/ref_youtube_vos/meta_expressions/<split>/meta_expressions.json   (and test/, with no videos)
     <out>/ref_youtube_vos/<split>/{JPEGImages/, Annotations/ (palette PNG), meta.json}
                                              format "ref_youtube_vos"  splits train, valid
     <out>/llava/<split>.json, llava/images/  format "llava"    splits train, val
@@ -236,11 +236,13 @@ def _write_refcoco(refer_dir: Path, seed: int, counts: Counts) -> dict[str, Any]
                 ids["ann"] += 1
                 ann_of_object[obj.object_id] = ids["ann"]
                 rle = encode_mask(masks[obj.object_id])
-                # Most objects as polygons (as in RefCOCO), some as RLE to exercise both paths.
-                segmentation: Any = [obj.polygon(0)] if rng.random() < 0.75 else rle
+                # Polygons, as RefCOCO's annotations are: the official refer API's getMask and
+                # LISA's loader index segmentation[0] and cannot read an RLE dict there. (The
+                # readers' RLE path is tested with hand-written fixtures.) The rendered mask is
+                # this polygon rasterised by pycocotools, so the two agree bit for bit.
                 annotations.append({
                     "id": ids["ann"], "image_id": image_id, "category_id": SHAPES.index(obj.shape) + 1,
-                    "segmentation": segmentation, "area": rle_area(rle), "bbox": rle_bbox(rle), "iscrowd": 0,
+                    "segmentation": [obj.polygon(0)], "area": rle_area(rle), "bbox": rle_bbox(rle), "iscrowd": 0,
                 })
             for object_ids, texts in targets:
                 ids["ref"] += 1
@@ -346,6 +348,11 @@ def _palette() -> list[int]:
     return palette
 
 
+# meta.json categories must be YouTube-VOS category names (loaders such as ReferFormer's map them
+# through the 65-entry YouTube-VOS category dictionary); each shape takes the closest one.
+YTVOS_CATEGORY = {"circle": "frisbee", "square": "sign", "triangle": "sign", "diamond": "sign", "star": "others"}
+
+
 def _write_ref_youtube_vos(root: Path, seed: int, counts: Counts) -> dict[str, Any]:
     split_counts = {"train": counts.videos, "valid": counts.video_eval}
     palette = _palette()
@@ -377,12 +384,21 @@ def _write_ref_youtube_vos(root: Path, seed: int, counts: Counts) -> dict[str, A
                 for text in texts:
                     expressions[str(len(expressions))] = {"exp": text, "obj_id": str(object_ids[0] + 1)}
             videos[video_id] = {"expressions": expressions, "frames": frame_names}
-            objects = {str(o.object_id + 1): {"category": o.shape, "frames": frame_names} for o in scene.objects}
+            objects = {
+                str(o.object_id + 1): {"category": YTVOS_CATEGORY[o.shape], "frames": frame_names} for o in scene.objects
+            }
             meta[video_id] = {"objects": objects}
         expressions_dir = root / "meta_expressions" / split
         expressions_dir.mkdir(parents=True, exist_ok=True)
         (expressions_dir / "meta_expressions.json").write_text(json.dumps({"videos": videos}))
         (split_dir / "meta.json").write_text(json.dumps({"videos": meta}))
+    # The release's valid expressions file also lists the test videos; the reference inference
+    # scripts (ReferFormer's inference_ytvos.py and those derived from it) open
+    # meta_expressions/test/meta_expressions.json to take them out. The synthetic data has no
+    # test videos: the file is there, with none.
+    test_dir = root / "meta_expressions" / "test"
+    test_dir.mkdir(parents=True, exist_ok=True)
+    (test_dir / "meta_expressions.json").write_text(json.dumps({"videos": {}}))
     return _dataset_entry("ref_youtube_vos", root, split_counts)
 
 

@@ -55,7 +55,7 @@ def test_video_scores_are_the_metric_functions_over_expressions(synthetic_data, 
     want = aggregate_expressions(expected)
     for key in ("J", "F", "J&F"):
         assert scores.groups["all"][key] == pytest.approx(100 * want[key])
-    assert scores.counts == {"expressions": len(expected), "missing_predictions": 1.0}
+    assert scores.counts == {"expressions": len(expected), "missing_predictions": 1.0, "missing_videos": 0.0}
     assert scores.metrics()["eval/mevis_valid_u/jf"] == pytest.approx(100 * want["J&F"])
 
 
