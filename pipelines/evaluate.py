@@ -395,6 +395,22 @@ def write_tables(scores: Sequence[BenchmarkScores], out_dir: str | os.PathLike) 
     return out / TABLE_MD, out / TABLE_CSV
 
 
+def read_scores_csv(path: str | os.PathLike) -> dict[str, float]:
+    """A ``scores.csv`` written by ``write_tables`` → the metric names ``BenchmarkScores.metrics``
+    logs (``eval/<benchmark>/<metric>``, ReVOS ``eval/<benchmark>/<group>/<metric>``)."""
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                name = _METRIC_NAME[row["metric"]]
+                value = float(row["value"])
+            except (KeyError, TypeError, ValueError):
+                raise EvaluationError(f"{path}: not a scores.csv of salma evaluate (row {row})") from None
+            base = f"eval/{row['benchmark']}" if row["group"] == "all" else f"eval/{row['benchmark']}/{row['group']}"
+            out[f"{base}/{name}"] = value
+    return out
+
+
 def _csv(rows: Iterable[Sequence[Any]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)

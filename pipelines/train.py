@@ -528,6 +528,7 @@ def _checkpoint_meta(worker: _Worker, step: int) -> dict[str, Any]:
         "config": worker.cfg.resolved(),
         "trainable_parameters": worker.trainable,
         "reshaped_scalars": worker.reshaped_scalars,
+        "precision": worker.setup.precision,  # the training dtype, which salma export writes
     }
 
 

@@ -80,9 +80,25 @@ class SalmaPredictor:
         return cls(build_salma(config), **kwargs)
 
     @classmethod
-    def from_pretrained(cls, folder: str, **kwargs) -> "SalmaPredictor":
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool | None = None,
+        **kwargs,
+    ) -> "SalmaPredictor":
+        """An exported model (``salma export``, ``salma convert sa2va``) from a local folder or a
+        Hugging Face hub id (``owner/name``, through ``huggingface_hub``: from its cache when
+        ``local_files_only`` or ``HF_HUB_OFFLINE=1``). Only weights and JSON are read; no code
+        from the repository is ever run (``trust_remote_code`` is never enabled)."""
         from salma.export import load_exported
+        from salma.hub import resolve_model_folder
 
+        folder = resolve_model_folder(
+            name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+        )
         return cls(load_exported(folder), **kwargs)
 
     # ------------------------------------------------------------------ public API

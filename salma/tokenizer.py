@@ -77,11 +77,31 @@ def tokenizer_name(config) -> str:
     return "tiny"
 
 
+def _refuse_remote_code(name_or_path: str) -> None:
+    """Never remote code: a tokenizer folder whose ``tokenizer_config.json`` points to its own
+    .py files (``auto_map``) is refused, not run and not silently replaced by another class."""
+    import json
+    from pathlib import Path
+
+    config_path = Path(name_or_path) / "tokenizer_config.json"
+    if not config_path.is_file():
+        return
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config_path}: not a readable JSON file ({err})") from None
+    if isinstance(config, dict) and "auto_map" in config:
+        raise ValueError(
+            f"{config_path}: the tokenizer asks for remote code (auto_map {config['auto_map']}), which SALMA never "
+            "runs; use a folder converted by `salma convert` or a tokenizer transformers provides"
+        )
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """``"tiny"`` → the offline tokenizer; otherwise a pretrained one with SALMA's tokens added."""
     if name_or_path == "tiny":
         return build_tiny_tokenizer()
-    # Never remote code: a tokenizer that needs its own .py files is refused, not run.
+    _refuse_remote_code(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     missing = [t for t in INTERNVL_SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
     if missing:

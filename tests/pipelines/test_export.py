@@ -93,3 +93,22 @@ def _png(frame: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_export_writes_the_training_dtype_and_the_runs_scores_into_the_model_card(trained, tmp_path):
+    import json
+
+    from mlflow import MlflowClient
+
+    from pipelines.run_folder import RunFolder
+
+    info = RunFolder.existing(trained.run_dir).run_info()
+    MlflowClient(tracking_uri=info["tracking_uri"]).log_metric(info["mlflow_run_id"], "eval/refcoco_val/ciou", 12.5)
+    scores_csv = tmp_path / "scores.csv"
+    scores_csv.write_text("benchmark,format,split,group,metric,value\nmevis_valid_u,mevis,valid_u,all,J&F,33.250000\n")
+    assert main(["--checkpoint", trained.run_dir, "--out", str(tmp_path / "out"), "--scores", str(scores_csv)]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| refcoco_val | ciou | 12.50 |" in card and "| mevis_valid_u | jf | 33.25 |" in card
+    assert "checkpoint_000002" in card
+    # A CPU run trains in fp32 (precision auto), and the export keeps it.
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "float32"
