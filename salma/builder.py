@@ -93,7 +93,9 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
     tokenizer = load_tokenizer(tokenizer_name(config))
     mllm = SalmaMLLM(model=build_internvl(config, tokenizer, device=device, path=mllm_path))
     if config.mllm.gradient_checkpointing:
-        mllm.model.gradient_checkpointing_enable()
+        # transformers 5 names it activation checkpointing (the old name is deprecated).
+        enable = getattr(mllm.model, "activation_checkpointing_enable", None) or mllm.model.gradient_checkpointing_enable
+        enable()
     s = config.sam
     # SAM-2 is built on the CPU even for device="meta": Hiera's constructor calls .item().
     checkpoint = None if str(device) == "meta" else s.checkpoint
