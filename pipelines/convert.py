@@ -14,10 +14,8 @@ docs/weights.md.
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
-from salma.checkpoint_layout import CheckpointLayoutError
+from pipelines import console
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,20 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     sa2va.add_argument("--sam-override", action="append", default=[], metavar="KEY=VALUE",
                        help="Hydra override of that config, repeatable (as model.sam.overrides takes them)")  # fmt: skip
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.kind == "internvl":
-            from salma.internvl_conversion import convert_internvl
+    console.configure()
+    # A release that cannot be converted raises ConversionError (a CheckpointLayoutError), which
+    # the salma command prints in two lines naming the tensor, field or file.
+    if args.kind == "internvl":
+        from salma.internvl_conversion import convert_internvl
 
-            summary = convert_internvl(args.source, args.out, tokenizer=args.tokenizer)
-        else:
-            from salma.sa2va_conversion import convert_sa2va
+        summary = convert_internvl(args.source, args.out, tokenizer=args.tokenizer)
+    else:
+        from salma.sa2va_conversion import convert_sa2va
 
-            summary = convert_sa2va(args.source, args.out, sam_config=args.sam_config,
-                                    sam_overrides=args.sam_override, tokenizer=args.tokenizer)  # fmt: skip
-    except (CheckpointLayoutError, ValueError, FileNotFoundError) as err:
-        print(f"salma convert {args.kind}: {err}", file=sys.stderr)
-        return 1
+        summary = convert_sa2va(args.source, args.out, sam_config=args.sam_config,
+                                sam_overrides=args.sam_override, tokenizer=args.tokenizer)  # fmt: skip
     print("\n".join(summary.lines()))
     if args.kind == "internvl":
         print(f"use it as model.mllm.path: {args.out}")
