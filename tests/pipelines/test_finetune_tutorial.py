@@ -42,7 +42,7 @@ def test_the_tutorial_commands_fine_tune_evaluate_and_export(ray_cluster, tmp_pa
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     [run] = list((tmp_path / "runs").glob("finetune_own_data-*"))
-    assert (run / "export" / "salma_config.json").is_file()
+    assert (run / "export" / "config.json").is_file() and (run / "export" / "README.md").is_file()
     results = json.loads((run / "val" / "results.json").read_text())
     assert results and all((run / "val" / p).is_file() for entry in results for p in entry["masks"])
     assert list((run / "val" / "overlays").rglob("*.png")) and list((run / "val" / "overlays").rglob("*.jpg"))
