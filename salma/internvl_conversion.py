@@ -562,6 +562,26 @@ def release_image_token_id(source: Path, out: Path, *, tokenizer: Path | None) -
     return tokenizer_image_token_id(out)
 
 
+_RELEASES = {"internvl": ("InternVLChatModel", "salma convert internvl"), "sa2va": ("Sa2VAChatModel", "salma convert sa2va")}
+
+
+def open_release(source: Path, out: Path, layout: str) -> tuple[dict, str]:
+    """The release's ``config.json`` (and its path, for messages), after checking that it is the
+    ``layout`` the caller converts (the other one is pointed to its command) and that ``out`` is
+    free."""
+    release = read_config(source)
+    where = str(source / CONFIG_FILE)
+    found = release_layout(release)
+    if found != layout:
+        other = f"; a {_RELEASES[found][0]} release is converted with `{_RELEASES[found][1]}`" if found else ""
+        raise ConversionError(
+            f"{where}: architectures={release.get('architectures')}, model_type={release.get('model_type')!r}; "
+            f"expected a released {_RELEASES[layout][0]} folder{other}"
+        )
+    check_destination(source, out)
+    return release, where
+
+
 def fresh_staging(out: Path) -> Path:
     """``<out>.partial``, emptied: the conversion is written there and renamed when complete."""
     staging = out.with_name(out.name + ".partial")
@@ -583,15 +603,7 @@ def convert_internvl(source: str | Path, out: str | Path, *, tokenizer: str | Pa
     docstring); returns the summary."""
     started = time.perf_counter()
     source, out = Path(source), Path(out)
-    release = read_config(source)
-    where = str(source / CONFIG_FILE)
-    if release_layout(release) != "internvl":
-        raise ConversionError(
-            f"{where}: architectures={release.get('architectures')}, model_type={release.get('model_type')!r}; "
-            "expected a released InternVL folder (InternVLChatModel)"
-            + ("; a Sa2VA release is converted with `salma convert sa2va`" if release_layout(release) == "sa2va" else "")
-        )
-    check_destination(source, out)
+    release, where = open_release(source, out, "internvl")
     stored = stored_tensors(source)
     staging = fresh_staging(out)
     image_token_id = release_image_token_id(source, staging, tokenizer=None if tokenizer is None else Path(tokenizer))

@@ -27,17 +27,17 @@ import re
 import time
 from pathlib import Path
 
-from salma.checkpoint_layout import CONFIG_FILE, TensorSpec, read_config, release_layout, stored_tensors
+from salma.checkpoint_layout import TensorSpec, stored_tensors
 from salma.config import SalmaConfig, parse_sam_package_config, resolve_model_config, sam_package_config
 from salma.internvl_conversion import (
     ConversionError,
     ConversionSummary,
     Target,
-    check_destination,
     check_targets,
     describe_plan,
     finish_summary,
     fresh_staging,
+    open_release,
     plan_internvl,
     plan_targets,
     publish,
@@ -142,14 +142,7 @@ def convert_sa2va(
 
     started = time.perf_counter()
     source, out = Path(source), Path(out)
-    release = read_config(source)
-    where = str(source / CONFIG_FILE)
-    if release_layout(release) != "sa2va":
-        raise ConversionError(
-            f"{where}: architectures={release.get('architectures')}; expected a released Sa2VA folder (Sa2VAChatModel)"
-            + ("; an InternVL release is converted with `salma convert internvl`" if release_layout(release) == "internvl" else "")
-        )
-    check_destination(source, out)
+    release, where = open_release(source, out, "sa2va")
     version, hiera = parse_sam_package_config(sam_config) if sam_config else RELEASE_SAM
     overrides, image_size = split_sam_overrides(list(sam_overrides or []))
     stored = stored_tensors(source)
