@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -507,7 +507,3 @@ def write_sa2va_release(
          "modeling_intern_vit.py", "sam2.py", "templates.py"],
     )  # fmt: skip
     return folder
-
-
-def sizes_as_dict(sizes: InternVLSizes) -> dict:
-    return asdict(sizes)

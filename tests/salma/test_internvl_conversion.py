@@ -5,7 +5,6 @@ against a reference forward computed from the original tensors."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest

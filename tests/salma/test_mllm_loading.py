@@ -23,7 +23,6 @@ from salma.release_replicas import (
     internvl_release_config,
     write_qwen_tokenizer_replica,
 )
-from salma.tokenizer import IMG_CONTEXT
 
 TINY_SAM = resolve_model_config({"preset": "tiny"}).sam.model_dump()
 
