@@ -22,21 +22,16 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_convert_internvl_then_train_the_salma_1b_recipe(ray_cluster, synthetic_data, tmp_path):
-    release = write_internvl_release(tmp_path / "InternVL2_5-1B", tiny_sizes(), max_shard_bytes=3_000_000)
-    converted = tmp_path / "InternVL2_5-1B-hf"
-    assert convert_module.main(["internvl", str(release), "--out", str(converted)]) == 0
-    sam = tiny_config().sam
-    overrides = [
+def _shrunk(tmp_path, synthetic_data) -> list[str]:
+    """Overrides that shrink the 1B recipe to the tiny replicas and the synthetic data."""
+    return [
         f"workdir={tmp_path / 'runs'}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        f"model.mllm.path={converted}",
         "model.mllm.tile_size=56",
         "model.mllm.max_tiles=2",
-        "model.sam.checkpoint=null",
         "model.sam.hiera=tiny",
         "model.sam.image_size=128",
-        f"model.sam.overrides={json.dumps(sam.overrides)}",
+        f"model.sam.overrides={json.dumps(tiny_config().sam.overrides)}",
         "model.lora.r=4",
         "model.lora.alpha=8",
         "model.loss.num_points=1024",
@@ -53,6 +48,13 @@ def test_convert_internvl_then_train_the_salma_1b_recipe(ray_cluster, synthetic_
         "train.checkpoint_every=2",
         "train.log_every=1",
     ]
+
+
+def test_convert_internvl_then_train_the_salma_1b_recipe(ray_cluster, synthetic_data, tmp_path):
+    release = write_internvl_release(tmp_path / "InternVL2_5-1B", tiny_sizes(), max_shard_bytes=3_000_000)
+    converted = tmp_path / "InternVL2_5-1B-hf"
+    assert convert_module.main(["internvl", str(release), "--out", str(converted)]) == 0
+    overrides = [*_shrunk(tmp_path, synthetic_data), f"model.mllm.path={converted}", "model.sam.checkpoint=null"]
     assert train_module.main(["--config", str(ROOT / "experiments" / "salma_1b.yaml"), *overrides]) == 0
     (run,) = (tmp_path / "runs").glob("salma_1b-*")
     info = find_latest_checkpoint(run)
@@ -84,3 +86,12 @@ def test_convert_sa2va_then_infer_and_evaluate(ray_cluster, synthetic_data, sa2v
     ]) == 0  # fmt: skip
     assert evaluate_module.main(["--pred", str(tmp_path / "video"), "--no-tracking"]) == 0
     assert "J&F" in (tmp_path / "video" / "scores.md").read_text()
+
+
+def test_salma_1b_from_sa2va_trains_from_the_converted_release(ray_cluster, synthetic_data, sa2va_export, tmp_path):
+    overrides = [*_shrunk(tmp_path, synthetic_data), f"model.init_from={sa2va_export}"]
+    assert train_module.main(["--config", str(ROOT / "experiments" / "salma_1b_from_sa2va.yaml"), *overrides]) == 0
+    (run,) = (tmp_path / "runs").glob("salma_1b_from_sa2va-*")
+    info = find_latest_checkpoint(run)
+    assert info.step == 2 and info.config["model"]["init_from"] == str(sa2va_export)
+    assert any(n.startswith("mba.") for n in info.trainable_parameters)  # the fresh MBA trains
