@@ -54,6 +54,7 @@ from pipelines.checkpoint import (
 from pipelines.config import ExperimentConfig, load_experiment
 from pipelines.data import ensure_synthetic, read_mixture, worker_batches
 from pipelines.deepspeed_config import DistributedSetup, deepspeed_config, resolve_distributed_setup
+from pipelines.deepspeed_ops import use_environment_extensions
 from pipelines.fault_injection import ENV_VAR as FAULT_ENV_VAR
 from pipelines.fault_injection import FaultInjection
 from pipelines.held_out import HeldOutBatch
@@ -348,6 +349,7 @@ def build_engine(cfg: ExperimentConfig, setup: DistributedSetup) -> tuple[Any, A
     Returns the engine, the LR scheduler, the names of the trained parameters and the names of
     0-dim parameters stored as 1-element vectors (see ``_vectorise_scalar_parameters``).
     """
+    use_environment_extensions()  # before DeepSpeed loads a compiled op: the install's build
     import deepspeed
 
     from salma.builder import build_salma
