@@ -16,13 +16,21 @@ workers call it in ``pipelines.train.build_engine``, Ray workers included, since
 folder from its own interpreter), so the op compiled at install time is the one every run of that
 environment loads. A ``$TORCH_EXTENSIONS_DIR`` set by the user wins; an environment whose folder
 cannot be created (a read-only install) keeps torch's default.
+
+With which ninja: torch runs whichever ``ninja`` the PATH names, and two ninja versions (a system
+one for processes started from a shell, the venv's for Ray nodes started from the venv) rewrite
+each other's build log in their own format, each then finding no record of the build and
+compiling again. ``use_environment_extensions`` therefore also puts the environment's own ninja
+(the pip package DeepSpeed requires) first on ``$PATH``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -36,9 +44,20 @@ def extensions_dir() -> Path:
     return Path(sys.prefix) / "var" / "salma" / "torch_extensions"
 
 
+def use_environment_ninja() -> None:
+    """Put the environment's scripts folder first on ``$PATH`` when it holds a ``ninja`` that is
+    not the one the PATH names already."""
+    scripts = sysconfig.get_path("scripts")
+    ninja = os.path.join(scripts, "ninja")
+    if os.path.isfile(ninja) and shutil.which("ninja") != ninja:
+        os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+
+
 def use_environment_extensions() -> str | None:
-    """Point ``$TORCH_EXTENSIONS_DIR`` at ``extensions_dir()`` unless it is set already; returns the
-    folder in use (None: torch's default, when the environment's folder cannot be created)."""
+    """Point ``$TORCH_EXTENSIONS_DIR`` at ``extensions_dir()`` unless it is set already, and build
+    with the environment's ninja; returns the folder in use (None: torch's default, when the
+    environment's folder cannot be created)."""
+    use_environment_ninja()
     if os.environ.get(EXTENSIONS_ENV_VAR):
         return os.environ[EXTENSIONS_ENV_VAR]
     folder = extensions_dir()
