@@ -11,17 +11,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipelines.config_errors import ConfigError, describe_validation_error
-from salma.config import SalmaConfig, deep_update, resolve_model_config
+from salma.config import PretrainOptions, SalmaConfig, SamplingOptions, StrictModel, deep_update, resolve_model_config
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
-
-
-class SourceConfig(_Strict):
+class SourceConfig(StrictModel):
     """One dataset in the mixture. ``format`` is a reader of ``salma.data.sources``; ``repeats``
     (integer, applied in the index) and ``weight`` (sampling ratio between sources) shape it."""
 
@@ -40,7 +36,7 @@ class SourceConfig(_Strict):
         return v
 
 
-class SyntheticConfig(_Strict):
+class SyntheticConfig(StrictModel):
     """Generate the synthetic datasets before the job starts (the embedded default)."""
 
     enabled: bool = False
@@ -49,13 +45,13 @@ class SyntheticConfig(_Strict):
     seed: int = 0
 
 
-class DataConfig(_Strict):
+class DataConfig(SamplingOptions):
+    """The data mixture and how it is read; the example sampling settings (``num_frames``,
+    ``frame_sampling``, ``max_objects``) are ``SamplingOptions``'."""
+
     sources: list[SourceConfig] = Field(default_factory=list)
     eval_sources: list[SourceConfig] = Field(default_factory=list)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
-    num_frames: int = 5
-    frame_sampling: Literal["random", "consecutive"] = "random"
-    max_objects: int = 5
     max_bad_fraction: float = 0.05
     bad_report: str = "bad_records.json"
     cpus_per_task: float = 0.5  # per Ray Data decode actor; keep CPUs free beside the train workers
@@ -83,7 +79,7 @@ class DataConfig(_Strict):
         return v
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     num_workers: int = 2
     cpus_per_worker: float = 1.0
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
@@ -130,11 +126,13 @@ class TrainConfig(_Strict):
         return self
 
 
-class SamPretrainConfig(_Strict):
+class SamPretrainConfig(PretrainOptions):
     """Pre-train a from-scratch SAM-2 with point and box prompts before SALMA training
     (``pipelines.sam_pretrain``): what a SAM-2.1 checkpoint gives the real presets. The driver
     trains it once on the instance masks of ``data.sources``, caches it at ``out`` and sets
-    ``model.sam.checkpoint`` to it.
+    ``model.sam.checkpoint`` to it. The training settings are ``salma.sam_pretraining``'s
+    ``PretrainOptions``; ``frames_per_video`` is how many frames of each training video give
+    instances.
 
     ``video_steps`` > 0 adds SAM-2's video training after the ``steps`` image steps: clips of
     ``clip_frames`` frames from the video sources, the first frame given its mask and the rest
@@ -144,35 +142,19 @@ class SamPretrainConfig(_Strict):
 
     enabled: bool = False
     out: str = "data/sam2_pretrained.pt"
-    steps: int = 3000
-    batch_size: int = 8
-    lr: float = 3e-4
-    box_probability: float = 0.5
     frames_per_video: int = 3
-    video_steps: int = 0
-    clip_batch: int = 4
-    clip_frames: int = 4
     threads: int = 2  # torch threads on the driver (0: torch's default)
-    seed: int = 0
 
     @model_validator(mode="after")
-    def _check(self) -> "SamPretrainConfig":
-        if self.steps < 1 or self.batch_size < 1 or self.frames_per_video < 1 or self.clip_batch < 1:
-            raise ValueError("sam_pretrain.steps, batch_size, frames_per_video and clip_batch must be >= 1")
-        if self.video_steps < 0:
-            raise ValueError(f"sam_pretrain.video_steps={self.video_steps} must be >= 0 (0: images only)")
-        if self.clip_frames < 2:
-            raise ValueError(f"sam_pretrain.clip_frames={self.clip_frames} must be >= 2 (a conditioning frame and a tracked one)")
-        if self.lr <= 0:
-            raise ValueError(f"sam_pretrain.lr={self.lr} must be > 0")
-        if not 0.0 <= self.box_probability <= 1.0:
-            raise ValueError(f"sam_pretrain.box_probability={self.box_probability} must lie in [0, 1]")
+    def _check_driver(self) -> "SamPretrainConfig":
+        if self.frames_per_video < 1:
+            raise ValueError(f"sam_pretrain.frames_per_video={self.frames_per_video} must be >= 1")
         if self.threads < 0:
             raise ValueError("sam_pretrain.threads must be >= 0 (0: torch's default)")
         return self
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(StrictModel):
     """MLflow. ``uri: null`` → ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<workdir>/mlflow.db``."""
 
     enabled: bool = True
@@ -180,7 +162,7 @@ class TrackingConfig(_Strict):
     experiment: str = "salma"
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     """Batch inference and evaluation (``pipelines.infer``, ``pipelines.evaluate``).
 
     ``num_actors`` predictor actors of ``cpus_per_actor`` CPUs (and one GPU each when ``use_gpu``;
@@ -219,7 +201,7 @@ class EvalConfig(_Strict):
         return self
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     name: str = "salma"
     workdir: str = "runs"
     model: dict[str, Any] = Field(default_factory=dict)
@@ -276,21 +258,60 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+# A config file may start from another: ``base: salma_1b.yaml`` (a path relative to the file's
+# folder) is read first and the file's own keys are applied on top of it.
+BASE_KEY = "base"
+_MAX_BASE_DEPTH = 8
+
+
+def read_config_file(path: str | os.PathLike, *, kind: str = "config") -> dict[str, Any]:
+    """A config YAML as a mapping, its ``base:`` chain resolved: nested mappings merge key by key,
+    any other value (a list included) replaces the base's. Errors name the file (``kind`` says
+    which sort of config it is)."""
+    chain: list[Path] = []
+    layers: list[dict[str, Any]] = []
+    current = Path(path)
+    while True:
+        where = f"{kind} {current}" if not chain else f"{kind} {chain[0]}: its base {current}"
+        if current.resolve() in chain:
+            raise ConfigError(f"{where} is already in the chain of bases ({' -> '.join(map(str, chain))})")
+        if len(chain) == _MAX_BASE_DEPTH:
+            raise ConfigError(f"{kind} {chain[0]}: more than {_MAX_BASE_DEPTH} nested bases")
+        data = read_config_mapping(current, where)
+        chain.append(current.resolve())
+        base = data.pop(BASE_KEY, None)
+        layers.append(data)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{where}: base must be the path of another YAML file (e.g. base: salma_1b.yaml)")
+        current = current.parent / base
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):
+        merged = deep_update(merged, layer)
+    return merged
+
+
+def read_config_mapping(path: str | os.PathLike, where: str) -> dict[str, Any]:
+    """One YAML file as a mapping (no ``base:`` resolution); errors begin with ``where``."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a folder; pass a YAML file (e.g. experiments/quickstart.yaml)") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping at the top level")
+    return data
+
+
 def load_experiment(path: str | os.PathLike | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read an experiment YAML (deltas), apply overrides, validate. Errors name the file."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"experiment config {path} does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError(f"experiment config {path} is a folder; pass a YAML file (e.g. experiments/quickstart.yaml)") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"experiment config {path} is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"experiment config {path} must be a mapping at the top level")
+    """Read an experiment YAML (deltas, with its ``base:`` chain), apply overrides, validate.
+    Errors name the file."""
+    data = {} if path is None else read_config_file(path, kind="experiment config")
     given = parse_overrides(overrides or [])
     data = deep_update(data, given)
     try:

@@ -260,7 +260,7 @@ class WorkerBatches:
         if self.rows_per_epoch == 0:
             raise ValueError(f"rank {rank} of {world_size} gets no data: the mixture is smaller than the world size")
         self.model_config_json = cfg.model_config_resolved.model_dump_json()
-        self.options = dict(num_frames=data.num_frames, frame_sampling=data.frame_sampling, max_objects=data.max_objects)
+        self.options = data.sampling_options().model_dump()
         self._examples = self._example_stream()
 
     @cached_property

@@ -26,7 +26,7 @@ from pipelines.config import ExperimentConfig
 from salma.batch import SalmaBatch
 from salma.data.errors import BadRecordError
 from salma.data.examples import ImageGeometry, collate
-from salma.data.sampling import SamplingOptions, sample_example
+from salma.data.sampling import sample_example
 from salma.data.sources import read_source
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class HeldOutBatch:
         model_config = cfg.model_config_resolved
         geometry = ImageGeometry.from_config(model_config)
         data = cfg.data
-        options = SamplingOptions(num_frames=data.num_frames, frame_sampling=data.frame_sampling, max_objects=data.max_objects)
+        options = data.sampling_options()
         examples = []
         for source in data.eval_sources:
             records = read_source(source.format, source.root, source.split, **source.options)

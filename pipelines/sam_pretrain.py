@@ -53,7 +53,7 @@ def ensure_sam_pretrained(cfg: ExperimentConfig, mixture: list[list[SampleRecord
     records = [r for source_records in mixture for r in source_records]
     wanted = {
         "sam": model.sam.model_dump(mode="json", exclude={"checkpoint"}),
-        "settings": p.model_dump(mode="json", exclude={"enabled", "out"}),
+        "settings": p.model_dump(mode="json", exclude={"enabled", "out", "log_every"}),
         "records": _fingerprint(records),
     }
     meta_path = out.with_name(out.name + ".json")
@@ -75,7 +75,6 @@ def _pretrain(
     from salma.data.errors import BadRecordError
     from salma.image_transforms import to_normalized_tensor
     from salma.sam_pretraining import (
-        PretrainOptions,
         evaluate_prompts,
         evaluate_tracking,
         instance_set,
@@ -118,16 +117,7 @@ def _pretrain(
     )
     with _threads(p.threads):
         torch.manual_seed(p.seed)
-        options = PretrainOptions(
-            steps=p.steps,
-            batch_size=p.batch_size,
-            lr=p.lr,
-            box_probability=p.box_probability,
-            video_steps=p.video_steps,
-            clip_batch=p.clip_batch,
-            clip_frames=p.clip_frames,
-            seed=p.seed,
-        )
+        options = p.pretrain_options()
         progress = Progress("SAM-2 pre-training", total=p.steps + p.video_steps, unit="step")
 
         def show(row: dict[str, float]) -> None:

@@ -46,14 +46,14 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from pipelines import console, tracking
-from pipelines.config import ExperimentConfig, parse_overrides
+from pipelines.config import ExperimentConfig, parse_overrides, read_config_file, read_config_mapping
 from pipelines.config_errors import ConfigError, describe_validation_error
 from pipelines.run_folder import RUN_FILE
-from salma.config import deep_update
+from salma.config import StrictModel, deep_update
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +72,7 @@ _DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform")
 
 
 # ====================================================================================== schema
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class AshaSettings(_Strict):
+class AshaSettings(StrictModel):
     """ASHA in optimizer steps: a trial is first judged after ``grace_period`` steps, then at
     ``grace_period * reduction_factor**k``; ``max_t: null`` = the experiment's ``train.max_steps``."""
 
@@ -93,7 +89,7 @@ class AshaSettings(_Strict):
         return self
 
 
-class SweepSettings(_Strict):
+class SweepSettings(StrictModel):
     """The ``sweep:`` section. ``search_space`` maps a dotted config field to a list of values
     (grid; a random choice in ``mode: random``) or to one of ``{grid: [..]}``, ``{choice: [..]}``,
     ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}`` (the last two: random mode only).
@@ -213,7 +209,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     """Read a sweep YAML, apply ``key=value`` overrides (``sweep.*`` and ``base`` go to the sweep,
     anything else to the experiment), inline the base, expand and validate every trial's config."""
     path = Path(path)
-    raw = _read_mapping(path)
+    raw = read_config_mapping(path, f"sweep {path}")  # its base is resolved below, after the overrides
     raw = deep_update(raw, parse_overrides(overrides or []))
     if "sweep" not in raw:
         raise ConfigError(f"{path} has no sweep: section (a plain experiment runs with salma train)")
@@ -222,8 +218,8 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     experiment: dict[str, Any] = {}
     if base is not None:
         base_path = (path.parent / base).resolve()
-        experiment = _read_mapping(base_path)
-        if "sweep" in experiment or "base" in experiment:
+        experiment = read_config_file(base_path, kind="experiment config")
+        if "sweep" in experiment:
             raise ConfigError(f"{path}: base {base_path} must be a plain experiment YAML, not a sweep")
     experiment = deep_update(experiment, raw)
     return build_sweep(sweep_raw, experiment, default_name=path.stem, where=str(path))
@@ -258,18 +254,6 @@ def _check_trial(cfg: ExperimentConfig, settings: SweepSettings, where: str) -> 
     max_t = settings.asha.max_t or cfg.train.max_steps
     if settings.scheduler == "asha" and settings.asha.grace_period > max_t:
         raise ConfigError(f"{where}: sweep.asha.grace_period={settings.asha.grace_period} exceeds max_t={max_t} steps")
-
-
-def _read_mapping(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level")
-    return data
 
 
 def _configurations(settings: SweepSettings) -> list[Configuration]:

@@ -14,7 +14,7 @@ from salma.export import MLLM_DIR, init_from_folder, load_init_weights
 from salma.hub import resolve_model_folder
 from salma.mask_biased_attention import MaskBiasedAttention
 from salma.mllm import SalmaMLLM, internvl_config, load_native_internvl
-from salma.model import LossWeights, SalmaModel
+from salma.model import SalmaModel
 from salma.sam_adapter import SamAdapter, build_sam2_model
 from salma.tokenizer import IMG_CONTEXT, SEG_TOKEN, load_tokenizer, tokenizer_name
 
@@ -116,7 +116,6 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
             use_film=b.use_film,
             dropout=b.dropout,
         )
-    loss = config.loss
     model = SalmaModel(
         mllm=mllm,
         sam=sam,
@@ -125,24 +124,7 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
         use_expression_tokens=config.mba.language_tokens == "seg_plus_expression",
         max_expression_tokens=config.mba.max_expression_tokens,
         use_prior=config.mba.use_prior,
-        loss_weights=LossWeights(
-            lm=loss.lm_weight,
-            bce=loss.bce_weight,
-            dice=loss.dice_weight,
-            dice_eps=loss.dice_eps,
-            num_points=loss.num_points,
-            oversample_ratio=loss.oversample_ratio,
-            importance_sample_ratio=loss.importance_sample_ratio,
-            tmc=loss.tmc_weight,
-            tmc_temperature=loss.tmc_temperature,
-            boundary=loss.boundary_weight,
-            mask_selection=loss.mask_selection,
-            iou=loss.iou_weight,
-            object=loss.object_weight,
-            track=loss.track_weight,
-            aux_warmup_fraction=loss.aux_warmup_fraction,
-            gamma_warmup_fraction=loss.gamma_warmup_fraction,
-        ),
+        loss=config.loss.model_copy(),
         freeze_sam_encoder=config.freeze.sam_encoder,
         tokenizer=tokenizer,
         config=config,

@@ -4,7 +4,11 @@ A preset (``tiny``, ``salma-1b``) is a function returning a complete ``SalmaConf
 YAML holds only deltas on top of it (``resolve_model_config``). Unknown keys are errors everywhere
 (``extra="forbid"``), and every validation error says how to fix the value.
 
-Configs never enter modules: ``salma.builder`` maps this config to keyword-only constructors.
+Each concept has one type, defined here and used where it is needed: ``salma.builder`` maps the
+architecture sections to keyword-only constructors; the loss settings (``LossConfig``) go to the
+model as they are and give ``salma.losses`` its defaults; ``SamplingOptions`` and
+``PretrainOptions`` are read by ``salma.data.sampling`` and ``salma.sam_pretraining`` and extended
+by the experiment config of ``pipelines`` (``data``, ``sam_pretrain``). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The base of every config type of the project (``pipelines`` included): unknown keys are
+    errors and assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
-class VisionArch(_Strict):
+class VisionArch(StrictModel):
     """InternViT vision tower (transformers' ``InternVLVisionConfig`` fields we set)."""
 
     hidden_size: int = 1024
@@ -32,7 +39,7 @@ class VisionArch(_Strict):
     use_qk_norm: bool = False
 
 
-class TextArch(_Strict):
+class TextArch(StrictModel):
     """Qwen2 language model (transformers' ``Qwen2Config`` fields we set)."""
 
     hidden_size: int = 896
@@ -47,7 +54,7 @@ class TextArch(_Strict):
     tie_word_embeddings: bool = False
 
 
-class MLLMConfig(_Strict):
+class MLLMConfig(StrictModel):
     """The InternVL multimodal LLM.
 
     ``path``: a local folder or hub id of a checkpoint in transformers' native InternVL layout.
@@ -133,7 +140,7 @@ def parse_sam_package_config(name: str) -> tuple[str, str]:
     raise ValueError(f"{name!r} is not one of the sam2 package's model configs: {', '.join(accepted)}")
 
 
-class SamConfig(_Strict):
+class SamConfig(StrictModel):
     """SAM-2 through the ``sam2`` package.
 
     ``version`` ("2.0" or "2.1") and ``hiera`` (tiny, small, base_plus, large) pick one of the
@@ -186,7 +193,7 @@ class SamConfig(_Strict):
         return sam_package_config(self.version, self.hiera)
 
 
-class MBAConfig(_Strict):
+class MBAConfig(StrictModel):
     """Mask-Biased Attention. ``enabled: false`` is the Sa2VA baseline."""
 
     enabled: bool = True
@@ -216,8 +223,14 @@ class MBAConfig(_Strict):
         return v
 
 
-class LossConfig(_Strict):
-    """Loss weights and schedules (values follow Sa2VA's and the SALMA paper's; docs/design.md)."""
+class LossConfig(StrictModel):
+    """Loss weights and schedules (values follow Sa2VA's and the SALMA paper's; docs/design.md).
+
+    The one definition of these settings: the model reads it as it is and ``salma.losses`` takes
+    its defaults from it. The mask loss is Sa2VA's (sigmoid BCE ×2.0, Dice ×0.5 with eps 1.0, on
+    12544 = 112² uncertainty-sampled points, oversample 3, importance 0.75, as in Mask2Former);
+    TMC (×0.1, temperature 0.15) and the boundary loss (×0.05) are SALMA's auxiliary losses; the
+    warm-ups are fractions of the total number of optimiser steps."""
 
     lm_weight: float = 1.0
     bce_weight: float = 2.0
@@ -263,7 +276,7 @@ class LossConfig(_Strict):
         return self
 
 
-class LoraConfig(_Strict):
+class LoraConfig(StrictModel):
     """LoRA on the LLM through PEFT. ``target_modules: null`` = every linear layer of the language
     model except the output head."""
 
@@ -274,13 +287,87 @@ class LoraConfig(_Strict):
     target_modules: list[str] | None = None
 
 
-class FreezeConfig(_Strict):
+class FreezeConfig(StrictModel):
     vision_encoder: bool = True
     llm: bool = True
     sam_encoder: bool = True
 
 
-class SalmaConfig(_Strict):
+class SamplingOptions(StrictModel):
+    """How an example is drawn from a record; the experiment config's ``data`` section is this
+    type plus the data sources (``pipelines.config.DataConfig`` extends it)."""
+
+    num_frames: int = 5
+    frame_sampling: Literal["random", "consecutive"] = "random"
+    max_objects: int = 5
+
+    @model_validator(mode="after")
+    def _check(self) -> "SamplingOptions":
+        for name in ("num_frames", "max_objects"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name}={getattr(self, name)} must be >= 1")
+        return self
+
+    def sampling_options(self) -> "SamplingOptions":
+        """These settings alone, as a ``SamplingOptions`` (also from a subclass)."""
+        return SamplingOptions(**{name: getattr(self, name) for name in SamplingOptions.model_fields})
+
+
+class PretrainOptions(StrictModel):
+    """Defaults: the settings under which the tiny decoder learned to follow the prompt in each of
+    3 seeds (see the module docstring); ``iou_weight`` and ``warmup_fraction`` are 0 on purpose.
+
+    ``video_steps`` > 0 (and a ``TrackSet``) adds the video phase after the ``steps`` image steps:
+    clip batches (``clip_batch`` clips of ``clip_frames`` frames, the first frame given its mask)
+    alternate with image batches, and the object-presence loss (``object_weight``) is on in both.
+    Each phase has a fresh optimizer and its own schedule (constant ``lr``, then decaying over
+    the phase's last ``decay_fraction``).
+
+    The experiment config's ``sam_pretrain`` section is this type plus where the result goes
+    (``pipelines.config.SamPretrainConfig``).
+    """
+
+    steps: int = 3000
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.0
+    decay_fraction: float = 0.2
+    grad_clip: float = 1.0
+    box_probability: float = 0.5
+    box_noise: float = 0.1  # SAM: box corners jittered with std 0.1 x box side (at most 20 px)
+    candidates: Literal["all", "best"] = "all"
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    iou_weight: float = 0.0
+    video_steps: int = 0
+    clip_batch: int = 4
+    clip_frames: int = 4
+    object_weight: float = 1.0
+    log_every: int = 100
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "PretrainOptions":
+        if self.steps < 1 or self.batch_size < 1 or self.clip_batch < 1 or self.log_every < 1:
+            raise ValueError("sam_pretrain.steps, batch_size, clip_batch and log_every must be >= 1")
+        if self.video_steps < 0:
+            raise ValueError(f"sam_pretrain.video_steps={self.video_steps} must be >= 0 (0: images only)")
+        if self.clip_frames < 2:
+            raise ValueError(f"sam_pretrain.clip_frames={self.clip_frames} must be >= 2 (a conditioning frame and a tracked one)")
+        if self.lr <= 0:
+            raise ValueError(f"sam_pretrain.lr={self.lr} must be > 0")
+        for name in ("box_probability", "warmup_fraction", "decay_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"sam_pretrain.{name}={getattr(self, name)} must lie in [0, 1]")
+        return self
+
+    def pretrain_options(self) -> "PretrainOptions":
+        """These settings alone, as a ``PretrainOptions`` (also from a subclass)."""
+        return PretrainOptions(**{name: getattr(self, name) for name in PretrainOptions.model_fields})
+
+
+class SalmaConfig(StrictModel):
     """The whole model.
 
     ``init_from``: an exported SALMA folder (``salma export``) or a converted Sa2VA release

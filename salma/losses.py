@@ -12,7 +12,7 @@
 
 ``mask_bce_dice_loss`` returns its terms already multiplied by their weights (the weights are its
 arguments); ``text_mask_contrastive_loss`` and ``boundary_loss`` return the unweighted loss, and
-the model multiplies them by ``TMC_WEIGHT`` / ``BOUNDARY_WEIGHT`` times the ramp.
+the model multiplies them by ``LossConfig.tmc_weight`` / ``boundary_weight`` times the ramp.
 
 Every loss that takes per-pair ``weight`` averages as ``Σ w·l / Σ w``: a pair of weight 0 still
 enters the graph (its parameters get a zero, not a missing, gradient, so DeepSpeed's gradient
@@ -24,21 +24,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Sa2VA's mask-loss configuration (CrossEntropyLoss(use_sigmoid, loss_weight=2.0),
-# DiceLoss(naive_dice, loss_weight=0.5, eps=1.0), 12544 = 112² points, as in Mask2Former).
-MASK_BCE_WEIGHT = 2.0
-MASK_DICE_WEIGHT = 0.5
-DICE_EPS = 1.0
-NUM_MASK_POINTS = 12544
-OVERSAMPLE_RATIO = 3.0
-IMPORTANCE_SAMPLE_RATIO = 0.75
-# SALMA's auxiliary losses.
-TMC_WEIGHT = 0.1
-TMC_TEMPERATURE = 0.15
-BOUNDARY_WEIGHT = 0.05
-# Warm-ups, as fractions of the total number of optimiser steps.
-AUX_RAMP_FRACTION = 0.2
-GAMMA_RAMP_FRACTION = 0.1
+from salma.config import LossConfig
+
+# The defaults of every weight and sampling setting below are ``LossConfig``'s, the one place
+# they are defined (with where they come from).
+_DEFAULT = LossConfig()
 
 IGNORE_INDEX = -100
 
@@ -77,8 +67,8 @@ def point_sample(input: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 def sample_uncertain_points(
     logits: torch.Tensor,
     num_points: int,
-    oversample_ratio: float = OVERSAMPLE_RATIO,
-    importance_sample_ratio: float = IMPORTANCE_SAMPLE_RATIO,
+    oversample_ratio: float = _DEFAULT.oversample_ratio,
+    importance_sample_ratio: float = _DEFAULT.importance_sample_ratio,
     *,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -123,10 +113,10 @@ def mask_bce_dice_per_mask(
     pred_logits: torch.Tensor,
     gt: torch.Tensor,
     *,
-    num_points: int = NUM_MASK_POINTS,
-    oversample_ratio: float = OVERSAMPLE_RATIO,
-    importance_sample_ratio: float = IMPORTANCE_SAMPLE_RATIO,
-    dice_eps: float = DICE_EPS,
+    num_points: int = _DEFAULT.num_points,
+    oversample_ratio: float = _DEFAULT.oversample_ratio,
+    importance_sample_ratio: float = _DEFAULT.importance_sample_ratio,
+    dice_eps: float = _DEFAULT.dice_eps,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unweighted point-sampled BCE and Dice of each mask.
@@ -155,7 +145,7 @@ def mask_bce_dice_per_mask(
 
 
 def dense_bce_dice_per_mask(
-    pred_logits: torch.Tensor, gt: torch.Tensor, *, dice_eps: float = DICE_EPS
+    pred_logits: torch.Tensor, gt: torch.Tensor, *, dice_eps: float = _DEFAULT.dice_eps
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``mask_bce_dice_per_mask`` on every pixel instead of sampled points.
 
@@ -174,7 +164,7 @@ def dense_bce_dice_per_mask(
 
 
 def candidate_bce_dice(
-    candidates: torch.Tensor, gt: torch.Tensor, *, dice_eps: float = DICE_EPS
+    candidates: torch.Tensor, gt: torch.Tensor, *, dice_eps: float = _DEFAULT.dice_eps
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``dense_bce_dice_per_mask`` of every one of M candidate masks against its object's mask.
 
@@ -206,12 +196,12 @@ def mask_bce_dice_loss(
     gt: torch.Tensor,
     weight: torch.Tensor,
     *,
-    num_points: int = NUM_MASK_POINTS,
-    oversample_ratio: float = OVERSAMPLE_RATIO,
-    importance_sample_ratio: float = IMPORTANCE_SAMPLE_RATIO,
-    bce_weight: float = MASK_BCE_WEIGHT,
-    dice_weight: float = MASK_DICE_WEIGHT,
-    dice_eps: float = DICE_EPS,
+    num_points: int = _DEFAULT.num_points,
+    oversample_ratio: float = _DEFAULT.oversample_ratio,
+    importance_sample_ratio: float = _DEFAULT.importance_sample_ratio,
+    bce_weight: float = _DEFAULT.bce_weight,
+    dice_weight: float = _DEFAULT.dice_weight,
+    dice_eps: float = _DEFAULT.dice_eps,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Point-sampled sigmoid BCE and Dice (``mask_bce_dice_per_mask``), averaged over pairs as
@@ -250,12 +240,12 @@ def min_loss_multimask_loss(
     gt: torch.Tensor,
     weight: torch.Tensor,
     *,
-    num_points: int = NUM_MASK_POINTS,
-    oversample_ratio: float = OVERSAMPLE_RATIO,
-    importance_sample_ratio: float = IMPORTANCE_SAMPLE_RATIO,
-    bce_weight: float = MASK_BCE_WEIGHT,
-    dice_weight: float = MASK_DICE_WEIGHT,
-    dice_eps: float = DICE_EPS,
+    num_points: int = _DEFAULT.num_points,
+    oversample_ratio: float = _DEFAULT.oversample_ratio,
+    importance_sample_ratio: float = _DEFAULT.importance_sample_ratio,
+    bce_weight: float = _DEFAULT.bce_weight,
+    dice_weight: float = _DEFAULT.dice_weight,
+    dice_eps: float = _DEFAULT.dice_eps,
     generator: torch.Generator | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Mask loss of the best of M candidate masks per pair (SAM / SAM-2's multimask training).
@@ -377,7 +367,7 @@ def text_mask_contrastive_loss(
     seg_embed: torch.Tensor,
     visual: torch.Tensor,
     masks: torch.Tensor,
-    temperature: float = TMC_TEMPERATURE,
+    temperature: float = _DEFAULT.tmc_temperature,
 ) -> torch.Tensor:
     """Symmetric InfoNCE between ``[SEG]`` prompts and mask-pooled visual features (TMC).
 
@@ -400,7 +390,7 @@ def text_mask_contrastive_loss(
         temperature: softmax temperature.
 
     Returns:
-        Scalar (unweighted; the model applies ``TMC_WEIGHT``).
+        Scalar (unweighted; the model applies ``LossConfig.tmc_weight``).
     """
     height, width = visual.shape[-2:]
     visual = visual.detach().float()
@@ -436,7 +426,7 @@ def boundary_loss(
         weight: (P,) per-pair weight.
 
     Returns:
-        Scalar (unweighted; the model applies ``BOUNDARY_WEIGHT``).
+        Scalar (unweighted; the model applies ``LossConfig.boundary_weight``).
     """
     if pred_logits.shape[0] == 0:
         return pred_logits.float().sum() * 0.0
@@ -451,7 +441,7 @@ def linear_ramp(step: int, total_steps: int, fraction: float) -> float:
     """Linear warm-up factor in [0, 1]: 0 at step 0, 1 from ``fraction·total_steps`` on.
 
     ``fraction`` 0 (or no steps) means no warm-up: always 1.0. The auxiliary losses use
-    ``AUX_RAMP_FRACTION`` (0.2), the MBA residual scale ``GAMMA_RAMP_FRACTION`` (0.1).
+    ``LossConfig.aux_warmup_fraction`` (0.2), the MBA residual scale ``gamma_warmup_fraction`` (0.1).
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"ramp fraction {fraction} must be in [0, 1].")

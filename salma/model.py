@@ -13,29 +13,10 @@ from torch import nn
 
 from salma import losses
 from salma.batch import SalmaBatch
+from salma.config import LossConfig
 from salma.mask_biased_attention import MaskBiasedAttention
 from salma.mllm import SalmaMLLM
 from salma.sam_adapter import FrameFeatures, SamAdapter
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    lm: float = 1.0
-    bce: float = 2.0
-    dice: float = 0.5
-    dice_eps: float = 1.0
-    num_points: int = 12544
-    oversample_ratio: float = 3.0
-    importance_sample_ratio: float = 0.75
-    tmc: float = 0.1
-    tmc_temperature: float = 0.15
-    boundary: float = 0.05
-    mask_selection: str = "predicted_iou"
-    iou: float = 1.0
-    object: float = 0.0
-    track: float = 0.0
-    aux_warmup_fraction: float = 0.2
-    gamma_warmup_fraction: float = 0.1
 
 
 @dataclass
@@ -64,7 +45,7 @@ class SalmaModel(nn.Module):
         use_expression_tokens: bool,
         max_expression_tokens: int,
         use_prior: bool,
-        loss_weights: LossWeights,
+        loss: LossConfig,
         freeze_sam_encoder: bool,
         tokenizer=None,
         config=None,
@@ -85,7 +66,7 @@ class SalmaModel(nn.Module):
         self.seg_token_id = seg_token_id
         self.max_expression_tokens = max_expression_tokens
         self.use_prior = use_prior
-        self.loss_weights = loss_weights
+        self.loss = loss
         self.freeze_sam_encoder = freeze_sam_encoder
         self.aux_scale = 1.0
         # Not modules: the tokenizer and the resolved config travel with the model for the
@@ -96,7 +77,7 @@ class SalmaModel(nn.Module):
     # ----------------------------------------------------------------- schedules
     def set_schedule(self, step: int, total_steps: int) -> dict[str, float]:
         """Set the MBA gamma warm-up and the auxiliary-loss ramp for this global step."""
-        w = self.loss_weights
+        w = self.loss
         gamma_scale = losses.linear_ramp(step, total_steps, w.gamma_warmup_fraction)
         self.aux_scale = losses.linear_ramp(step, total_steps, w.aux_warmup_fraction)
         if self.mba is not None:
@@ -198,7 +179,7 @@ class SalmaModel(nn.Module):
 
     # ----------------------------------------------------------------- training forward
     def forward(self, batch: SalmaBatch) -> dict[str, torch.Tensor]:
-        w = self.loss_weights
+        w = self.loss
         mllm_out = self.mllm(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values
         )
@@ -211,21 +192,21 @@ class SalmaModel(nn.Module):
             )
         if batch.pair_object_index.numel():
             seg_prompts, seg, features = self.segment_batch(
-                batch, mllm_out.hidden_states, seg_hidden, keep_backbone_out=w.track > 0
+                batch, mllm_out.hidden_states, seg_hidden, keep_backbone_out=w.track_weight > 0
             )
             size = batch.gt_masks.shape[-2:]
             gt = batch.gt_masks.float()
             mask_logits, mask_terms = self._mask_terms(seg, gt, batch.mask_weight, size)
             terms.update(mask_terms)
-            terms["object"] = w.object * losses.object_presence_loss(seg.object_score, gt, batch.mask_weight)
-            terms["boundary"] = w.boundary * losses.boundary_loss(mask_logits, gt, batch.mask_weight)
-            terms["tmc"] = w.tmc * self._tmc(seg_prompts, seg, gt, batch)
-            terms["track"] = w.track * self._track(features, gt, batch) if w.track > 0 else zero
+            terms["object"] = w.object_weight * losses.object_presence_loss(seg.object_score, gt, batch.mask_weight)
+            terms["boundary"] = w.boundary_weight * losses.boundary_loss(mask_logits, gt, batch.mask_weight)
+            terms["tmc"] = w.tmc_weight * self._tmc(seg_prompts, seg, gt, batch)
+            terms["track"] = w.track_weight * self._track(features, gt, batch) if w.track_weight > 0 else zero
         else:
             for name in ("mask_bce", "mask_dice", "iou", "object", "boundary", "tmc", "track"):
                 terms[name] = zero
         total = (
-            w.lm * terms["lm"]
+            w.lm_weight * terms["lm"]
             + terms["mask_bce"]
             + terms["mask_dice"]
             + terms["iou"]
@@ -252,20 +233,20 @@ class SalmaModel(nn.Module):
         head to rank the candidates, so that inference's highest-predicted-IoU choice picks the
         right one.
         """
-        w = self.loss_weights
+        w = self.loss
         point_args = dict(
             num_points=w.num_points,
             oversample_ratio=w.oversample_ratio,
             importance_sample_ratio=w.importance_sample_ratio,
-            bce_weight=w.bce,
-            dice_weight=w.dice,
+            bce_weight=w.bce_weight,
+            dice_weight=w.dice_weight,
             dice_eps=w.dice_eps,
         )
         if w.mask_selection == "min_loss":
             p, m = seg.multimasks.shape[:2]
             candidates = self.sam.upscale(seg.multimasks.flatten(0, 1)[:, None], size).view(p, m, *size)
             terms, chosen = losses.min_loss_multimask_loss(candidates, gt, weight, **point_args)
-            terms["iou"] = w.iou * losses.iou_prediction_loss(seg.ious, seg.multimasks, gt, weight)
+            terms["iou"] = w.iou_weight * losses.iou_prediction_loss(seg.ious, seg.multimasks, gt, weight)
             rows = torch.arange(p, device=chosen.device)
             return seg.multimasks[rows, chosen], terms
         pred = self.sam.upscale(seg.mask_logits, size)[:, 0]  # (P, S, S)
@@ -289,7 +270,7 @@ class SalmaModel(nn.Module):
             seg_prompts[obj_idx],
             seg.features_before[pair_idx],
             gt[pair_idx],
-            temperature=self.loss_weights.tmc_temperature,
+            temperature=self.loss.tmc_temperature,
         )
 
     def _track(self, features: FrameFeatures, gt: torch.Tensor, batch: SalmaBatch) -> torch.Tensor:
@@ -303,7 +284,7 @@ class SalmaModel(nn.Module):
         the object is visible, plus the object-presence BCE; the mean over all of them. Objects
         whose first sampled frame does not show them are left out (nothing to seed with).
         """
-        w = self.loss_weights
+        w = self.loss
         frames: dict[int, list[tuple[int, int]]] = {}
         indices = zip(batch.pair_object_index.tolist(), batch.pair_frame_index.tolist(), batch.mask_weight.tolist())
         for p, (o, f, weight) in enumerate(indices):
@@ -331,5 +312,5 @@ class SalmaModel(nn.Module):
                     n, m = int(present.sum()), out.multimasks.shape[1]
                     candidates = self.sam.upscale(out.multimasks[present].flatten(0, 1)[:, None], size)
                     bce, dice = losses.candidate_bce_dice(candidates.view(n, m, *size), target[present], dice_eps=w.dice_eps)
-                    total = total + (w.bce * bce + w.dice * dice).mean(dim=1).sum()
+                    total = total + (w.bce_weight * bce + w.dice_weight * dice).mean(dim=1).sum()
         return total / max(count, 1)

@@ -52,12 +52,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from salma import losses
+from salma.config import PretrainOptions
 from salma.data.decode import decode_masks, load_frames
 from salma.data.errors import BadRecordError
 from salma.data.record import SampleRecord
@@ -66,8 +66,7 @@ from salma.sam_adapter import NO_OBJECT_SCORE, SamAdapter
 
 logger = logging.getLogger(__name__)
 
-BOX_NOISE = 0.1  # SAM: box corners jittered with std 0.1 x box side ...
-BOX_NOISE_MAX_PX = 20.0  # ... at most 20 px (at SAM's 1024 px input; scaled to the input size)
+BOX_NOISE_MAX_PX = 20.0  # SAM's box jitter (PretrainOptions.box_noise) is at most 20 px (at SAM's 1024 px input; scaled to the input size)
 
 
 @dataclass
@@ -230,39 +229,6 @@ def track_set(
             videos.append(np.stack([resize_square(f, image_size) for f in frames]))
             tracks.extend((len(videos) - 1, m) for m in visible)
     return TrackSet(videos=videos, tracks=tracks)
-
-
-@dataclass(frozen=True)
-class PretrainOptions:
-    """Defaults: the settings under which the tiny decoder learned to follow the prompt in each of
-    3 seeds (see the module docstring); ``iou_weight`` and ``warmup_fraction`` are 0 on purpose.
-
-    ``video_steps`` > 0 (and a ``TrackSet``) adds the video phase after the ``steps`` image steps:
-    clip batches (``clip_batch`` clips of ``clip_frames`` frames, the first frame given its mask)
-    alternate with image batches, and the object-presence loss (``object_weight``) is on in both.
-    Each phase has a fresh optimizer and its own schedule (constant ``lr``, then decaying over
-    the phase's last ``decay_fraction``).
-    """
-
-    steps: int = 3000
-    batch_size: int = 8
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.0
-    decay_fraction: float = 0.2
-    grad_clip: float = 1.0
-    box_probability: float = 0.5
-    box_noise: float = BOX_NOISE
-    candidates: Literal["all", "best"] = "all"
-    bce_weight: float = 2.0
-    dice_weight: float = 0.5
-    iou_weight: float = 0.0
-    video_steps: int = 0
-    clip_batch: int = 4
-    clip_frames: int = 4
-    object_weight: float = 1.0
-    log_every: int = 100
-    seed: int = 0
 
 
 def sample_prompts(masks: np.ndarray, rng: np.random.Generator, *, box_probability: float, box_noise: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
+from salma.config import SamplingOptions
 from salma.conversation import Round, referring_round
 from salma.data.decode import decode_masks, load_frames
 from salma.data.examples import ImageGeometry, encode_example
 from salma.data.record import SampleRecord
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    num_frames: int = 5
-    frame_sampling: Literal["random", "consecutive"] = "random"
-    max_objects: int = 5
 
 
 def sample_frame_positions(num_frames: int, options: SamplingOptions, rng: random.Random) -> list[int]:

@@ -8,14 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from salma.config import LossConfig
 from salma.losses import (
-    BOUNDARY_WEIGHT,
-    DICE_EPS,
-    MASK_BCE_WEIGHT,
-    MASK_DICE_WEIGHT,
-    NUM_MASK_POINTS,
-    TMC_TEMPERATURE,
-    TMC_WEIGHT,
     boundary_loss,
     candidate_bce_dice,
     dense_bce_dice_per_mask,
@@ -44,9 +38,21 @@ def _saturated_logits(masks: torch.Tensor, magnitude: float = 30.0) -> torch.Ten
 
 
 def test_default_weights_match_the_design() -> None:
-    assert (MASK_BCE_WEIGHT, MASK_DICE_WEIGHT, DICE_EPS) == (2.0, 0.5, 1.0)
-    assert NUM_MASK_POINTS == 12544
-    assert (TMC_WEIGHT, TMC_TEMPERATURE, BOUNDARY_WEIGHT) == (0.1, 0.15, 0.05)
+    d = LossConfig()
+    assert (d.bce_weight, d.dice_weight, d.dice_eps) == (2.0, 0.5, 1.0)
+    assert d.num_points == 12544
+    assert (d.tmc_weight, d.tmc_temperature, d.boundary_weight) == (0.1, 0.15, 0.05)
+    assert (d.aux_warmup_fraction, d.gamma_warmup_fraction) == (0.2, 0.1)
+
+
+def test_loss_functions_take_their_defaults_from_the_config() -> None:
+    import inspect
+
+    d = LossConfig()
+    params = inspect.signature(mask_bce_dice_loss).parameters
+    for name in ("num_points", "oversample_ratio", "importance_sample_ratio", "bce_weight", "dice_weight", "dice_eps"):
+        assert params[name].default == getattr(d, name), name
+    assert inspect.signature(text_mask_contrastive_loss).parameters["temperature"].default == d.tmc_temperature
 
 
 # --- point sampling -------------------------------------------------------------------------
@@ -122,14 +128,14 @@ def test_bce_and_dice_hand_computed_on_constant_maps() -> None:
     k = 50
     losses = mask_bce_dice_loss(pred, gt, torch.ones(1), num_points=k)
     p = 1 / (1 + math.exp(-z))
-    expected_bce = MASK_BCE_WEIGHT * -math.log(p)
-    expected_dice = MASK_DICE_WEIGHT * (1 - (2 * k * p + 1) / (k * p + k + 1))
+    expected_bce = LossConfig().bce_weight * -math.log(p)
+    expected_dice = LossConfig().dice_weight * (1 - (2 * k * p + 1) / (k * p + k + 1))
     assert losses["mask_bce"].item() == pytest.approx(expected_bce, rel=1e-5)
     assert losses["mask_dice"].item() == pytest.approx(expected_dice, rel=1e-5)
     unweighted = mask_bce_dice_loss(
         pred, gt, torch.ones(1), num_points=k, bce_weight=1.0, dice_weight=1.0
     )
-    assert unweighted["mask_bce"].item() == pytest.approx(expected_bce / MASK_BCE_WEIGHT, rel=1e-5)
+    assert unweighted["mask_bce"].item() == pytest.approx(expected_bce / LossConfig().bce_weight, rel=1e-5)
 
 
 def test_zero_weight_pairs_keep_gradient_but_not_value() -> None:

@@ -44,7 +44,7 @@ def _memory_grads(model) -> float:
 
 
 def test_track_term_trains_sam2s_memory_path_on_video_objects_only(tiny_model):
-    assert tiny_model.loss_weights.track == 1.0  # on in the tiny preset
+    assert tiny_model.loss.track_weight == 1.0  # on in the tiny preset
     video = random_batch(tiny_model.config, batch_size=2, num_frames=3)
     tiny_model.zero_grad()
     out = tiny_model(video)
@@ -162,7 +162,7 @@ def test_min_loss_selection_trains_the_iou_head_and_reaches_every_parameter():
 
 
 def test_predicted_iou_selection_leaves_the_iou_term_at_zero(tiny_model):
-    assert tiny_model.loss_weights.mask_selection == "predicted_iou"
+    assert tiny_model.loss.mask_selection == "predicted_iou"
     out = tiny_model(random_batch(tiny_model.config, batch_size=1, num_frames=1))
     assert out["iou"].item() == 0.0
 
