@@ -51,6 +51,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from pipelines import console, tracking
 from pipelines.config import ExperimentConfig, parse_overrides
+from pipelines.config_yaml import read_config_file
 from pipelines.config_errors import ConfigError, describe_validation_error
 from pipelines.run_folder import RUN_FILE
 from salma.config import deep_update
@@ -261,15 +262,7 @@ def _check_trial(cfg: ExperimentConfig, settings: SweepSettings, where: str) -> 
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level")
-    return data
+    return read_config_file(path)
 
 
 def _configurations(settings: SweepSettings) -> list[Configuration]:
