@@ -9,7 +9,6 @@ Configs never enter modules: ``salma.builder`` maps this config to keyword-only 
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,19 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 class StrictConfig(BaseModel):
     """Base of every config section: unknown keys are errors, values keep their types (``true``
-    or ``'4'`` are not numbers; ``strict=True``), and no number is NaN or infinite (a NaN learning
-    rate would otherwise pass every ``<=``/``>=`` check and fail only inside the workers)."""
+    or ``'4'`` are not numbers; ``strict=True``), and no number is NaN or infinite
+    (``allow_inf_nan=False``: a NaN learning rate would otherwise pass every ``<=``/``>=`` check
+    and fail only inside the workers)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True)
-
-    @model_validator(mode="after")
-    def _finite_numbers(self):
-        for name, value in self:
-            values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
-            for item in values:
-                if isinstance(item, float) and not math.isfinite(item):
-                    raise ValueError(f"{name}={item} must be a finite number")
-        return self
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True, allow_inf_nan=False
+    )
 
 
 _Strict = StrictConfig

@@ -434,6 +434,63 @@ DATA_KINDS: list[Kind] = [
 ]
 
 
+# --------------------------------------------------------------------------- configs
+def _override(item: str) -> Callable[[Path], Action]:
+    def build(root):
+        from pipelines.config import load_experiment
+        return lambda on_bad: load_experiment(None, item.split(" "))
+    return build
+
+
+def _config_file(text: str | None) -> Callable[[Path], Action]:
+    """``text`` written to a YAML file and loaded; None: the folder itself is passed."""
+    def build(root):
+        from pipelines.config import load_experiment
+        path = root if text is None else root / "experiment.yaml"
+        if text is not None:
+            path.write_text(text)
+        return lambda on_bad: load_experiment(path)
+    return build
+
+
+_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+)
+
+CONFIG_KINDS: list[Kind] = [
+    Kind(f"config_{item.split('=')[0]}_{i}", "config", _override(item), f"error:ConfigError:{text}")
+    for i, (item, text) in enumerate([
+        ("data.num_frames=0", "data.num_frames"),
+        ("data.max_objects=-1", "data.max_objects"),
+        ("train.lr=.nan", "finite"),
+        ("train.lr=.inf", "finite"),
+        ("train.grad_clip=.inf", "finite"),
+        ("train.weight_decay=-0.1", "train.weight_decay"),
+        ("train.betas=[1.0,0.999]", "train.betas"),
+        ("train.betas=[0.9,-0.1]", "train.betas"),
+        ("train.lr_multipliers={\"sam\":-1.0}", "train.lr_multipliers {'sam': -1.0} must be >= 0"),
+        ("train.cpus_per_worker=-1", "train.cpus_per_worker"),
+        ("train.max_failures=-1", "train.max_failures"),
+        ("data.cpus_per_task=0", "data.cpus_per_task"),
+        ("eval.cpus_per_actor=.nan", "finite"),
+        ("model.loss.bce_weight=.nan", "finite"),
+        ("train.max_steps=true", "train.max_steps"),
+        ("train.max_steps='4'", "train.max_steps"),
+        ("train.lr='1e-4'", "train.lr"),
+        ("model.mba.enabled=1", "model.mba.enabled"),
+        ('data.sources=[{"name":"x","format":"cocoo","root":"/data"}]', "unknown source format 'cocoo'"),
+        ("train=5 train.max_steps=7", "sets a key inside train"),
+    ])
+] + [
+    Kind("config_is_a_folder", "config", _config_file(None), "error:ConfigError:is a folder"),
+    Kind("config_duplicate_key", "config", _config_file("train:\n  lr: 1.0e-4\n  lr: 3.0e-4\n"),
+         "error:ConfigError:key 'lr' is given twice"),
+    Kind("config_billion_laughs", "config", _config_file(_LAUGHS), "error:ConfigError:expand to more than"),
+]
+
+ALL_KINDS = DATA_KINDS + CONFIG_KINDS
+
+
 # --------------------------------------------------------------------------- running one kind
 def attempt(kind: Kind, root: Path) -> tuple[str, str]:
     """(outcome, what happened) of one kind on the prepared copy at ``root``: outcome is

@@ -3,10 +3,10 @@ counted as a bad record naming its file, or refused with an error naming the fil
 
 import pytest
 
-from hostile_corpus import DATA_KINDS, attempt, prepare
+from hostile_corpus import ALL_KINDS, attempt, prepare
 
 
-@pytest.mark.parametrize("kind", DATA_KINDS, ids=[k.name for k in DATA_KINDS])
+@pytest.mark.parametrize("kind", ALL_KINDS, ids=[k.name for k in ALL_KINDS])
 def test_hostile_input_is_handled_cleanly(kind, synthetic_dir, tmp_path):
     root = prepare(synthetic_dir, tmp_path)
     outcome, what = attempt(kind, root)
