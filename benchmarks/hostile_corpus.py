@@ -5,7 +5,8 @@ input made from a fresh copy of the synthetic datasets, and hostile config value
 and runs each in a forked child process under a memory limit and a time limit, so that a
 segfault, an exhausted memory limit or a hang counts as a crash instead of ending the count.
 Prints one line per kind and the totals per category (what the input did before: crash, silent,
-traversal, config).
+traversal, config). Outcomes: ``clean``, ``crash``, ``silent`` and ``other`` (see
+``hostile_corpus.attempt``).
 
     PYTHONPATH=. .venv/bin/python benchmarks/hostile_corpus.py [--timeout 60] [--memory-gib 4]
 """
@@ -44,7 +45,12 @@ def run_kind(kind: Kind, synthetic: Path, workdir: Path, *, timeout: float, memo
     child.start()
     send.close()
     ready = receive.poll(timeout)
-    result = receive.recv() if ready else None
+    result = None
+    if ready:
+        try:
+            result = receive.recv()
+        except EOFError:  # the child died before sending (a segfault, the memory limit)
+            pass
     child.join(5 if ready else 0)
     if child.is_alive():
         child.kill()
@@ -80,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{outcome:6s} {kind.category:9s} {kind.name:42s} {detail[:110]}")
     print()
     print(f"kinds tried: {len(ALL_KINDS)}, handled cleanly: {totals['clean']}, crashes: {totals['crash']}, "
-          f"silent: {totals['silent']}")
+          f"silent: {totals['silent']}, reported under another reason: {totals['other']}")
     for category in sorted({c for c, _ in per_category}):
-        counts = {o: per_category[(category, o)] for o in ("clean", "crash", "silent")}
+        counts = {o: per_category[(category, o)] for o in ("clean", "crash", "silent", "other")}
         print(f"  {category:9s} " + ", ".join(f"{o} {n}" for o, n in counts.items()))
     return 0 if totals["clean"] == len(ALL_KINDS) else 1
 
