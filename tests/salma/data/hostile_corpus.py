@@ -374,6 +374,39 @@ def _own_symlink_outside(root: Path) -> Action:
     return read_own_train(root)
 
 
+def _ref_sav_path(field: str, value: str) -> Callable[[Path], Action]:
+    def build(root):
+        from data_fixture_writers import write_ref_sav
+        from salma.data.ref_sav import read_ref_sav
+        folder = root / "ref_sav"
+        write_ref_sav(folder)
+        _json(folder / "Ref-SAV.json", lambda videos: next(iter(videos.values())).__setitem__(field, value))
+        return lambda on_bad: read_ref_sav(folder, "train", on_bad=on_bad)
+    return build
+
+
+def _gcg_image(value: str) -> Callable[[Path], Action]:
+    def build(root):
+        from data_fixture_writers import write_gcg
+        from salma.data.gcg import read_gcg
+        folder = root / "gcg"
+        write_gcg(folder)
+        _json(folder / "GranDf_HA_GCG_train.json", lambda entries: entries[0].__setitem__("file_name", value))
+        return lambda on_bad: read_gcg(folder, "train", layout="grandf", on_bad=on_bad)
+    return build
+
+
+def _chatunivi_video(value: str) -> Callable[[Path], Action]:
+    def build(root):
+        from data_fixture_writers import write_chatunivi
+        from salma.data.chatunivi import read_chatunivi
+        folder = root / "chatunivi"
+        write_chatunivi(folder)
+        _json(folder / "train.json", lambda entries: entries[0].__setitem__("video", value))
+        return lambda on_bad: read_chatunivi(folder, "train", video_folder="Activity_Videos", on_bad=on_bad)
+    return build
+
+
 ZERO_WIDTH = "\u200b\u200c\u200d\ufeff"
 LONE_SURROGATE = "the \udcff shape"
 
@@ -433,6 +466,12 @@ DATA_KINDS: list[Kind] = [
     Kind("own_image_absolute", "traversal", _own_line(lambda r: {"image": str(r / "own" / "photos" / "a.jpg"),
                                                                   "expression": "x"}), "path outside the dataset root"),
     Kind("own_image_symlink_outside", "traversal", _own_symlink_outside, "path outside the dataset root"),
+    Kind("ref_sav_video_path_dotdot", "traversal", _ref_sav_path("video_path", "../../outside.mp4"),
+         "path outside the dataset root"),
+    Kind("ref_sav_anno_path_absolute", "traversal", _ref_sav_path("anno_path", "/etc/hostname"),
+         "path outside the dataset root"),
+    Kind("gcg_image_dotdot", "traversal", _gcg_image("../../GranDf_HA_GCG_train.json"), "path outside the dataset root"),
+    Kind("chatunivi_video_absolute", "traversal", _chatunivi_video("/dev/zero"), "path outside the dataset root"),
 ]
 
 
