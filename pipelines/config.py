@@ -151,7 +151,7 @@ class TrainConfig(_Strict):
         if self.lr <= 0:
             raise ValueError(f"train.lr={self.lr} must be > 0")
         if self.grad_clip <= 0:
-            raise ValueError(f"train.grad_clip={self.grad_clip} must be > 0 (the largest gradient norm; 1.0 in the recipe)")
+            raise ValueError(f"train.grad_clip={self.grad_clip} must be > 0 (the recipe clips at 1.0)")
         if self.weight_decay < 0:
             raise ValueError(f"train.weight_decay={self.weight_decay} must be >= 0")
         if not all(0.0 <= b < 1.0 for b in self.betas):

@@ -179,7 +179,8 @@ def rle_entry_problem(entry: Any) -> str | None:
     if "counts" not in entry or "size" not in entry:
         return f"an RLE lacks {'counts' if 'counts' not in entry else 'size'}"
     size = entry["size"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+    integers = isinstance(size, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+    if not (integers and len(size) == 2):
         return f"an RLE size is {size!r}, not [height, width]"
     if not isinstance(entry["counts"], (str, bytes)):
         return f"RLE counts are a {type(entry['counts']).__name__}, not a string"

@@ -97,7 +97,7 @@ def read_refcoco(
             continue
         if image_id in duplicate_images:
             reporter.report(instances_path, "duplicate id", sample_id=str(image_id),
-                            detail="two images of instances.json have this id: which pixels the refs describe is unknown")
+                            detail="two images have this id: which pixels the refs describe is unknown")
             continue
         try:
             height, width = check_image_size(image.get("height"), image.get("width"))

@@ -88,10 +88,10 @@ def sample_example(
     frames = load_frames(record, positions) if positions else []
     if record.conversation and not record.referents:  # VQA / video QA: no masks
         rounds = [Round(prefix=t.question, answer=t.answer) for t in record.conversation]
-        return _within_context(
-            encode_example(frames=frames, masks=None, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry),
-            record, geometry,
+        example = encode_example(
+            frames=frames, masks=None, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry
         )
+        return _within_context(example, record, geometry)
     height, width = frames[0].shape[:2]
     if record.conversation:  # grounded captioning: every referent, in caption order
         referents = record.referents
@@ -107,7 +107,9 @@ def sample_example(
     )
 
 
-def _within_context(example: dict[str, np.ndarray], record: SampleRecord, geometry: ImageGeometry) -> dict[str, np.ndarray]:
+def _within_context(
+    example: dict[str, np.ndarray], record: SampleRecord, geometry: ImageGeometry
+) -> dict[str, np.ndarray]:
     """The example, unless its token sequence (image tokens, questions, answers) is longer than
     the language model's context: then it is a bad record, not truncated. Cutting it would drop
     answer tokens or ``[SEG]`` positions (and with them masks) from the end of the chat, so the

@@ -315,7 +315,8 @@ def _video_record(
         exp_problem = plain_name_problem(exp_id)
         if exp_problem is not None or exp_id in video.duplicate_exp_ids:
             reason = "id is not a plain name" if exp_problem is not None else "duplicate id"
-            reporter.report(expressions_path, reason, sample_id=key, detail=exp_problem or f"exp_id {exp_id!r} given twice")
+            detail = exp_problem or f"exp_id {exp_id!r} is given twice"
+            reporter.report(expressions_path, reason, sample_id=key, detail=detail)
             continue
         referent = _referent(
             video, str(exp_id), entry, key, expressions_path, masks, distractors, reporter, (height, width)
