@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, Strict, ValidationError, field_validator, model_validator
 
 from pipelines.config_errors import ConfigError, describe_validation_error
+from pipelines.config_yaml import parse_config_text, read_config_file
 from salma.config import PretrainOptions, SalmaConfig, SamplingOptions, StrictModel, deep_update, resolve_model_config
 
 
@@ -33,6 +33,15 @@ class SourceConfig(StrictModel):
     def _repeats(cls, v: int) -> int:
         if v < 1:
             raise ValueError(f"repeats={v} must be >= 1 (drop the source to exclude it)")
+        return v
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        from salma.data.sources import SOURCE_FORMAT_NAMES
+
+        if v not in SOURCE_FORMAT_NAMES:
+            raise ValueError(f"unknown source format {v!r}; use one of {', '.join(SOURCE_FORMAT_NAMES)}")
         return v
 
 
@@ -71,6 +80,13 @@ class DataConfig(SamplingOptions):
             raise ValueError(f"data.encode_actors={v} must be >= 1 (decode actors per train worker)")
         return v
 
+    @field_validator("cpus_per_task")
+    @classmethod
+    def _cpus(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"data.cpus_per_task={v} must be > 0 (fractions such as 0.5 are fine)")
+        return v
+
     @field_validator("max_bad_fraction")
     @classmethod
     def _fraction(cls, v: float) -> float:
@@ -94,7 +110,7 @@ class TrainConfig(StrictModel):
     # {"sam.sam.sam_mask_decoder": 0.3}; a prefix that matches no trained parameter is an error.
     lr_multipliers: dict[str, float] = {}
     weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: Annotated[tuple[float, float], Strict(False)] = (0.9, 0.999)  # YAML gives a list
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05
     checkpoint_every: int = 50
@@ -121,6 +137,23 @@ class TrainConfig(StrictModel):
             raise ValueError("train.grad_accum and train.batch_size_per_worker must be >= 1")
         if not 0.0 <= self.warmup_fraction <= 1.0:
             raise ValueError(f"train.warmup_fraction={self.warmup_fraction} must lie in [0, 1]")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr={self.lr} must be > 0")
+        if self.grad_clip <= 0:
+            raise ValueError(f"train.grad_clip={self.grad_clip} must be > 0 (the recipe clips at 1.0)")
+        if self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay={self.weight_decay} must be >= 0")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"train.betas={list(self.betas)} must each lie in [0, 1) (AdamW's moment decay rates)")
+        negative = {k: v for k, v in self.lr_multipliers.items() if v < 0}
+        if negative:
+            raise ValueError(f"train.lr_multipliers {negative} must be >= 0 (0 freezes, 1 keeps train.lr)")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"train.cpus_per_worker={self.cpus_per_worker} must be > 0")
+        if self.max_failures < 0:
+            raise ValueError(f"train.max_failures={self.max_failures} must be >= 0 (restarts after a worker failure)")
+        if self.startup_retries < -1:
+            raise ValueError(f"train.startup_retries={self.startup_retries} must be >= 0, or -1 for forever")
         if self.precision == "bf16" and self.use_gpu is False:
             pass  # bf16 works on CPU with DeepSpeed, only slower; allowed on purpose
         return self
@@ -244,7 +277,8 @@ class ExperimentConfig(StrictModel):
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["train.max_steps=20", "model.mba.enabled=false"]`` → nested dict (values parsed as YAML)."""
+    """``["train.max_steps=20", "model.mba.enabled=false"]`` → nested dict (values parsed as YAML,
+    with the checks of ``pipelines.config_yaml``)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -252,66 +286,24 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         node = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: {key.strip()!r} is not a dotted key path (e.g. train.max_steps)")
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(
+                    f"override {item!r} sets a key inside {where}, which another override sets to {node!r}; "
+                    f"drop one of the two"
+                )
+        node[parts[-1]] = parse_config_text(raw, source=f"override {item!r}")
     return out
-
-
-# A config file may start from another: ``base: salma_1b.yaml`` (a path relative to the file's
-# folder) is read first and the file's own keys are applied on top of it.
-BASE_KEY = "base"
-_MAX_BASE_DEPTH = 8
-
-
-def read_config_file(path: str | os.PathLike, *, kind: str = "config") -> dict[str, Any]:
-    """A config YAML as a mapping, its ``base:`` chain resolved: nested mappings merge key by key,
-    any other value (a list included) replaces the base's. Errors name the file (``kind`` says
-    which sort of config it is)."""
-    chain: list[Path] = []
-    layers: list[dict[str, Any]] = []
-    current = Path(path)
-    while True:
-        where = f"{kind} {current}" if not chain else f"{kind} {chain[0]}: its base {current}"
-        if current.resolve() in chain:
-            raise ConfigError(f"{where} is already in the chain of bases ({' -> '.join(map(str, chain))})")
-        if len(chain) == _MAX_BASE_DEPTH:
-            raise ConfigError(f"{kind} {chain[0]}: more than {_MAX_BASE_DEPTH} nested bases")
-        data = read_config_mapping(current, where)
-        chain.append(current.resolve())
-        base = data.pop(BASE_KEY, None)
-        layers.append(data)
-        if base is None:
-            break
-        if not isinstance(base, str) or not base:
-            raise ConfigError(f"{where}: base must be the path of another YAML file (e.g. base: salma_1b.yaml)")
-        current = current.parent / base
-    merged: dict[str, Any] = {}
-    for layer in reversed(layers):
-        merged = deep_update(merged, layer)
-    return merged
-
-
-def read_config_mapping(path: str | os.PathLike, where: str) -> dict[str, Any]:
-    """One YAML file as a mapping (no ``base:`` resolution); errors begin with ``where``."""
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{where} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{where} is a folder; pass a YAML file (e.g. experiments/quickstart.yaml)") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping at the top level")
-    return data
 
 
 def load_experiment(path: str | os.PathLike | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read an experiment YAML (deltas, with its ``base:`` chain), apply overrides, validate.
     Errors name the file."""
-    data = {} if path is None else read_config_file(path, kind="experiment config")
+    data = {} if path is None else read_config_file(path, what="experiment config")
     given = parse_overrides(overrides or [])
     data = deep_update(data, given)
     try:

@@ -113,12 +113,16 @@ def read_mixture(sources: list[SourceConfig], *, bad: BadRecordLog | None = None
         records = read_source(s.format, s.root, s.split, on_bad=on_bad, **s.options)
         if not records:
             raise DatasetFormatError(s.root, f"data source {s.name!r} ({s.format}, split {s.split}) has no usable records")
-        unlabelled = [r.sample_id for r in records if r.meta.get("has_ground_truth") is False]
+        unlabelled = [r for r in records if r.meta.get("has_ground_truth") is False]
         if unlabelled:
+            # Name the mask file the reader looked for (a MeViS mask_dict.json, a Ref-YouTube-VOS
+            # Annotations/ folder): its absence is the usual cause, and every mask would be empty.
+            mask_files = {str(ref.meta["mask_file"]) for ref in unlabelled[0].referents if "mask_file" in ref.meta}
+            where = f"{', '.join(sorted(mask_files))}: " if mask_files else ""
             raise DatasetFormatError(
-                s.root, f"data source {s.name!r} (split {s.split}): {len(unlabelled)} records have expressions "
-                f"without masks (e.g. {unlabelled[0]}); training needs a mask for each, so add them or move "
-                "those lines to a split used only for inference"
+                s.root, f"data source {s.name!r} (split {s.split}): {where}{len(unlabelled)} records have expressions "
+                f"without masks (e.g. {unlabelled[0].sample_id}); training needs a mask for each, so add "
+                "the mask file or move those records to a split used only for inference"
             )
         logger.info("source %s: %d records (x%d repeats)", s.name, len(records), s.repeats)
         out.append(records)

@@ -64,7 +64,16 @@ from pipelines.infer import (
     parse_options,
     read_records,
 )
-from pipelines.prediction_folder import DIAGNOSTICS, RESULTS, RUN_INFO, VISUALS_DIR, prediction_id, write_text_atomic
+from pipelines.prediction_folder import (
+    BAD_RECORDS,
+    DIAGNOSTICS,
+    RESULTS,
+    RUN_INFO,
+    VISUALS_DIR,
+    prediction_id,
+    write_json_atomic,
+    write_text_atomic,
+)
 from salma.data.masks import decode_rle
 from salma.data.record import SampleRecord
 from salma.drift_score import DriftTerms, attention_drift_score
@@ -106,6 +115,8 @@ class BenchmarkScores:
     counts: dict[str, float] = field(default_factory=dict)
     drift: dict[str, float] | None = None
     per_expression: list[dict[str, Any]] = field(default_factory=list)
+    # What the reader left out (bad_records.json entries): not in the denominator.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         """Flat MLflow metric names: ``eval/<name>/<metric>`` (ReVOS: ``eval/<name>/<group>/<metric>``)."""
@@ -156,9 +167,10 @@ def score_predictions(
     if not results_path.is_file():
         raise EvaluationError(f"{results_path} does not exist; run salma infer first (or finish the interrupted run)")
     results = json.loads(results_path.read_text())
-    records = read_records(source, max_samples)
+    skipped: list[dict[str, Any]] = []
+    records = read_records(source, max_samples, skipped=skipped)
     if source.format == "own_data":
-        return _with_diagnostics(_score_own(source, records, results, workers, pred), pred)
+        return _with_skipped(_with_diagnostics(_score_own(source, records, results, workers, pred), pred), skipped)
     missing_truth = [r.sample_id for r in records if r.meta.get("has_ground_truth") is False]
     if missing_truth:
         raise EvaluationError(
@@ -170,7 +182,43 @@ def score_predictions(
         scores = _score_images(source, records, results)
     else:
         scores = _score_videos(source, records, results, workers)
-    return _with_diagnostics(scores, pred)
+    return _with_skipped(_with_diagnostics(scores, pred), skipped)
+
+
+def _with_skipped(scores: BenchmarkScores, skipped: list[dict[str, Any]]) -> BenchmarkScores:
+    """Record what the reader left out of the denominator: ground-truth referents whose
+    annotations are missing, unreadable videos, ... (``skipped_by_reader`` in the counts, the
+    entries in ``scores.skipped``, a note under the table, ``bad_records.json``). A record left
+    with no referent is reported once more as "no usable referents"; that repeat is not counted."""
+    scores.skipped = [s for s in skipped if s["reason"] != "no usable referents"]
+    if scores.skipped:
+        scores.counts["skipped_by_reader"] = float(len(scores.skipped))
+        logger.warning("%s: %d referents or records are not scored: %s", scores.name, len(scores.skipped),
+                       skipped_summary(scores.skipped))
+    return scores
+
+
+def skipped_summary(skipped: Sequence[dict[str, Any]]) -> str:
+    """``"3 x anno_id missing from mask_dict, 1 x missing frame file"``."""
+    reasons: dict[str, int] = {}
+    for entry in skipped:
+        reasons[entry["reason"]] = reasons.get(entry["reason"], 0) + 1
+    return ", ".join(f"{n} x {reason}" for reason, n in sorted(reasons.items()))
+
+
+def write_skipped(out: Path, scores: Sequence[BenchmarkScores]) -> None:
+    """Put what the reader skipped into ``out/bad_records.json``: entries of ``salma infer``'s own
+    decoding (no ``"stage": "index"``) are kept, its reader entries replaced by the evaluation's."""
+    path = out / BAD_RECORDS
+    kept: list[Any] = []
+    if path.is_file():
+        try:
+            kept = [e for e in json.loads(path.read_text()) if not (isinstance(e, dict) and e.get("stage") == "index")]
+        except (ValueError, TypeError) as err:
+            logger.warning("%s is unreadable (%s); writing it again", path, err)
+    entries = [{"benchmark": s.name, **e} for s in scores for e in s.skipped]
+    if entries or kept:
+        write_json_atomic(path, [*kept, *entries])
 
 
 def _with_diagnostics(scores: BenchmarkScores, pred: Path) -> BenchmarkScores:
@@ -387,6 +435,10 @@ def write_tables(scores: Sequence[BenchmarkScores], out_dir: str | os.PathLike) 
         long_rows += [(s.name, s.format, s.split, "counts", k, f"{v:g}") for k, v in s.counts.items()]
         if s.drift:
             long_rows += [(s.name, s.format, s.split, "drift", k, f"{v:.6f}") for k, v in s.drift.items()]
+    notes = [f"- {s.name}: {len(s.skipped)} referent(s) or record(s) of the split skipped and not scored "
+             f"({skipped_summary(s.skipped)}); see {BAD_RECORDS}" for s in scores if s.skipped]
+    if notes:
+        md += ["", *notes]
     write_text_atomic(out / TABLE_MD, "\n".join(md) + "\n")
     write_text_atomic(out / TABLE_CSV, _csv(long_rows))
     keys = ["benchmark"] + sorted({k for s in scores for row in s.per_expression for k in row})
@@ -497,6 +549,7 @@ def evaluate(
     out = Path(out_dir).expanduser().resolve() if out_dir is not None else pred
     out.mkdir(parents=True, exist_ok=True)
     tables = write_tables([scores], out)
+    write_skipped(out, [scores])
     metrics = scores.metrics()
     run_id = None
     if tracking is not None:
@@ -553,6 +606,7 @@ def evaluate_model(
     if not all_scores:
         raise ValueError("evaluate_model needs at least one source")
     tables = write_tables(all_scores, out)
+    write_skipped(out, all_scores)
     metrics = {k: v for s in all_scores for k, v in s.metrics().items()}
     if run_id is not None or tracking_uri is not None:
         uri = tracking_uri or _default_tracking_uri("runs")

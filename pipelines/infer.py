@@ -23,7 +23,9 @@ Output folder::
     <out>/submission.zip      with ``--zip``: the PNGs zipped for the benchmark server
     <out>/diagnostics.json    per prediction: answer, key frames, attention-drift energy sums
     <out>/visuals/<key>.png   visual report of the first ``--visual-samples`` records
-    <out>/bad_records.json    records whose frames or masks could not be decoded, if any
+    <out>/bad_records.json    records whose frames or masks could not be decoded, and records,
+                              referents or sentences the reader skipped (``"stage": "index"``:
+                              a missing file, an id that is not a plain name, ...), if any
 
 Your own data (``--dataset own_data:DIR --split NAME`` reads ``DIR/NAME.jsonl``, see
 ``salma.data.own_data``) gets one PNG mask per expression under ``<out>/masks/``, a
@@ -76,6 +78,7 @@ from pipelines.prediction_folder import (
     shard_key,
     write_json_atomic,
     write_record_outputs,
+    expected_annotation_folders,
     zip_submission,
 )
 from salma.data.decode import decode_masks, load_frames
@@ -109,6 +112,8 @@ class InferSummary:
     results_path: str | None
     # Per predicted record: sample_id, frames, seconds, started_at / finished_at (wall clock).
     per_record: list[dict[str, Any]] = field(default_factory=list)
+    # Records, referents or sentences the reader skipped (listed in bad_records.json).
+    skipped_at_index: int = 0
 
     @property
     def frames_per_second(self) -> float:
@@ -168,9 +173,18 @@ def media_of(source: SourceConfig) -> str:
     )
 
 
-def read_records(source: SourceConfig, max_samples: int | None = None) -> list[SampleRecord]:
+def read_records(
+    source: SourceConfig, max_samples: int | None = None, *, skipped: list[dict[str, Any]] | None = None
+) -> list[SampleRecord]:
+    """The split's records, sorted; what the reader skips is appended to ``skipped`` (one
+    ``bad_records.json`` entry each) when given."""
     media_of(source)
-    records = read_source(source.format, source.root, source.split, **source.options)
+    on_bad = None
+    if skipped is not None:
+        def on_bad(err: BadRecordError) -> None:
+            skipped.append({"sample_id": err.sample_id, "path": err.path, "reason": err.reason,
+                            "detail": err.detail, "stage": "index"})
+    records = read_source(source.format, source.root, source.split, on_bad=on_bad, **source.options)
     records.sort(key=lambda r: r.sample_id)
     return records[:max_samples] if max_samples is not None else records
 
@@ -533,7 +547,11 @@ def infer(
         "split": source.split, "options": source.options, "media": media, **settings.model_dump(),
     }
     out = _prepare_folder(out_dir, resume=resume, info=info)
-    records = read_records(source, settings.max_samples)
+    skipped: list[dict[str, Any]] = []
+    records = read_records(source, settings.max_samples, skipped=skipped)
+    if skipped:
+        logger.warning("infer %s: the reader skipped %d record(s), referent(s) or sentence(s); see %s",
+                       source.name, len(skipped), out / BAD_RECORDS)
     if not records:
         raise InferenceError(f"{source.format}:{source.root} split {source.split!r} has no usable records")
     todo, resumed = _pending(out, records)
@@ -546,15 +564,15 @@ def infer(
                                        own=media == "mixed", overlays=overlays)
     write_json_atomic(out / RUN_INFO, info)  # (also when every record was done already)
     seconds = time.perf_counter() - started
-    _check_bad(out, bad, len(records), max_bad_fraction)
+    _check_bad(out, bad, len(records), max_bad_fraction, skipped=skipped)
     bad_ids = {b["sample_id"] for b in bad}
     kept = [r for r in records if r.sample_id not in bad_ids]
     results = merge_own_results(out, kept) if media == "mixed" else merge_results(out, kept, media)
     if zip_annotations and media == "video":
-        logger.info("wrote %s", zip_submission(out, source.format))
+        logger.info("wrote %s", zip_submission(out, source.format, expected=expected_annotation_folders(kept)))
     frames = sum(r["frames"] for r in per_record)
     summary = InferSummary(str(out), source.name, len(records), len(per_record), resumed, len(bad), frames, seconds,
-                           str(results), per_record)
+                           str(results), per_record, len(skipped))
     logger.info("infer %s: %d records predicted, %d resumed, %d bad; %d frames in %.1f s (%.1f frames/s) → %s",
                 source.name, summary.predicted, resumed, len(bad), frames, seconds, summary.frames_per_second, results)
     return summary
@@ -621,11 +639,15 @@ def _predict_pending(
     return bad, per_record
 
 
-def _check_bad(out: Path, bad: list[dict[str, Any]], total: int, max_bad_fraction: float) -> None:
+def _check_bad(
+    out: Path, bad: list[dict[str, Any]], total: int, max_bad_fraction: float, *, skipped: Sequence[dict] = ()
+) -> None:
+    """Write ``bad_records.json`` (decode failures, then what the reader skipped); raise when the
+    decode failures pass ``max_bad_fraction`` of the records."""
     (out / BAD_RECORDS).unlink(missing_ok=True)
-    if not bad:
+    if not bad and not skipped:
         return
-    write_json_atomic(out / BAD_RECORDS, bad)
+    write_json_atomic(out / BAD_RECORDS, [*bad, *skipped])
     if len(bad) > max_bad_fraction * total:
         raise InferenceError(
             f"{len(bad)} of {total} records could not be decoded (see {out / BAD_RECORDS}); "

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from salma.data.confinement import plain_name_problem
 from salma.data.masks import decode_rle
 from salma.data.record import SampleRecord
 
@@ -42,7 +43,19 @@ IDENTITY_KEYS = ("model", "format", "root", "split", "options", "generate", "num
 
 
 class OutputFolderError(RuntimeError):
-    """The output folder holds predictions made with another model or other settings."""
+    """The output folder holds predictions made with another model or other settings, or an
+    output path would not be a plain name inside it."""
+
+
+def inside_out(out: Path, *names: str) -> Path:
+    """``out / names[0] / names[1] / ...``, each name a plain file name (ids from the dataset
+    become folder and file names here; the readers already refuse others, this is the last
+    line of defence against writing outside ``out``)."""
+    for name in names:
+        problem = plain_name_problem(name)
+        if problem is not None:
+            raise OutputFolderError(f"refusing to write under {out}: {problem}")
+    return out.joinpath(*names)
 
 
 def shard_key(sample_id: str) -> str:
@@ -109,9 +122,9 @@ def write_record_outputs(out: Path, shard: dict, png: bytes | None, *, annotatio
     ``annotations``: a video's benchmark PNG layout (own data has its own, written before)."""
     if shard["media"] == "video" and annotations:
         for p in shard["predictions"]:
-            folder = out / ANNOTATIONS_DIR / shard["sample_id"] / prediction_id(p["ref_id"], p["sent_index"])
+            folder = inside_out(out / ANNOTATIONS_DIR, shard["sample_id"], prediction_id(p["ref_id"], p["sent_index"]))
             for name, rle in zip(shard["frame_names"], p["masks"], strict=True):
-                write_png_atomic(folder / f"{name}.png", decode_rle(rle))
+                write_png_atomic(inside_out(folder, f"{name}.png"), decode_rle(rle))
     if png:
         (out / VISUALS_DIR).mkdir(parents=True, exist_ok=True)
         tmp = out / VISUALS_DIR / f".{shard['key']}.png.tmp"
@@ -192,12 +205,27 @@ def _sent_ids(record: SampleRecord) -> dict[tuple[str, int], Any]:
     return out
 
 
-def zip_submission(out: Path, source_format: str) -> Path:
+def expected_annotation_folders(records: Sequence[SampleRecord]) -> set[str]:
+    """``<video_id>/<exp_id>`` of every prediction of the records: what the archive must hold."""
+    return {f"{r.sample_id}/{prediction_id(ref_id, i)}" for r in records for ref_id, i in expected_predictions(r)}
+
+
+def zip_submission(out: Path, source_format: str, *, expected: set[str] | None = None) -> Path:
     """``submission.zip`` for the benchmark servers. Ref-YouTube-VOS (CodaLab, ReferFormer's
     instructions) takes the ``Annotations/`` folder itself; MeViS (CodaLab) takes the video folders
     at the top of the archive (its baseline zips the contents of its output folder). Others (no
-    public server) get the Ref-YouTube-VOS layout."""
+    public server) get the Ref-YouTube-VOS layout. ``expected`` (``expected_annotation_folders``):
+    every one must be in the archive, else ``OutputFolderError`` names the missing ones, so that
+    no expression is left out silently."""
     annotations = out / ANNOTATIONS_DIR
+    if expected:
+        present = {p.parent.relative_to(annotations).as_posix() for p in annotations.glob("*/*/*.png")}
+        missing = sorted(expected - present)
+        if missing:
+            raise OutputFolderError(
+                f"{len(missing)} expression(s) have no PNGs under {annotations} (e.g. {missing[0]}); "
+                "rerun without --restart to predict them, then zip again"
+            )
     prefix = "" if source_format == "mevis" else f"{ANNOTATIONS_DIR}/"
     tmp = out / ".submission.zip.tmp"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:

@@ -50,7 +50,8 @@ from pydantic import Field, ValidationError, model_validator
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from pipelines import console, tracking
-from pipelines.config import ExperimentConfig, parse_overrides, read_config_file, read_config_mapping
+from pipelines.config import ExperimentConfig, parse_overrides
+from pipelines.config_yaml import read_config_file, read_config_mapping
 from pipelines.config_errors import ConfigError, describe_validation_error
 from pipelines.run_folder import RUN_FILE
 from salma.config import StrictModel, deep_update
@@ -209,7 +210,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     """Read a sweep YAML, apply ``key=value`` overrides (``sweep.*`` and ``base`` go to the sweep,
     anything else to the experiment), inline the base, expand and validate every trial's config."""
     path = Path(path)
-    raw = read_config_mapping(path, f"sweep {path}")  # its base is resolved below, after the overrides
+    raw = read_config_mapping(path, what="sweep")  # its base is resolved below, after the overrides
     raw = deep_update(raw, parse_overrides(overrides or []))
     if "sweep" not in raw:
         raise ConfigError(f"{path} has no sweep: section (a plain experiment runs with salma train)")
@@ -218,7 +219,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     experiment: dict[str, Any] = {}
     if base is not None:
         base_path = (path.parent / base).resolve()
-        experiment = read_config_file(base_path, kind="experiment config")
+        experiment = read_config_file(base_path, what="experiment config")
         if "sweep" in experiment:
             raise ConfigError(f"{path}: base {base_path} must be a plain experiment YAML, not a sweep")
     experiment = deep_update(experiment, raw)

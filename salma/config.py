@@ -19,10 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class StrictModel(BaseModel):
-    """The base of every config type of the project (``pipelines`` included): unknown keys are
-    errors and assignments are validated."""
+    """Base of every config section (``pipelines`` included): unknown keys are errors, values keep their types (``true``
+    or ``'4'`` are not numbers; ``strict=True``), and no number is NaN or infinite
+    (``allow_inf_nan=False``: a NaN learning rate would otherwise pass every ``<=``/``>=`` check
+    and fail only inside the workers)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True, allow_inf_nan=False
+    )
+
 
 
 class VisionArch(StrictModel):
@@ -305,7 +310,7 @@ class SamplingOptions(StrictModel):
     def _check(self) -> "SamplingOptions":
         for name in ("num_frames", "max_objects"):
             if getattr(self, name) < 1:
-                raise ValueError(f"data.{name}={getattr(self, name)} must be >= 1")
+                raise ValueError(f"data.{name}={getattr(self, name)} must be >= 1 (frames / objects per sample)")
         return self
 
     def sampling_options(self) -> "SamplingOptions":

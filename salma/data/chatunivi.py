@@ -19,6 +19,7 @@ from pathlib import Path
 
 from salma.data.annotation_files import load_json_file, require_list
 from salma.data.conversation_json import entry_id, image_or_text_record, parse_conversation
+from salma.data.confinement import OutsideRootError, confined_path
 from salma.data.decode import probe_video
 from salma.data.errors import BadRecordError, BadRecordReporter, OnBad
 from salma.data.record import SampleRecord
@@ -32,6 +33,7 @@ def read_chatunivi(
     video_folder: str | Path = ".",
     image_folder: str | Path = ".",
     frame_stride: int = 1,
+    allow_outside_root: bool = False,
     on_bad: OnBad | None = None,
 ) -> list[SampleRecord]:
     if frame_stride < 1:
@@ -58,6 +60,7 @@ def read_chatunivi(
             record = image_or_text_record(
                 entry, index, source="chatunivi", split=split, annotation_path=annotation_path,
                 image_folder=images_dir, turns=turns, reporter=reporter,
+                allow_outside_root=allow_outside_root,
             )
             if record is not None:
                 records.append(record)
@@ -65,7 +68,11 @@ def read_chatunivi(
         if not isinstance(video, str) or not video:
             reporter.report(annotation_path, "malformed entry", sample_id=sample_id, detail="'video' is not a path")
             continue
-        path = videos_dir / video
+        try:
+            path = confined_path(videos_dir, video, allow_outside_root=allow_outside_root)
+        except OutsideRootError as exc:
+            reporter.report(annotation_path, "path outside the dataset root", sample_id=sample_id, detail=str(exc))
+            continue
         try:
             count, height, width = probe_video(path)
         except BadRecordError as exc:

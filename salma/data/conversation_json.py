@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from salma.data.confinement import OutsideRootError, confined_path, unpaired_surrogate
 from salma.data.decode import probe_image_size
 from salma.data.errors import BadRecordError, BadRecordReporter
 from salma.data.record import SampleRecord, Turn
@@ -26,9 +27,12 @@ def parse_conversation(messages: Any) -> list[Turn]:
     """Question/answer turns of a LLaVA ``conversations`` list; ValueError when malformed."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("'conversations' must be a non-empty list")
-    for m in messages:
+    for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("value"), str) or m.get("from") not in _HUMAN + _ASSISTANT:
             raise ValueError(f"a message must have 'from' (human/gpt) and a string 'value': {m!r:.120}")
+        if unpaired_surrogate(m["value"]) is not None:
+            # JSON admits "\udcff"; the tokenizer cannot encode it and would fail mid-job.
+            raise ValueError(f"message {i} is not valid Unicode (an unpaired surrogate)")
     start = 0
     while start < len(messages) and messages[start]["from"] in _ASSISTANT:
         start += 1
@@ -66,8 +70,10 @@ def image_or_text_record(
     image_folder: Path,
     turns: list[Turn],
     reporter: BadRecordReporter,
+    allow_outside_root: bool = False,
 ) -> SampleRecord | None:
-    """A record for an entry with one ``image`` (media "image") or none (media "none")."""
+    """A record for an entry with one ``image`` (media "image") or none (media "none"). The
+    image path must stay inside ``image_folder`` (``salma.data.confinement``)."""
     sample_id = entry_id(entry, index)
     image = entry.get("image")
     if image is None:
@@ -83,7 +89,11 @@ def image_or_text_record(
     if not isinstance(image, str) or not image:
         reporter.report(annotation_path, "malformed entry", sample_id=sample_id, detail="'image' is not a path")
         return None
-    path = image_folder / image
+    try:
+        path = confined_path(image_folder, image, allow_outside_root=allow_outside_root)
+    except OutsideRootError as exc:
+        reporter.report(annotation_path, "path outside the dataset root", sample_id=sample_id, detail=str(exc))
+        return None
     try:
         height, width = probe_image_size(path, missing_reason="missing image file")
     except BadRecordError as exc:

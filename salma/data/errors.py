@@ -60,6 +60,15 @@ BAD_REASONS: Final[tuple[str, ...]] = (
     "frame size disagrees with record",
     "unsupported sample",
     "no usable referents",
+    "text is not valid Unicode",
+    "expression too long",
+    "sequence longer than the model context",
+    "path outside the dataset root",
+    "id is not a plain name",
+    "duplicate id",
+    "malformed polygon",
+    "mask is empty",
+    "invalid image size",
 )
 
 

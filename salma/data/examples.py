@@ -27,6 +27,9 @@ class ImageGeometry:
     use_thumbnail: bool
     tokens_per_tile: int
     sam_size: int
+    # The language model's context (positions); None when the config does not give it (a model
+    # loaded from ``mllm.path`` carries its own, which this does not read).
+    context_tokens: int | None = None
 
     @classmethod
     def from_config(cls, config) -> "ImageGeometry":
@@ -38,6 +41,7 @@ class ImageGeometry:
             use_thumbnail=m.use_thumbnail,
             tokens_per_tile=m.tokens_per_tile,
             sam_size=config.sam.image_size,
+            context_tokens=m.text.max_position_embeddings if m.path is None else None,
         )
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from salma.data.annotation_files import load_json_file, require_list
+from salma.data.confinement import OutsideRootError, confined_path, unpaired_surrogate
 from salma.data.decode import probe_image_size
 from salma.data.errors import BadRecordError, BadRecordReporter, OnBad
 from salma.data.masks import RLE, MaskSizeError, segmentation_to_rle
@@ -46,6 +47,7 @@ def read_gcg(
     layout: GcgLayout = "refcocog_gcg",
     annotation_file: str | None = None,
     image_folder: str | Path = "images",
+    allow_outside_root: bool = False,
     on_bad: OnBad | None = None,
 ) -> list[SampleRecord]:
     if layout not in _DEFAULT_FILES:
@@ -64,7 +66,7 @@ def read_gcg(
         if not isinstance(entry, dict):
             reporter.report(annotation_path, "malformed entry", sample_id=str(index), detail="not an object")
             continue
-        record = _record(entry, index, layout, split, annotation_path, images_dir, reporter)
+        record = _record(entry, index, layout, split, annotation_path, images_dir, reporter, allow_outside_root)
         if record is not None:
             records.append(record)
     reporter.finish()
@@ -79,6 +81,7 @@ def _record(
     annotation_path: Path,
     images_dir: Path,
     reporter: BadRecordReporter,
+    allow_outside_root: bool,
 ) -> SampleRecord | None:
     file_name = entry.get("img_file_name" if layout == "refcocog_gcg" else "file_name")
     sample_id = str(entry.get("id", entry.get("image_id", file_name if file_name else index)))
@@ -86,7 +89,14 @@ def _record(
     if not isinstance(file_name, str) or not isinstance(caption, str):
         reporter.report(annotation_path, "malformed entry", sample_id=sample_id, detail="no image file name or caption")
         return None
-    path = images_dir / file_name
+    if unpaired_surrogate(caption) is not None:
+        reporter.report(annotation_path, "text is not valid Unicode", sample_id=sample_id, detail="caption")
+        return None
+    try:
+        path = confined_path(images_dir, file_name, allow_outside_root=allow_outside_root)
+    except OutsideRootError as exc:
+        reporter.report(annotation_path, "path outside the dataset root", sample_id=sample_id, detail=str(exc))
+        return None
     try:
         height, width = probe_image_size(path, missing_reason="missing image file")
     except BadRecordError as exc:

@@ -29,6 +29,7 @@ def read_llava(
     *,
     annotation_file: str = "{split}.json",
     image_folder: str | Path = ".",
+    allow_outside_root: bool = False,
     on_bad: OnBad | None = None,
 ) -> list[SampleRecord]:
     root_dir = Path(root).absolute()
@@ -49,6 +50,7 @@ def read_llava(
         record = image_or_text_record(
             entry, index, source="llava", split=split, annotation_path=annotation_path,
             image_folder=images_dir, turns=turns, reporter=reporter,
+                allow_outside_root=allow_outside_root,
         )
         if record is not None:
             records.append(record)

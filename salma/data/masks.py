@@ -26,6 +26,48 @@ class MaskSizeError(ValueError):
     """An RLE whose ``size`` is not the size of the image it annotates."""
 
 
+class PolygonError(ValueError):
+    """A polygon that cannot be rasterised safely: non-finite or far-out coordinates."""
+
+
+# pycocotools rasterises a polygon by walking each edge pixel by pixel (at 5x resolution): its
+# cost grows with the edge length, so a coordinate of 1e12 exhausts memory and NaN / inf crash
+# the process. Coordinates are therefore checked first: they must be finite and lie within one
+# image size beyond the image on each side (parts of an object may legitimately stick out a
+# little; nothing real lies further out). The largest image side accepted anywhere:
+MAX_IMAGE_SIDE = 1 << 15
+
+
+def check_polygon(coordinates: Sequence[Any], height: int, width: int) -> list[float]:
+    """``[x0, y0, x1, y1, ...]`` as floats; ``PolygonError`` when it cannot be rasterised safely."""
+    try:
+        values = [float(v) for v in coordinates]
+    except (TypeError, ValueError) as err:
+        raise PolygonError(f"a polygon coordinate is not a number: {err}") from None
+    if len(values) < 6 or len(values) % 2:
+        # pycocotools reads a 4-number list as a box, so a polygon needs at least 3 points.
+        raise PolygonError(f"a polygon needs an even number (>= 6) of coordinates, got {len(values)}")
+    array = np.asarray(values)
+    if not np.isfinite(array).all():
+        raise PolygonError("a polygon has a NaN or infinite coordinate")
+    xs, ys = array[0::2], array[1::2]
+    if xs.min() < -width or xs.max() > 2 * width or ys.min() < -height or ys.max() > 2 * height:
+        raise PolygonError(
+            f"a polygon reaches ({xs.min():.4g}..{xs.max():.4g}, {ys.min():.4g}..{ys.max():.4g}), more than one "
+            f"image size outside the {width}x{height} image"
+        )
+    return values
+
+
+def check_image_size(height: Any, width: Any) -> tuple[int, int]:
+    """(height, width) as ints in 1..``MAX_IMAGE_SIDE``; ValueError otherwise (a missing,
+    non-integer, boolean, zero, negative or absurd size from an annotation file)."""
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMAGE_SIDE:
+            raise ValueError(f"{name} {value!r} is not an integer in 1..{MAX_IMAGE_SIDE}")
+    return height, width
+
+
 def encode_mask(mask: np.ndarray) -> RLE:
     """(H, W) bool/uint8 mask -> compressed RLE with ``str`` counts."""
     if mask.ndim != 2:
@@ -61,19 +103,22 @@ def merge_rles(rles: Sequence[RLE]) -> RLE:
         raise ValueError(f"merge_rles: masks of different sizes {sorted(sizes)}")
     if len(rles) == 1:
         return stored_rle(rles[0])
+    for rle in rles:
+        validate_rle(rle)  # pycocotools' merge trusts the runs it is given
     merged = coco_mask.merge([_as_pycocotools(r) for r in rles], intersect=0)
     return stored_rle(merged)
 
 
 def polygons_to_rle(polygons: Sequence[Sequence[float]], height: int, width: int) -> RLE:
     """COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` (parts of one object) -> one merged RLE."""
-    parts = [list(map(float, p)) for p in polygons]
-    if not parts:
+    if not polygons:
         return empty_rle(height, width)
-    for p in parts:
-        # pycocotools reads a 4-number list as a box, so a polygon needs at least 3 points.
-        if len(p) < 6 or len(p) % 2:
-            raise ValueError(f"a polygon needs an even number (>= 6) of coordinates, got {len(p)}")
+    check_image_size(height, width)
+    parts = []
+    for p in polygons:
+        if not isinstance(p, (list, tuple)):
+            raise PolygonError(f"a polygon is a list of coordinates, got {type(p).__name__}")
+        parts.append(check_polygon(p, height, width))
     return merge_rles([stored_rle(r) for r in coco_mask.frPyObjects(parts, height, width)])
 
 
@@ -91,7 +136,9 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> RLE:
         counts = segmentation["counts"]
         if isinstance(counts, list):
             # Uncompressed RLE (COCO's iscrowd annotations).
-            if sum(int(c) for c in counts) != height * width:
+            if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
+                raise ValueError("uncompressed RLE counts must be non-negative integers")
+            if sum(counts) != height * width:
                 raise ValueError("uncompressed RLE runs do not cover the image")
             return stored_rle(coco_mask.frPyObjects(segmentation, height, width))
         rle = stored_rle(segmentation)
@@ -119,6 +166,25 @@ def refer_mask_rle(segmentation: Any, height: int, width: int) -> RLE:
     for part in parts:
         summed += part.astype(np.uint8)  # uint8 arithmetic, as np.sum(...).astype(np.uint8) there
     return encode_mask(summed == 1)
+
+
+def rle_entry_problem(entry: Any) -> str | None:
+    """Why one stored mask entry of a ``mask_dict`` is unusable (it is None or an RLE dict with
+    a two-number ``size`` and string ``counts``), or None. Structure only; the runs are checked
+    when the mask is decoded or merged (``validate_rle``)."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        return f"a mask entry is a {type(entry).__name__}, not an RLE object or null"
+    if "counts" not in entry or "size" not in entry:
+        return f"an RLE lacks {'counts' if 'counts' not in entry else 'size'}"
+    size = entry["size"]
+    integers = isinstance(size, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+    if not (integers and len(size) == 2):
+        return f"an RLE size is {size!r}, not [height, width]"
+    if not isinstance(entry["counts"], (str, bytes)):
+        return f"RLE counts are a {type(entry['counts']).__name__}, not a string"
+    return None
 
 
 def rle_area(rle: RLE) -> int:

@@ -35,6 +35,7 @@ def read_mevis(
     mask_file: str = "mask_dict.json",
     image_folder: str = "JPEGImages",
     check_files: bool = True,
+    allow_outside_root: bool = False,
     on_bad: OnBad | None = None,
 ) -> list[SampleRecord]:
     """Read one MeViS split. ``check_files`` lists each video folder once to catch missing frames."""
@@ -49,6 +50,7 @@ def read_mevis(
         masks=mask_source(split_dir / mask_file),
         on_bad=on_bad,
         check_files=check_files,
+        allow_outside_root=allow_outside_root,
     )
 
 

@@ -33,8 +33,9 @@ Lines naming the same image or video become one record with one referent per lin
 ground truth (``meta["has_ground_truth"]``); a line without one has ``None`` masks and
 ``meta["has_mask"] = False``.
 
-Files are untrusted: every path must stay inside ``root`` (no absolute paths, no ``..`` that
-leaves it) unless ``allow_outside_root=True``; a line that cannot be used (not JSON, no
+Files are untrusted: every path is relative to ``root`` (the folder holding the JSON Lines file)
+and must stay inside it (no absolute paths, no ``..`` that leaves it, no symlink that resolves
+outside it) unless ``allow_outside_root=True``; a line that cannot be used (not JSON, no
 expression, a missing file, a mask of another size than its image, an unreadable PNG) is
 reported with the file, its line and the reason (``salma.data.errors``) and dropped. A file
 that is missing, not UTF-8, or in which no line is a JSON object raises ``DatasetFormatError``.
@@ -54,11 +55,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from salma.data.confinement import resolves_inside, unpaired_surrogate
 from salma.data.decode import probe_image_size, probe_video
 from salma.data.errors import BadRecordError, BadRecordReporter, DatasetFormatError, OnBad
 from salma.data.masks import RLE, MaskSizeError, encode_mask, segmentation_to_rle
 from salma.data.record import Referent, SampleRecord
-from salma.data.video_expressions import clean_expression
+from salma.data.video_expressions import clean_expression, expression_problem
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -160,7 +162,9 @@ class _Reader:
             raise _LineError("malformed entry", f"line {number} has unknown keys {unknown}")
         expressions = _expressions(line.get("expression"))
         if not expressions:
-            raise _LineError("empty expression", f"line {number} has no expression")
+            first = line.get("expression")
+            first = first[0] if isinstance(first, list) and first else first
+            raise _LineError(expression_problem(first) or "empty expression", f"line {number} has no usable expression")
         ref_id = line.get("id", f"line{number}")
         if not isinstance(ref_id, str) or not ID_PATTERN.fullmatch(ref_id) or ref_id in (".", ".."):
             raise _LineError("malformed entry", f"line {number}: id {ref_id!r} must be 1-64 of A-Z a-z 0-9 _ . -")
@@ -181,10 +185,14 @@ class _Reader:
     # ------------------------------------------------------------------ paths and media
     def _relative(self, text: str, number: int) -> str:
         """The normalised relative path; refuses one that leaves ``root``."""
+        if "\x00" in text or unpaired_surrogate(text) is not None:
+            raise _LineError("malformed entry", f"line {number}: {text!r} holds NUL or an unpaired surrogate")
         normal = posixpath.normpath(text.replace("\\", "/"))
         outside = posixpath.isabs(normal) or normal == ".." or normal.startswith("../")
+        if not outside and not self.allow_outside_root and not resolves_inside(self.root / normal, self.root):
+            outside = True  # a symlink inside the folder that points out of it (or a symlink loop)
         if outside and not self.allow_outside_root:
-            raise _LineError("malformed entry", f"line {number}: {text!r} leaves the dataset folder "
+            raise _LineError("path outside the dataset root", f"line {number}: {text!r} leaves the dataset folder "
                              "(paths are relative to it; the reader option allow_outside_root permits it)")
         return normal
 

@@ -28,7 +28,8 @@ from typing import Any
 
 from salma.data.annotation_files import load_json_file, require_mapping
 from salma.data.errors import BadRecordReporter, DatasetFormatError, OnBad
-from salma.data.masks import stored_rle
+from salma.data.confinement import OutsideRootError, confined_path, plain_name_problem
+from salma.data.masks import check_image_size, stored_rle
 from salma.data.record import Referent, SampleRecord
 from salma.data.video_expressions import clean_expression
 
@@ -41,6 +42,7 @@ def read_ref_sav(
     annotation_interval: int = 4,
     stride: int = 1,
     check_files: bool = True,
+    allow_outside_root: bool = False,
     on_bad: OnBad | None = None,
 ) -> list[SampleRecord]:
     """Read Ref-SAV; ``{split}`` in ``expression_file`` is replaced by the split name."""
@@ -53,7 +55,8 @@ def read_ref_sav(
     records = []
     for video_id, entry in videos.items():
         record = _record(
-            str(video_id), entry, root_dir, split, expressions_path, annotation_interval, stride, check_files, reporter
+            str(video_id), entry, root_dir, split, expressions_path, annotation_interval, stride, check_files, reporter,
+            allow_outside_root,
         )
         if record is not None:
             records.append(record)
@@ -61,11 +64,13 @@ def read_ref_sav(
     return records
 
 
-def _resolve(root_dir: Path, relative: str) -> Path:
-    path = root_dir / relative
+def _resolve(root_dir: Path, relative: str, allow_outside_root: bool) -> Path:
+    """The path under ``root``, or without its first folder; OutsideRootError when it leaves
+    ``root`` (``salma.data.confinement``)."""
+    path = confined_path(root_dir, relative, allow_outside_root=allow_outside_root)
     parts = Path(relative).parts
     if not path.exists() and len(parts) > 1:
-        stripped = root_dir.joinpath(*parts[1:])
+        stripped = confined_path(root_dir, str(Path(*parts[1:])), allow_outside_root=allow_outside_root)
         if stripped.exists():
             return stripped
     return path
@@ -81,6 +86,7 @@ def _record(
     stride: int,
     check_files: bool,
     reporter: BadRecordReporter,
+    allow_outside_root: bool,
 ) -> SampleRecord | None:
     if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("video_path", "anno_path")):
         reporter.report(
@@ -91,8 +97,16 @@ def _record(
     if not isinstance(objects, dict):
         reporter.report(expressions_path, "malformed entry", sample_id=video_id, detail="'objects' is not an object")
         return None
-    video_path = _resolve(root_dir, entry["video_path"])
-    anno_path = _resolve(root_dir, entry["anno_path"])
+    problem = plain_name_problem(video_id)
+    if problem is not None:
+        reporter.report(expressions_path, "id is not a plain name", sample_id=video_id, detail=problem)
+        return None
+    try:
+        video_path = _resolve(root_dir, entry["video_path"], allow_outside_root)
+        anno_path = _resolve(root_dir, entry["anno_path"], allow_outside_root)
+    except OutsideRootError as exc:
+        reporter.report(expressions_path, "path outside the dataset root", sample_id=video_id, detail=str(exc))
+        return None
     if check_files and not video_path.is_file():
         reporter.report(video_path, "missing video file", sample_id=video_id)
         return None
@@ -102,8 +116,8 @@ def _record(
     try:
         annotation = require_mapping(load_json_file(anno_path), anno_path)
         masklet = annotation["masklet"]
-        height = int(float(annotation["video_height"]))
-        width = int(float(annotation["video_width"]))
+        # SA-V stores the size as floats (``1080.0``).
+        height, width = check_image_size(int(float(annotation["video_height"])), int(float(annotation["video_width"])))
         frame_count = int(float(annotation.get("video_frame_count", len(masklet) * annotation_interval)))
     except (DatasetFormatError, KeyError, TypeError, ValueError) as exc:
         reporter.report(anno_path, "malformed entry", sample_id=video_id, detail=str(exc))
@@ -124,6 +138,11 @@ def _record(
 
     referents = []
     for object_key, description in objects.items():
+        problem = plain_name_problem(object_key)
+        if problem is not None:
+            reporter.report(expressions_path, "id is not a plain name", sample_id=f"{video_id}/{object_key}",
+                            detail=problem)
+            continue
         referent = _referent(
             video_id, str(object_key), description, masklet, positions, (height, width), anno_path,
             expressions_path, reporter,

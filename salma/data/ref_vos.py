@@ -45,6 +45,7 @@ from salma.data.video_expressions import (
     NoMaskSource,
     VideoEntry,
     VideoMaskSource,
+    check_track,
     load_meta_expressions,
     merge_tracks,
     object_ids_of,
@@ -63,10 +64,11 @@ def read_ref_youtube_vos(
     masks: MaskSourceName = "auto",
     mask_dict_file: str = "{split}/mask_dict.pkl",
     check_files: bool = True,
+    allow_outside_root: bool = False,
     on_bad: OnBad | None = None,
 ) -> list[SampleRecord]:
     """Read one Ref-YouTube-VOS split (``train``, ``valid``)."""
-    return _read_ref_vos("ref_youtube_vos", root, split, masks, mask_dict_file, check_files, on_bad)
+    return _read_ref_vos("ref_youtube_vos", root, split, masks, mask_dict_file, check_files, allow_outside_root, on_bad)
 
 
 def read_ref_davis17(
@@ -76,10 +78,11 @@ def read_ref_davis17(
     masks: MaskSourceName = "auto",
     mask_dict_file: str = "{split}/mask_dict.pkl",
     check_files: bool = True,
+    allow_outside_root: bool = False,
     on_bad: OnBad | None = None,
 ) -> list[SampleRecord]:
     """Read one Ref-DAVIS17 split (``train``, ``valid``) converted to the ReferFormer layout."""
-    return _read_ref_vos("ref_davis17", root, split, masks, mask_dict_file, check_files, on_bad)
+    return _read_ref_vos("ref_davis17", root, split, masks, mask_dict_file, check_files, allow_outside_root, on_bad)
 
 
 def _read_ref_vos(
@@ -89,6 +92,7 @@ def _read_ref_vos(
     masks: MaskSourceName,
     mask_dict_file: str,
     check_files: bool,
+    allow_outside_root: bool,
     on_bad: OnBad | None,
 ) -> list[SampleRecord]:
     root_dir = Path(root).absolute()
@@ -123,6 +127,7 @@ def _read_ref_vos(
         masks=source_of_masks,
         on_bad=on_bad,
         check_files=check_files,
+        allow_outside_root=allow_outside_root,
     )
 
 
@@ -230,4 +235,5 @@ class PickledMaskDict:
             raise MaskLookupError(
                 self.path, "mask count disagrees with frames", f"anno_id {anno_id}: {got} for {len(video.frames)}"
             )
+        check_track(track, self.path, anno_id)
         return [None if rle is None else stored_rle(rle) for rle in track]

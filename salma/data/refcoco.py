@@ -33,9 +33,10 @@ from typing import Any, Literal
 from salma.data.annotation_files import load_json_file, load_pickle_file, require_list, require_mapping
 from salma.data.distractors import load_distractors
 from salma.data.errors import BadRecordReporter, DatasetFormatError, OnBad
-from salma.data.masks import RLE, MaskSizeError, merge_rles, refer_mask_rle
+from salma.data.confinement import OutsideRootError, confined_path
+from salma.data.masks import RLE, MaskSizeError, PolygonError, check_image_size, merge_rles, refer_mask_rle, rle_area
 from salma.data.record import Referent, SampleRecord
-from salma.data.video_expressions import clean_expression
+from salma.data.video_expressions import clean_expression, expression_problem
 
 RefDataset = Literal["refcoco", "refcoco+", "refcocog"]
 _DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
@@ -49,9 +50,11 @@ def read_refcoco(
     split_by: str | None = None,
     image_folder: str | Path | None = None,
     check_files: bool = True,
+    allow_outside_root: bool = False,
     on_bad: OnBad | None = None,
 ) -> list[SampleRecord]:
-    """Read one split; ``check_files`` checks that every image file exists."""
+    """Read one split; ``check_files`` checks that every image file exists. ``file_name`` must
+    stay inside the image folder unless ``allow_outside_root`` (``salma.data.confinement``)."""
     if dataset not in _DEFAULT_SPLIT_BY:
         raise ValueError(f"dataset must be one of {sorted(_DEFAULT_SPLIT_BY)}, got {dataset!r}")
     root_dir = Path(root).absolute()
@@ -69,8 +72,8 @@ def read_refcoco(
     for key in ("images", "annotations"):
         if not isinstance(instances.get(key), list):
             raise DatasetFormatError(instances_path, f"expected a list under {key!r}")
-    images = {img["id"]: img for img in instances["images"] if isinstance(img, dict) and "id" in img}
-    annotations = {a["id"]: a for a in instances["annotations"] if isinstance(a, dict) and "id" in a}
+    images, duplicate_images = _by_id(instances["images"])
+    annotations, duplicate_annotations = _by_id(instances["annotations"])
     distractors = load_distractors(root_dir)
 
     refs_of_image: dict[Any, list[dict]] = defaultdict(list)
@@ -83,7 +86,7 @@ def read_refcoco(
             refs_of_image[ref["image_id"]].append(ref)
 
     reporter = BadRecordReporter(on_bad, reader="read_refcoco", root=root, split=split)
-    context = _Context(refs_path, instances_path, annotations, distractors, reporter)
+    context = _Context(refs_path, instances_path, annotations, duplicate_annotations, distractors, reporter)
     records = []
     for image_id in sorted(refs_of_image):
         image = images.get(image_id)
@@ -92,11 +95,23 @@ def read_refcoco(
                 instances_path, "missing image file", sample_id=str(image_id), detail="image id not in instances.json"
             )
             continue
-        path = images_dir / str(image.get("file_name", ""))
+        if image_id in duplicate_images:
+            reporter.report(instances_path, "duplicate id", sample_id=str(image_id),
+                            detail="two images have this id: which pixels the refs describe is unknown")
+            continue
+        try:
+            height, width = check_image_size(image.get("height"), image.get("width"))
+        except ValueError as exc:
+            reporter.report(instances_path, "invalid image size", sample_id=str(image_id), detail=str(exc))
+            continue
+        try:
+            path = confined_path(images_dir, image.get("file_name"), allow_outside_root=allow_outside_root)
+        except OutsideRootError as exc:
+            reporter.report(instances_path, "path outside the dataset root", sample_id=str(image_id), detail=str(exc))
+            continue
         if check_files and not path.is_file():
             reporter.report(path, "missing image file", sample_id=str(image_id))
             continue
-        height, width = int(image["height"]), int(image["width"])
         referents = []
         for ref in sorted(refs_of_image[image_id], key=lambda r: r["ref_id"]):
             referent = _referent(ref, image_id, height, width, context)
@@ -122,29 +137,53 @@ def read_refcoco(
     return records
 
 
+def _by_id(items: list) -> tuple[dict[Any, dict], set[Any]]:
+    """{id: item} of the COCO ``images`` or ``annotations`` list, and the ids given twice."""
+    by_id: dict[Any, dict] = {}
+    duplicates: set[Any] = set()
+    for item in items:
+        if isinstance(item, dict) and "id" in item:
+            if item["id"] in by_id:
+                duplicates.add(item["id"])
+            by_id[item["id"]] = item
+    return by_id, duplicates
+
+
 class _Context:
-    def __init__(self, refs_path, instances_path, annotations, distractors, reporter) -> None:
+    def __init__(self, refs_path, instances_path, annotations, duplicate_annotations, distractors, reporter) -> None:
         self.refs_path = refs_path
         self.instances_path = instances_path
         self.annotations = annotations
+        self.duplicate_annotations = duplicate_annotations
         self.distractors = distractors
         self.reporter: BadRecordReporter = reporter
 
 
 def _referent(ref: dict, image_id: Any, height: int, width: int, ctx: _Context) -> Referent | None:
     key = f"{image_id}/{ref['ref_id']}"
+    if not isinstance(ref["sentences"], list):
+        ctx.reporter.report(ctx.refs_path, "malformed entry", sample_id=key,
+                            detail=f"'sentences' is a {type(ref['sentences']).__name__}, not a list")
+        return None
     sentences = []
     for sentence in ref["sentences"]:
-        text = clean_expression(sentence.get("sent") if isinstance(sentence, dict) else None)
+        raw = sentence.get("sent") if isinstance(sentence, dict) else None
+        text = clean_expression(raw)
         if text is None:
             sent_id = sentence.get("sent_id") if isinstance(sentence, dict) else None
-            ctx.reporter.report(ctx.refs_path, "empty expression", sample_id=key, detail=f"sent_id {sent_id}")
+            reason = expression_problem(raw) or "empty expression"
+            ctx.reporter.report(ctx.refs_path, reason, sample_id=key, detail=f"sent_id {sent_id}")
             continue
         sentences.append(text)
     if not sentences:
         return None
     mask = _annotation_mask(ref["ann_id"], height, width, key, ctx)
     if mask is None:
+        return None
+    if rle_area(mask) == 0:
+        # A polygon entirely outside its image (or parts that cancel out): training on it
+        # would teach "nothing is there" for a sentence that names an object.
+        ctx.reporter.report(ctx.instances_path, "mask is empty", sample_id=key, detail=f"ann_id {ref['ann_id']}")
         return None
     meta: dict[str, Any] = {
         "ref_id": ref["ref_id"],  # as refs(*).p has it (an int in the releases): results.json keeps it
@@ -171,8 +210,15 @@ def _annotation_mask(ann_id: Any, height: int, width: int, key: str, ctx: _Conte
             ctx.instances_path, "object missing from annotations", sample_id=key, detail=f"ann_id {ann_id}"
         )
         return None
+    if ann_id in ctx.duplicate_annotations:
+        ctx.reporter.report(ctx.instances_path, "duplicate id", sample_id=key,
+                            detail=f"two annotations have id {ann_id}: which object is meant is unknown")
+        return None
     try:
         return refer_mask_rle(annotation.get("segmentation"), height, width)
+    except PolygonError as exc:
+        ctx.reporter.report(ctx.instances_path, "malformed polygon", sample_id=key, detail=f"ann_id {ann_id}: {exc}")
+        return None
     except MaskSizeError as exc:
         ctx.reporter.report(
             ctx.instances_path, "mask size disagrees with frame", sample_id=key, detail=f"ann_id {ann_id}: {exc}"

@@ -41,6 +41,7 @@ def read_revos(
     foreground_file: str = "mask_dict_foreground.json",
     image_folder: str = "JPEGImages",
     check_files: bool = True,
+    allow_outside_root: bool = False,
     on_bad: OnBad | None = None,
 ) -> list[SampleRecord]:
     """Read one ReVOS split; ``{split}`` in ``expression_file`` is replaced by the split name."""
@@ -69,6 +70,7 @@ def read_revos(
         masks=mask_source(root_dir / mask_file),
         on_bad=on_bad,
         check_files=check_files,
+        allow_outside_root=allow_outside_root,
         referent_meta=_type_id,
         record_meta=record_meta,
         video_size=_video_size,

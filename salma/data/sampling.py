@@ -19,6 +19,7 @@ import numpy as np
 from salma.config import SamplingOptions
 from salma.conversation import Round, referring_round
 from salma.data.decode import decode_masks, load_frames
+from salma.data.errors import BadRecordError
 from salma.data.examples import ImageGeometry, encode_example
 from salma.data.record import SampleRecord
 
@@ -80,7 +81,10 @@ def sample_example(
     frames = load_frames(record, positions) if positions else []
     if record.conversation and not record.referents:  # VQA / video QA: no masks
         rounds = [Round(prefix=t.question, answer=t.answer) for t in record.conversation]
-        return encode_example(frames=frames, masks=None, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry)
+        example = encode_example(
+            frames=frames, masks=None, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry
+        )
+        return _within_context(example, record, geometry)
     height, width = frames[0].shape[:2]
     if record.conversation:  # grounded captioning: every referent, in caption order
         referents = record.referents
@@ -90,4 +94,23 @@ def sample_example(
         referents = [record.referents[i] for i in sorted(rng.sample(range(len(record.referents)), count))]
         rounds = [referring_round(rng.choice(r.expressions), media=media, rng=rng) for r in referents]
     masks = np.stack([decode_masks(r, positions, height, width) for r in referents])  # (O, F, H, W)
-    return encode_example(frames=frames, masks=masks, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry)
+    return _within_context(
+        encode_example(frames=frames, masks=masks, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry),
+        record, geometry,
+    )
+
+
+def _within_context(
+    example: dict[str, np.ndarray], record: SampleRecord, geometry: ImageGeometry
+) -> dict[str, np.ndarray]:
+    """The example, unless its token sequence (image tokens, questions, answers) is longer than
+    the language model's context: then it is a bad record, not truncated. Cutting it would drop
+    answer tokens or ``[SEG]`` positions (and with them masks) from the end of the chat, so the
+    rule is to reject and count it (reason "sequence longer than the model context")."""
+    length = len(example["input_ids"])
+    if geometry.context_tokens is not None and length > geometry.context_tokens:
+        path = record.meta.get("annotation_file") or next(
+            (r.meta["mask_file"] for r in record.referents if "mask_file" in r.meta), record.sample_id)
+        raise BadRecordError(path, "sequence longer than the model context", sample_id=record.sample_id,
+                             detail=f"{length} tokens, the model has {geometry.context_tokens} positions")
+    return example

@@ -14,10 +14,10 @@ reader's keyword arguments (passed through ``read_source(..., **options)``):
 - ``chatunivi``: Chat-UniVi video QA (``salma.data.chatunivi``).
 - ``gcg``: GLaMM grounded captioning, ``layout="refcocog_gcg" | "grandf"`` (``salma.data.gcg``).
 - ``own_data``: your own images and videos, a JSON Lines file ``<root>/<split>.jsonl`` naming
-  media, expressions and optional masks; ``frame_stride``, ``allow_outside_root``
-  (``salma.data.own_data``).
+  media, expressions and optional masks; ``frame_stride`` (``salma.data.own_data``).
 
-Every reader also takes ``on_bad`` (see ``salma.data.errors``).
+Every reader also takes ``on_bad`` (see ``salma.data.errors``) and ``allow_outside_root``: paths
+in annotation files must stay inside their folder unless it is set (``salma.data.confinement``).
 """
 
 from __future__ import annotations

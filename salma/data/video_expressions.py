@@ -13,17 +13,20 @@ position in that list (MeViS / ReVOS evaluation code reads them that way), so it
 
 from __future__ import annotations
 
+import json
 import os
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from salma.data.confinement import plain_name_problem, resolves_inside, unpaired_surrogate
 from salma.data.annotation_files import load_json_file, require_mapping
 from salma.data.decode import probe_image_size
 from salma.data.distractors import load_distractors
 from salma.data.errors import BadRecordError, BadRecordReporter, DatasetFormatError, OnBad
-from salma.data.masks import RLE, merge_rles
+from salma.data.masks import RLE, merge_rles, rle_entry_problem
 from salma.data.record import Referent, SampleRecord
 
 FrameMasks = list[RLE | None]
@@ -35,6 +38,23 @@ class VideoEntry:
     frames: list[str]
     expressions: dict[str, Any]
     raw: dict[str, Any] = field(default_factory=dict)
+    # The file names the video more than once / some expression ids more than once. JSON
+    # parsers keep the last copy silently; the reader reports and drops them instead.
+    duplicated: bool = False
+    duplicate_exp_ids: list[str] = field(default_factory=list)
+
+
+class _KeysSeenTwice(dict):
+    """A JSON object that remembers which of its keys the file gave more than once."""
+
+    duplicates: list[str]
+
+
+def _object_with_duplicates(pairs: list[tuple[str, Any]]) -> _KeysSeenTwice:
+    out = _KeysSeenTwice(pairs)
+    seen: set[str] = set()
+    out.duplicates = [key for key, _ in pairs if key in seen or seen.add(key)]
+    return out
 
 
 class MaskLookupError(Exception):
@@ -106,8 +126,18 @@ class AnnoMaskDict:
                     "mask count disagrees with frames",
                     f"anno_id {anno_id}: {got} masks for {len(video.frames)} frames",
                 )
+            check_track(track, self.path, anno_id)
             tracks.append(track)
         return merge_tracks(tracks, len(video.frames))
+
+
+def check_track(track: list, path: str, anno_id: Any) -> None:
+    """Every entry of a ``mask_dict`` track must be null or an RLE object (an int or an RLE
+    without ``counts`` would crash the merge); MaskLookupError naming the first that is not."""
+    for t, entry in enumerate(track):
+        problem = rle_entry_problem(entry)
+        if problem is not None:
+            raise MaskLookupError(path, "malformed mask RLE", f"anno_id {anno_id}, frame {t}: {problem}")
 
 
 def merge_tracks(tracks: Sequence[Sequence[RLE | None]], num_frames: int) -> FrameMasks:
@@ -120,8 +150,14 @@ def merge_tracks(tracks: Sequence[Sequence[RLE | None]], num_frames: int) -> Fra
 
 
 def load_meta_expressions(path: str | Path) -> list[VideoEntry]:
-    """Parse a ``meta_expressions*.json``; structural problems raise DatasetFormatError."""
-    videos = require_mapping(load_json_file(path), path, key="videos")
+    """Parse a ``meta_expressions*.json``; structural problems raise DatasetFormatError. Video
+    ids and expression ids given twice are marked on the entries (``duplicated``,
+    ``duplicate_exp_ids``) for the reader to report."""
+    path = Path(path)
+    load_json_file(path)  # the file-level errors (missing, not JSON), worded as everywhere
+    with path.open("rb") as f:
+        videos = require_mapping(json.load(f, object_pairs_hook=_object_with_duplicates), path, key="videos")
+    repeated = set(getattr(videos, "duplicates", ()))
     entries = []
     for video_id, raw in videos.items():
         if not isinstance(raw, dict):
@@ -130,16 +166,43 @@ def load_meta_expressions(path: str | Path) -> list[VideoEntry]:
         expressions = raw.get("expressions", {})
         if not isinstance(frames, list) or not isinstance(expressions, dict):
             raise DatasetFormatError(path, f"video {video_id!r}: 'frames' must be a list, 'expressions' an object")
-        entries.append(VideoEntry(str(video_id), [str(f) for f in frames], expressions, raw))
+        entries.append(VideoEntry(
+            str(video_id), [str(f) for f in frames], expressions, raw, duplicated=video_id in repeated,
+            duplicate_exp_ids=sorted(set(getattr(expressions, "duplicates", ()))),
+        ))
     return entries
 
 
-def clean_expression(text: Any) -> str | None:
-    """The expression with surrounding whitespace removed; None when empty or not a string."""
+# Longest expression a reader accepts, in characters: a sanity bound far above real referring
+# expressions (tens of words; Ref-SAV's long descriptions a few hundred). The exact limit is the
+# model's context, checked on the tokenized sample (``salma.data.sampling``); this bound stops a
+# runaway text (a whole document pasted into one field) before it is tokenized at all.
+MAX_EXPRESSION_CHARS = 4000
+
+
+def expression_problem(text: Any) -> str | None:
+    """The bad-record reason of an unusable expression, or None when it can be used.
+
+    Not text, empty, or only whitespace / zero-width and other invisible format characters
+    (``\u200b``, ``\ufeff``): ``"empty expression"``; an unpaired surrogate (``"\udcff"``, which JSON
+    allows and no tokenizer encodes): ``"text is not valid Unicode"``; more than
+    ``MAX_EXPRESSION_CHARS`` characters after whitespace is collapsed: ``"expression too long"``."""
     if not isinstance(text, str):
+        return "empty expression"
+    if unpaired_surrogate(text) is not None:
+        return "text is not valid Unicode"
+    if all(c.isspace() or unicodedata.category(c) in ("Cf", "Cc") for c in text):
+        return "empty expression"
+    if len(" ".join(text.split())) > MAX_EXPRESSION_CHARS:
+        return "expression too long"
+    return None
+
+
+def clean_expression(text: Any) -> str | None:
+    """The expression with whitespace collapsed; None when ``expression_problem`` finds one."""
+    if expression_problem(text) is not None:
         return None
-    text = " ".join(text.split())
-    return text or None
+    return " ".join(text.split())
 
 
 def frame_folder_problem(folder: Path, names: Sequence[str], ext: str) -> str | None:
@@ -150,6 +213,8 @@ def frame_folder_problem(folder: Path, names: Sequence[str], ext: str) -> str | 
         return "frame folder does not exist"
     except NotADirectoryError:
         return "frame folder is not a directory"
+    except OSError as err:  # a symlink loop (ELOOP), no permission, ...
+        return f"frame folder cannot be listed: {err.strerror or err}"
     missing = [n for n in names if f"{n}{ext}" not in present]
     if missing:
         return f"{len(missing)} of {len(names)} listed frames are not in the folder (first: {missing[0]}{ext})"
@@ -167,6 +232,7 @@ def read_expression_videos(
     masks: VideoMaskSource,
     on_bad: OnBad | None,
     check_files: bool,
+    allow_outside_root: bool = False,
     frame_ext: str = ".jpg",
     referent_meta: Callable[[dict], dict] | None = None,
     record_meta: Callable[[VideoEntry], dict] | None = None,
@@ -188,6 +254,7 @@ def read_expression_videos(
             distractors=distractors,
             reporter=reporter,
             check_files=check_files,
+            allow_outside_root=allow_outside_root,
             frame_ext=frame_ext,
             referent_meta=referent_meta,
             record_meta=record_meta,
@@ -210,20 +277,27 @@ def _video_record(
     distractors: dict[str, list[int]],
     reporter: BadRecordReporter,
     check_files: bool,
+    allow_outside_root: bool,
     frame_ext: str,
     referent_meta: Callable[[dict], dict] | None,
     record_meta: Callable[[VideoEntry], dict] | None,
     video_size: Callable[[VideoEntry], tuple[int, int] | None] | None,
 ) -> SampleRecord | None:
     vid = video.video_id
-    if not video.frames:
-        reporter.report(expressions_path, "video has no frames", sample_id=vid)
+    problem = _video_entry_problem(video)
+    if problem is not None:
+        reason, detail = problem
+        reporter.report(expressions_path, reason, sample_id=vid, detail=detail)
         return None
     folder = frames_root / vid
+    if not allow_outside_root and not resolves_inside(folder, frames_root):
+        reporter.report(folder, "path outside the dataset root", sample_id=vid,
+                        detail=f"the frame folder resolves outside {frames_root} (or is a symlink loop)")
+        return None
     if check_files:
-        problem = frame_folder_problem(folder, video.frames, frame_ext)
-        if problem is not None:
-            reporter.report(folder, "frame list disagrees with folder", sample_id=vid, detail=problem)
+        problem_text = frame_folder_problem(folder, video.frames, frame_ext)
+        if problem_text is not None:
+            reporter.report(folder, "frame list disagrees with folder", sample_id=vid, detail=problem_text)
             return None
     frames = [str(folder / f"{name}{frame_ext}") for name in video.frames]
     size = video_size(video) if video_size is not None else None
@@ -238,6 +312,12 @@ def _video_record(
     referents = []
     for exp_id, entry in video.expressions.items():
         key = f"{vid}/{exp_id}"
+        exp_problem = plain_name_problem(exp_id)
+        if exp_problem is not None or exp_id in video.duplicate_exp_ids:
+            reason = "id is not a plain name" if exp_problem is not None else "duplicate id"
+            detail = exp_problem or f"exp_id {exp_id!r} is given twice"
+            reporter.report(expressions_path, reason, sample_id=key, detail=detail)
+            continue
         referent = _referent(
             video, str(exp_id), entry, key, expressions_path, masks, distractors, reporter, (height, width)
         )
@@ -264,6 +344,23 @@ def _video_record(
     )
 
 
+def _video_entry_problem(video: VideoEntry) -> tuple[str, str | None] | None:
+    """(reason, detail) when the video entry itself is unusable: no frames, an id or a frame
+    name that is not a plain file name (they become paths), a video or a frame given twice."""
+    if not video.frames:
+        return "video has no frames", None
+    if video.duplicated:
+        return "duplicate id", f"video id {video.video_id!r} is given twice"
+    for name in [video.video_id, *video.frames]:
+        problem = plain_name_problem(name)
+        if problem is not None:
+            return "id is not a plain name", problem
+    if len(set(video.frames)) != len(video.frames):
+        twice = next(f for f in video.frames if video.frames.count(f) > 1)
+        return "duplicate id", f"frame {twice!r} is listed twice (frames and masks would misalign)"
+    return None
+
+
 def _referent(
     video: VideoEntry,
     exp_id: str,
@@ -280,7 +377,7 @@ def _referent(
         return None
     text = clean_expression(entry["exp"])
     if text is None:
-        reporter.report(expressions_path, "empty expression", sample_id=key)
+        reporter.report(expressions_path, expression_problem(entry["exp"]) or "empty expression", sample_id=key)
         return None
     try:
         object_ids, frame_masks = masks.referent_masks(video, exp_id, entry)

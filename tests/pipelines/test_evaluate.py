@@ -159,6 +159,40 @@ def test_tables_hold_every_score(synthetic_data, tmp_path):
     assert (tmp_path / "per_expression.csv").is_file()
 
 
+def test_referents_whose_annotations_are_missing_are_counted_written_and_noted(synthetic_data, tmp_path):
+    """Ground-truth referents the reader must skip (an anno_id missing from mask_dict.json) leave
+    the denominator; the evaluation counts them, lists them in bad_records.json, and its table says
+    so, instead of a score that changed without a trace."""
+    import shutil
+
+    root = tmp_path / "mevis"
+    shutil.copytree(synthetic_data / "mevis" / "valid_u", root / "valid_u")
+    records = read_source("mevis", root, "valid_u")
+    total = sum(len(r.referents) for r in records)
+    pred = tmp_path / "pred"
+    _write_json(pred / "results.json", {r.sample_id: {ref.ref_id: {"prediction_masks": ref.masks}
+                                                      for ref in r.referents} for r in records})
+    _write_json(pred / "bad_records.json", [{"sample_id": "x", "path": "/f.jpg", "reason": "missing frame file"}])
+    lost = records[0].referents[0]
+    mask_dict = json.loads((root / "valid_u" / "mask_dict.json").read_text())
+    for anno_id in lost.meta["anno_ids"]:
+        del mask_dict[str(anno_id)]
+    (root / "valid_u" / "mask_dict.json").write_text(json.dumps(mask_dict))
+    skipped_ids = {f"{r.sample_id}/{ref.ref_id}" for r in records for ref in r.referents
+                   if set(ref.meta["anno_ids"]) & set(lost.meta["anno_ids"])}
+    report = evaluate(pred, parse_dataset(f"mevis:{root}", split="valid_u"), workers=1, tracking=None)
+    assert report.metrics["eval/mevis_valid_u/skipped_by_reader"] == len(skipped_ids)
+    assert report.metrics["eval/mevis_valid_u/expressions"] == total - len(skipped_ids)
+    note = Path(report.table_md).read_text().splitlines()[-1]
+    assert f"{len(skipped_ids)} referent(s) or record(s) of the split skipped and not scored" in note
+    assert "anno_id missing from mask_dict" in note and "bad_records.json" in note
+    bad = json.loads((pred / "bad_records.json").read_text())
+    assert bad[0]["reason"] == "missing frame file"  # salma infer's own entry is kept
+    assert {b["sample_id"] for b in bad[1:]} == skipped_ids
+    assert {(b["reason"], b["stage"], b["benchmark"]) for b in bad[1:]} == {
+        ("anno_id missing from mask_dict", "index", "mevis_valid_u")}
+
+
 @pytest.fixture(scope="module")
 def mba_model():
     import torch

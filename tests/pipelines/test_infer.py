@@ -151,3 +151,57 @@ def test_a_training_checkpoint_gets_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="not a folder and not a preset"):
         infer_module.load_model("no-such-model")
 
+
+
+def test_ids_that_are_not_plain_names_are_skipped_listed_and_never_written(exported_model, synthetic_data, tmp_path):
+    """An exp_id or video id of ``../..`` would become a folder outside --out: the reader skips
+    it, bad_records.json names it, and --zip holds every expression that was predicted."""
+    root = tmp_path / "data" / "mevis"
+    shutil.copytree(synthetic_data / "mevis" / "valid_u", root / "valid_u")
+    meta_path = root / "valid_u" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    first, second = sorted(meta["videos"])
+    expressions = meta["videos"][first]["expressions"]
+    expressions["../../../escaped"] = expressions.pop(sorted(expressions)[0])
+    meta["videos"]["..\\..\\escaped_video"] = meta["videos"].pop(second)
+    meta_path.write_text(json.dumps(meta))
+    out = tmp_path / "run" / "out"
+    source = parse_dataset(f"mevis:{root}", split="valid_u")
+    summary = infer(exported_model, source, out, settings=FAST, zip_annotations=True)
+    assert not [p for p in tmp_path.rglob("*escaped*") if out not in p.parents and p.parent != root / "valid_u"]
+    assert not list(out.rglob("*escaped*"))
+    bad = json.loads((out / "bad_records.json").read_text())
+    assert {(b["sample_id"], b["reason"], b["stage"]) for b in bad} == {
+        (f"{first}/../../../escaped", "id is not a plain name", "index"),
+        ("..\\..\\escaped_video", "id is not a plain name", "index"),
+    }
+    assert summary.skipped_at_index == 2 and summary.bad == 0
+    import zipfile
+
+    with zipfile.ZipFile(out / "submission.zip") as archive:
+        zipped = {Path(name).parent.as_posix() for name in archive.namelist()}
+    results = json.loads((out / "results.json").read_text())
+    assert zipped == {f"{vid}/{exp}" for vid, exps in results.items() for exp in exps}
+    assert len(zipped) == len(expressions) - 1  # the other expressions of the first video
+
+
+def test_zip_refuses_to_leave_an_expression_out(mevis_run, tmp_path):
+    from pipelines.prediction_folder import expected_annotation_folders, zip_submission
+
+    source, first, _ = mevis_run
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    records = read_source("mevis", source.root, "drift")
+    expected = expected_annotation_folders(records)
+    shutil.rmtree(out / "Annotations" / sorted(expected)[0])
+    with pytest.raises(OutputFolderError, match="1 expression"):
+        zip_submission(out, "mevis", expected=expected)
+
+
+def test_output_paths_refuse_ids_that_are_not_plain_names(tmp_path):
+    from pipelines.prediction_folder import inside_out
+
+    for bad in ("..", "../x", "a/b", "a\\b", "", "x\x00"):
+        with pytest.raises(OutputFolderError, match="refusing to write"):
+            inside_out(tmp_path, "video", bad)
+    assert inside_out(tmp_path, "video", "0_1") == tmp_path / "video" / "0_1"

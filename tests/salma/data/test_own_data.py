@@ -96,7 +96,7 @@ def test_bad_lines_are_reported_with_file_line_and_reason_and_the_rest_is_read(t
     assert [r.expressions for r in record.referents] == [["the good one"]]
     reasons = [(e.sample_id, e.reason) for e in errors]
     assert reasons == [
-        ("line 1", "malformed entry"), ("line 2", "malformed entry"), ("line 3", "empty expression"),
+        ("line 1", "path outside the dataset root"), ("line 2", "malformed entry"), ("line 3", "empty expression"),
         ("line 4", "malformed entry"), ("line 5", "missing image file"), ("line 6", "mask size disagrees with frame"),
         ("line 7", "missing annotation file"), ("line 8", "malformed entry"), ("line 9", "malformed mask RLE"),
     ]

@@ -37,3 +37,19 @@ def test_the_counts_match_the_sampled_example(synthetic, fmt, root, split, num_f
         assert counts.frames == example["sam_frames"].shape[0]
         assert counts.video == (record.media == "video")
         assert (counts.objects, counts.frames) == example["gt_masks"].shape[:2]  # (O, F, S, S)
+
+
+def test_a_sample_longer_than_the_model_context_is_a_bad_record(synthetic):
+    """Rejected and counted, not truncated: the tiny preset has 2,048 positions."""
+    from salma.data.errors import BadRecordError
+
+    record = read_source("mevis", synthetic / "mevis", "train")[0]
+    for referent in record.referents:
+        referent.expressions = ["the small red square " * 700]  # 3,500 words
+    tokenizer, geometry = build_tiny_tokenizer(), ImageGeometry.from_config(tiny_config())
+    assert geometry.context_tokens == 2048
+    with pytest.raises(BadRecordError) as info:
+        sample_example(record, rng=random.Random(0), options=SamplingOptions(num_frames=2, max_objects=1),
+                       tokenizer=tokenizer, geometry=geometry)
+    assert info.value.reason == "sequence longer than the model context"
+    assert info.value.path.endswith("mask_dict.json") and "positions" in info.value.detail
