@@ -40,6 +40,15 @@ class SourceConfig(_Strict):
         return v
 
 
+class SyntheticClutterConfig(_Strict):
+    """Sizes of the clutter-lure splits (``salma.data.synthetic.ClutterCounts``); all 0 = none."""
+
+    train_images: int = Field(0, ge=0)
+    eval_images: int = Field(0, ge=0)
+    train_videos: int = Field(0, ge=0)
+    eval_videos: int = Field(0, ge=0)
+
+
 class SyntheticConfig(_Strict):
     """Generate the synthetic datasets before the job starts (the embedded default)."""
 
@@ -47,6 +56,7 @@ class SyntheticConfig(_Strict):
     out: str = "data/synthetic"
     size: Literal["small", "medium"] = "small"
     seed: int = 0
+    clutter: SyntheticClutterConfig = Field(default_factory=SyntheticClutterConfig)
 
 
 class DataConfig(_Strict):
