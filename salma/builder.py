@@ -124,7 +124,7 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
         seg_token_id=tokenizer.convert_tokens_to_ids(SEG_TOKEN),
         use_expression_tokens=config.mba.language_tokens == "seg_plus_expression",
         max_expression_tokens=config.mba.max_expression_tokens,
-        use_prior=config.mba.use_prior,
+        prior_source=config.mba.prior,
         loss_weights=LossWeights(
             lm=loss.lm_weight,
             bce=loss.bce_weight,

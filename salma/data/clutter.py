@@ -4,12 +4,14 @@ Real datasets do not have it; when it is absent readers behave exactly as withou
 next to a split's expression file it maps a referent key (as ``distractors.json`` does: RefCOCO
 ``"<ref_id>"``, MeViS / ReVOS / Ref-YouTube-VOS ``"<video_id>/<exp_id>"``) to::
 
-    {"lure": true | false, "masks": [RLE or null, one per frame]}
+    {"lure": true | false, "masks": [RLE or null, one per frame], "objects": [RLE or null, ...]}
 
 ``masks`` is the background clutter's region on each frame (texture that is not an object and is
-not annotated as one); ``lure`` says whether the clutter carries the attribute the expression names.
-Readers store ``referent.meta["clutter_masks"]`` and ``referent.meta["clutter_lure"]``, from which
-evaluation measures how much of a prediction lands on the clutter (``salma.drift_measures``).
+not annotated as one); ``objects`` the union of every annotated object on each frame (what a
+perfect class-agnostic structure prior would cover: ``mba.prior: oracle``); ``lure`` says whether
+the clutter carries the attribute the expression names. Readers store
+``referent.meta["clutter_masks"]``, ``["object_masks"]`` and ``["clutter_lure"]``, from which
+the drift measures (``salma.drift_measures``) are computed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ CLUTTER_FILE = "clutter.json"
 
 
 def load_clutter(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """The sidecar in ``folder`` as ``{key: {"lure": bool, "masks": [RLE | None]}}``; empty when
+    """The sidecar in ``folder`` as ``{key: {"lure", "masks", "objects"}}``; empty when
     there is none. A malformed entry is an error naming the file and the entry."""
     path = Path(folder) / CLUTTER_FILE
     if not path.exists():
@@ -33,18 +35,20 @@ def load_clutter(folder: str | Path) -> dict[str, dict[str, Any]]:
     data = require_mapping(load_json_file(path), path)
     out: dict[str, dict[str, Any]] = {}
     for key, entry in data.items():
-        if not isinstance(entry, dict) or set(entry) != {"lure", "masks"}:
-            raise DatasetFormatError(path, f"entry {key!r} must be an object with exactly 'lure' and 'masks'")
-        if not isinstance(entry["lure"], bool) or not isinstance(entry["masks"], list):
-            raise DatasetFormatError(path, f"entry {key!r}: 'lure' must be true/false and 'masks' a list")
-        for t, rle in enumerate(entry["masks"]):
+        if not isinstance(entry, dict) or set(entry) != {"lure", "masks", "objects"}:
+            raise DatasetFormatError(path, f"entry {key!r} must be an object with exactly 'lure', 'masks' and 'objects'")
+        if not isinstance(entry["lure"], bool) or not all(isinstance(entry[k], list) for k in ("masks", "objects")):
+            raise DatasetFormatError(path, f"entry {key!r}: 'lure' must be true/false, 'masks' and 'objects' lists")
+        if len(entry["masks"]) != len(entry["objects"]):
+            raise DatasetFormatError(path, f"entry {key!r}: 'masks' and 'objects' must have one entry per frame each")
+        for t, rle in enumerate(entry["masks"] + entry["objects"]):
             if rle is None:
                 continue
             try:
                 validate_rle(rle)
             except ValueError as exc:
-                raise DatasetFormatError(path, f"entry {key!r}, frame {t}: {exc}; rewrite the sidecar") from exc
-        out[str(key)] = {"lure": entry["lure"], "masks": entry["masks"]}
+                raise DatasetFormatError(path, f"entry {key!r}, mask {t}: {exc}; rewrite the sidecar") from exc
+        out[str(key)] = {"lure": entry["lure"], "masks": entry["masks"], "objects": entry["objects"]}
     return out
 
 
@@ -69,7 +73,7 @@ def attach_clutter(records: list, clutter: dict[str, dict[str, Any]], path: str 
                     path, f"entry {key!r} has {len(masks)} masks for {record.num_frames} frames; "
                     "the sidecar belongs to other data: regenerate it with the dataset"
                 )
-            for rle in masks:
+            for rle in masks + entry["objects"]:
                 if rle is not None and [int(v) for v in rle["size"]] != [record.height, record.width]:
                     raise DatasetFormatError(
                         path, f"entry {key!r}: mask size {list(rle['size'])}, frame size "
@@ -77,3 +81,4 @@ def attach_clutter(records: list, clutter: dict[str, dict[str, Any]], path: str 
                     )
             referent.meta["clutter_lure"] = entry["lure"]
             referent.meta["clutter_masks"] = masks
+            referent.meta["object_masks"] = entry["objects"]

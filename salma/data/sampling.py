@@ -20,7 +20,7 @@ import numpy as np
 from salma.conversation import Round, referring_round
 from salma.data.decode import decode_masks, load_frames
 from salma.data.examples import ImageGeometry, encode_example
-from salma.data.record import SampleRecord
+from salma.data.record import Referent, SampleRecord
 
 
 @dataclass(frozen=True)
@@ -97,4 +97,24 @@ def sample_example(
         referents = [record.referents[i] for i in sorted(rng.sample(range(len(record.referents)), count))]
         rounds = [referring_round(rng.choice(r.expressions), media=media, rng=rng) for r in referents]
     masks = np.stack([decode_masks(r, positions, height, width) for r in referents])  # (O, F, H, W)
-    return encode_example(frames=frames, masks=masks, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry)
+    return encode_example(
+        frames=frames, masks=masks, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry,
+        frame_annotations=frame_annotations(referents, positions, height, width),
+    )
+
+
+def frame_annotations(referents: list, positions: list[int], height: int, width: int) -> dict[str, np.ndarray] | None:
+    """The clutter sidecar's frame-level masks and lure flags (``salma.data.clutter``), when every
+    referent has them; they describe the frame, so the first referent's masks are taken."""
+    if not referents or not all("clutter_masks" in r.meta and "object_masks" in r.meta for r in referents):
+        return None
+    first = referents[0]
+    views = {
+        key: Referent(first.ref_id, [], [], first.meta[key], {"mask_file": first.meta.get("mask_file")})
+        for key in ("object_masks", "clutter_masks")
+    }
+    return {
+        "objects": decode_masks(views["object_masks"], positions, height, width),
+        "clutter": decode_masks(views["clutter_masks"], positions, height, width),
+        "lure": np.asarray([1 if r.meta["clutter_lure"] else 0 for r in referents], dtype=np.int8),
+    }

@@ -386,7 +386,8 @@ def _clutter_image(seed, split, index, image_dir, ids, images, annotations, refs
         "ann_id": target_ann, "ref_id": ids["ref"], "image_id": image_id, "split": split,
         "sentences": sentences, "category_id": SHAPES.index(target.shape) + 1,
     })
-    clutter_entries[str(ids["ref"])] = {"lure": scene.lure, "masks": [encode_mask(region)]}
+    union = np.logical_or.reduce(list(masks.values()))
+    clutter_entries[str(ids["ref"])] = {"lure": scene.lure, "masks": [encode_mask(region)], "objects": [encode_mask(union)]}
 
 
 # --------------------------------------------------------------------------- MeViS
@@ -444,13 +445,14 @@ def _write_mevis_clutter(split_dir: Path, seed: int, split: str, n: int) -> None
         video_id = f"{split}_{index:05d}"
         frame_names = [f"{t:05d}" for t in range(scene.scene.num_frames)]
         tracks: dict[int, list[dict | None]] = {obj.object_id: [] for obj in scene.scene.objects}
-        regions = []
+        regions, unions = [], []
         for t, name in enumerate(frame_names):
             frame, masks, region = scene.render(t)
             _save_jpeg(frame, split_dir / "JPEGImages" / video_id / f"{name}.jpg")
             for object_id, mask in masks.items():
                 tracks[object_id].append(encode_mask(mask) if mask.any() else None)
             regions.append(encode_mask(region) if region.any() else None)
+            unions.append(encode_mask(np.logical_or.reduce(list(masks.values()))))
         anno_of_object = {}
         for obj in scene.scene.objects:
             anno_of_object[obj.object_id] = len(mask_dict)
@@ -459,7 +461,7 @@ def _write_mevis_clutter(split_dir: Path, seed: int, split: str, n: int) -> None
         for text in _clutter_texts(scene, split, rng):
             exp_id = str(len(expressions))
             expressions[exp_id] = {"exp": text, "obj_id": [scene.target_id], "anno_id": [anno_of_object[scene.target_id]]}
-            clutter_entries[f"{video_id}/{exp_id}"] = {"lure": scene.lure, "masks": regions}
+            clutter_entries[f"{video_id}/{exp_id}"] = {"lure": scene.lure, "masks": regions, "objects": unions}
         videos[video_id] = {"expressions": expressions, "vid_id": index, "frames": frame_names}
     split_dir.mkdir(parents=True, exist_ok=True)
     (split_dir / "meta_expressions.json").write_text(json.dumps({"videos": videos}))

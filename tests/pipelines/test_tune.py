@@ -73,8 +73,8 @@ def test_components_sweep_adds_one_component_at_a_time():
     assert [c.label for c in sweep.configurations] == ["baseline", "+cma", "+mba_gate", "+tmc", "+boundary"]
     baseline, cma, gate, tmc, boundary = resolved
     assert not baseline.mba.enabled and baseline.loss.tmc_weight == 0 and baseline.loss.boundary_weight == 0
-    assert cma.mba.enabled and not cma.mba.use_prior
-    assert gate.mba.use_prior and gate.mba.mode == "gate" and gate.loss.tmc_weight == 0
+    assert cma.mba.enabled and cma.mba.prior == "uniform"
+    assert gate.mba.prior == "learned" and gate.mba.mode == "gate" and gate.loss.tmc_weight == 0
     assert tmc.loss.tmc_weight > 0 and tmc.loss.boundary_weight == 0
     assert boundary.loss.tmc_weight > 0 and boundary.loss.boundary_weight > 0
 

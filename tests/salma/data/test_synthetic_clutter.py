@@ -73,6 +73,8 @@ def test_readers_carry_the_sidecar_and_clutter_is_never_an_object(clutter_dir):
             assert len(referent.meta["clutter_masks"]) == record.num_frames
             clutter = decode_rle(referent.meta["clutter_masks"][0])
             assert clutter.any() and not (clutter & decode_rle(referent.masks[0])).any()
+            objects = decode_rle(referent.meta["object_masks"][0])
+            assert (objects >= decode_rle(referent.masks[0])).all() and not (objects & clutter).any()
     assert all("clutter_masks" not in r.meta for rec in read_refcoco(out / "refer" / "refcoco", "val") for r in rec.referents)
     # SAM-2 pre-training's positives are the annotated objects only: no clutter pixel among them.
     data = instance_set(images[:4], image_size=64)
@@ -89,11 +91,12 @@ def test_malformed_sidecar_names_the_file(clutter_dir, tmp_path):
     original = sidecar.read_text()
     key = read_refcoco(out / "refer" / "refcoco", "lure")[0].referents[0].ref_id
     try:
-        sidecar.write_text(json.dumps({"1": {"lure": "yes", "masks": []}}))
+        sidecar.write_text(json.dumps({"1": {"lure": "yes", "masks": [], "objects": []}}))
         with pytest.raises(DatasetFormatError, match="clutter.json"):
             read_refcoco(out / "refer" / "refcoco", "lure")
         entries = json.loads(original)
         entries[key]["masks"] = entries[key]["masks"] * 2  # two masks for a one-frame image
+        entries[key]["objects"] = entries[key]["objects"] * 2
         sidecar.write_text(json.dumps(entries))
         with pytest.raises(DatasetFormatError, match="regenerate"):
             read_refcoco(out / "refer" / "refcoco", "lure")
@@ -106,3 +109,31 @@ def test_without_clutter_the_output_has_no_clutter_splits(tmp_path):
     assert "clutter" not in manifest and "lure" not in manifest["datasets"]["refcoco"]["splits"]
     assert not list(tmp_path.rglob(CLUTTER_FILE))
     assert set(COLORS) == set(VIVID)
+
+
+def test_batches_carry_the_object_union_clutter_and_lure_flags(clutter_dir):
+    import random
+
+    from salma.config import tiny_config
+    from salma.data.examples import ImageGeometry, collate
+    from salma.data.sampling import SamplingOptions, sample_example
+    from salma.tokenizer import build_tiny_tokenizer
+
+    out, _ = clutter_dir
+    tokenizer, geometry = build_tiny_tokenizer(), ImageGeometry.from_config(tiny_config())
+    options = SamplingOptions(num_frames=3, max_objects=2)
+    records = read_refcoco(out / "refer" / "refcoco", "lure")[:2] + read_mevis(out / "mevis", "control")[:1]
+    examples = [sample_example(r, rng=random.Random(0), options=options, tokenizer=tokenizer, geometry=geometry)
+                for r in records]
+    batch = collate(examples, pad_token_id=tokenizer.pad_token_id)
+    assert batch.frame_object_masks.shape == batch.frame_clutter_masks.shape == (5, 128, 128)
+    assert batch.object_lure.tolist() == [1, 1, 0]
+    for p in range(batch.gt_masks.shape[0]):  # every target lies inside the object union
+        union = batch.frame_object_masks[batch.pair_frame_index[p]]
+        assert (batch.gt_masks[p] & ~union).sum() <= 0.01 * batch.gt_masks[p].sum()
+    assert not (batch.frame_object_masks & batch.frame_clutter_masks).any()
+    # A batch with one example from data without the sidecar has none of the optional fields.
+    plain = read_refcoco(out / "refer" / "refcoco", "val")[:1]
+    mixed = examples[:1] + [sample_example(plain[0], rng=random.Random(0), options=options, tokenizer=tokenizer,
+                                           geometry=geometry)]
+    assert collate(mixed, pad_token_id=tokenizer.pad_token_id).frame_object_masks is None
