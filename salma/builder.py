@@ -114,6 +114,7 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
             mode=b.mode,
             topk_tokens=b.topk_tokens,
             use_film=b.use_film,
+            film_variant=b.film_variant,
             dropout=b.dropout,
         )
     loss = config.loss

@@ -204,6 +204,10 @@ class MBAConfig(_Strict):
     prior: Literal["learned", "oracle", "shuffled", "uniform"] = "learned"
     topk_tokens: int | None = 2
     use_film: bool = False
+    # FiLM as described (LayerNorm'd features, mean of the language tokens, its own scale), or the
+    # variant this code had first (raw features, router-pooled kept tokens, gated by the prior,
+    # the attention's scale): salma.mask_biased_attention, step 5.
+    film_variant: Literal["layernorm_mean", "prior_gated_router_pooled"] = "layernorm_mean"
     dropout: float = 0.0
     language_tokens: Literal["seg_plus_expression", "seg_only"] = "seg_plus_expression"
     max_expression_tokens: int = 16
