@@ -86,3 +86,13 @@ def test_oracle_trains_through_the_forward(model):
     out = model(batch)
     assert torch.isfinite(out["total"])
     model.prior_source = "learned"
+
+
+def test_arms_share_their_initialisation():
+    """Sweep arms are paired: with the same seed, MBA on or off leaves every shared weight equal."""
+    with_mba = build_salma(tiny_salma_config()).state_dict()
+    config = tiny_salma_config()
+    baseline = build_salma(config.model_copy(update={"mba": config.mba.model_copy(update={"enabled": False})})).state_dict()
+    shared = set(with_mba) & set(baseline)
+    assert len(shared) == len(baseline) and any(k.startswith("mba.") for k in with_mba)
+    assert all(torch.equal(with_mba[k], baseline[k]) for k in shared)
