@@ -267,6 +267,18 @@ def stats_plot(result: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def write_statistics_files(result: Mapping[str, Any], out: Path) -> list[Path]:
+    """stats.md, stats.csv, stats.json and stats.png in ``out``; returns their paths."""
+    import json
+
+    files = [out / "stats.md", out / "stats.csv", out / "stats.json", out / "stats.png"]
+    files[0].write_text(stats_markdown(result))
+    files[1].write_text(stats_csv(result))
+    files[2].write_text(json.dumps(result, indent=1))
+    stats_plot(result, files[3])
+    return files
+
+
 def stats_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """Flat metrics for the sweep's MLflow parent run: ``stats/<arm>/<column>/<field>`` (characters
     MLflow refuses in a metric name, such as the ``+`` of ``+cma``, become ``_``)."""

@@ -100,3 +100,32 @@ def test_metric_names_mlflow_accepts():
     result = sweep_statistics([TrialData("+cma", 0, True, {"eval/a/ciou": 1.0})], arms=["+cma"], reference="+cma",
                               columns=["a/ciou"], control_source=None, bootstrap=10)
     assert "stats/_cma/a/ciou/mean" in stats_metrics(result)
+
+
+def test_the_sweep_writes_its_statistics_from_the_trial_folders(tmp_path):
+    import json
+
+    from pipelines.drift_probe import PROBE_FILE
+    from pipelines.tune import TRIALS_DIR, TrialOutcome, build_sweep, write_statistics
+
+    experiment = {"model": {"preset": "tiny"}, "train": {"num_workers": 1, "max_steps": 8},
+                  "data": {"eval_sources": [{"name": "lure", "format": "refcoco", "root": "x", "split": "lure"}]}}
+    sweep = build_sweep({"variants": {"baseline": {"model.mba.enabled": False}, "learned": {}}, "seeds": [0, 1, 2],
+                         "drift_probe": True, "stats": {"reference": "baseline", "columns": ["lure/probe/lure_share"],
+                                                        "control_source": "control", "bootstrap": 100}},
+                        experiment, default_name="d", where="d.yaml")
+    outcomes = []
+    for trial in _trials():
+        if trial.arm == "oracle" or not trial.completed:
+            continue
+        trial_id = f"{trial.arm}-{trial.seed}"
+        folder = tmp_path / TRIALS_DIR / trial_id
+        folder.mkdir(parents=True)
+        (folder / PROBE_FILE).write_text(json.dumps(trial.rows))
+        outcomes.append(TrialOutcome(trial_id, trial.arm, trial.seed, 0.0, 8, 8, "completed", dict(trial.scores)))
+    files, metrics = write_statistics(sweep, outcomes, str(tmp_path))
+    assert {f.name for f in files} == {"stats.md", "stats.csv", "stats.json", "stats.png"}
+    saved = json.loads((tmp_path / "stats.json").read_text())
+    learned = next(r for r in saved["rows"] if r["arm"] == "learned")
+    assert learned["pairs"] == 5 and learned["boot_low"] > 0
+    assert metrics["stats/learned/lure/probe/lure_share/diff"] == pytest.approx(0.1)

@@ -105,7 +105,10 @@ def _experiment(**train):
         ({"asha": {"grace_period": 50}}, _experiment(max_steps=10), "exceeds max_t"),
         ({"search_space": {"model.mba.tau": [1.0, 1.0]}}, _experiment(), "identical"),
         ({"resources_per_trial": {"CPU": 0}}, _experiment(), "reserves nothing"),
-        ({"evaluate": True, "metric": "loss/total"}, {**_experiment(), "data": {}}, "sweep.evaluate needs data.eval_sources"),
+        ({"evaluate": True, "metric": "loss/total"}, {**_experiment(), "data": {}}, "sweep.evaluate / sweep.drift_probe need"),
+        ({"stats": {"reference": "a", "columns": ["v/probe/ciou"]}}, _experiment(), "set sweep.drift_probe"),
+        ({"drift_probe": True, "variants": {"a": {}, "b": {"model.mba.tau": 2.0}},
+          "stats": {"reference": "c", "columns": ["v/probe/ciou"]}}, _experiment(), "reference='c' is not one of"),
     ],
 )
 def test_invalid_sweeps_are_rejected_with_the_reason(sweep, experiment, message):
