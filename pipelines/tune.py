@@ -131,7 +131,7 @@ class SweepSettings(_Strict):
     # Benchmark evaluation of every trial that trains to the end (see ``evaluate_trial``); the
     # summary reports the eval metrics named in eval_columns (see ``eval_columns``) beside ``metric``.
     evaluate: bool = False
-    eval_columns: list[str] = Field(default_factory=lambda: ["ciou", "giou", "jf", "drift/target_share"])
+    eval_columns: list[str] = Field(default_factory=lambda: ["ciou", "giou", "jf", "update_energy/target_share"])
     # The drift probe (pipelines.drift_probe) of every trial that trains to the end, on the eval
     # splits with clutter annotations; its metrics join the trial's eval scores (eval/<split>/probe/*).
     drift_probe: bool = False
@@ -805,7 +805,7 @@ def _best(rows: list[dict[str, Any]], outcomes: list[TrialOutcome], sign: int) -
 
 def eval_columns(outcomes: list[TrialOutcome], suffixes: list[str]) -> list[str]:
     """The trials' eval metrics ``eval/<split>/<name>`` whose ``<name>`` is one of ``suffixes``
-    (``ciou``, ``drift/target_share`` …): splits in the order the trials reported them, names
+    (``ciou``, ``update_energy/target_share`` …): splits in the order the trials reported them, names
     within a split in the order of ``suffixes``."""
     parsed = {}
     for key in dict.fromkeys(k for o in outcomes for k in o.eval):
@@ -876,7 +876,7 @@ def _markdown(sweep: Sweep, summary: dict[str, Any]) -> str:
             "## Benchmark scores",
             "",
             "Each trial that trained to the end, exported and evaluated on the experiment's eval splits "
-            "(generation, the benchmark metrics; cIoU / gIoU / J&F in %, drift target share in [0, 1]): "
+            "(generation, the benchmark metrics; cIoU / gIoU / J&F in %, update-energy target share in [0, 1]): "
             "mean ± sample std over the seeds evaluated (n).",
             "",
             "| configuration | " + " | ".join(_column_label(c) for c in columns) + " | n |",
@@ -902,7 +902,7 @@ def _markdown(sweep: Sweep, summary: dict[str, Any]) -> str:
 def _column_label(column: str) -> str:
     """``eval/refcoco_val/ciou`` → ``refcoco_val cIoU``."""
     _, split, name = column.split("/", 2)
-    names = {"ciou": "cIoU", "giou": "gIoU", "jf": "J&F", "j": "J", "f": "F", "drift/target_share": "drift share"}
+    names = {"ciou": "cIoU", "giou": "gIoU", "jf": "J&F", "j": "J", "f": "F", "update_energy/target_share": "update-energy share"}
     return f"{split} {names.get(name, name)}"
 
 

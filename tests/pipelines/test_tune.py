@@ -223,7 +223,7 @@ def test_summary_aggregates_the_benchmark_scores_of_evaluated_trials(tmp_path):
 
     def scores(ciou, share):
         return {"eval/img/ciou": ciou, "eval/img/giou": 1.0, "eval/img/sentences": 60.0,
-                "eval/vid/jf": ciou / 2, "eval/img/drift/target_share": share}
+                "eval/vid/jf": ciou / 2, "eval/img/update_energy/target_share": share}
 
     outcomes = [
         TrialOutcome("t0", a, 0, 1.0, 8, 8, "completed", scores(40.0, 0.25)),
@@ -233,7 +233,7 @@ def test_summary_aggregates_the_benchmark_scores_of_evaluated_trials(tmp_path):
     ]
     summary = summarize(sweep, outcomes)
     # Splits in reported order; within one, the order of sweep.eval_columns; unlisted names dropped.
-    assert summary["eval_columns"] == ["eval/img/ciou", "eval/img/giou", "eval/img/drift/target_share", "eval/vid/jf"]
+    assert summary["eval_columns"] == ["eval/img/ciou", "eval/img/giou", "eval/img/update_energy/target_share", "eval/vid/jf"]
     row_a, row_b = summary["rows"]
     assert row_a["eval"]["eval/img/ciou"]["mean"] == 45.0 and row_a["eval"]["eval/vid/jf"]["mean"] == 22.5
     assert math.isclose(row_a["eval"]["eval/img/ciou"]["std"], math.sqrt(50.0))
@@ -242,9 +242,9 @@ def test_summary_aggregates_the_benchmark_scores_of_evaluated_trials(tmp_path):
     # trials.csv has every trial's own scores (the per-seed values behind the means).
     trials = list(csv.DictReader((tmp_path / TRIALS_CSV).open()))
     assert [t["eval/img/ciou"] for t in trials] == ["40.0", "50.0", "", "60.0"]
-    assert trials[1]["eval/img/drift/target_share"] == "0.75" and trials[2]["status"] == "stopped"
+    assert trials[1]["eval/img/update_energy/target_share"] == "0.75" and trials[2]["status"] == "stopped"
     markdown = (tmp_path / SUMMARY_MD).read_text()
-    assert "| img cIoU | img gIoU | img drift share | vid J&F | n |" in markdown
+    assert "| img cIoU | img gIoU | img update-energy share | vid J&F | n |" in markdown
     assert f"| {a} | 45 ± 7.07 | 1 ± 0 | 0.5 ± 0.354 | 22.5 ± 3.54 | 2 |" in markdown
     header = (tmp_path / SUMMARY_CSV).read_text().splitlines()[0]
     assert header.endswith("eval/vid/jf_mean,eval/vid/jf_std,eval/vid/jf_n")
