@@ -129,3 +129,21 @@ def test_the_sweep_writes_its_statistics_from_the_trial_folders(tmp_path):
     learned = next(r for r in saved["rows"] if r["arm"] == "learned")
     assert learned["pairs"] == 5 and learned["boot_low"] > 0
     assert metrics["stats/learned/lure/probe/lure_share/diff"] == pytest.approx(0.1)
+
+
+def test_the_drift_sweep_pairs_five_seeds_of_the_prior_arms():
+    from pathlib import Path
+
+    from pipelines.tune import load_sweep
+
+    sweep = load_sweep(Path(__file__).resolve().parents[2] / "experiments/ablations/drift.yaml")
+    labels = [c.label for c in sweep.configurations]
+    assert labels == ["baseline", "uniform", "learned", "oracle", "shuffled"] and len(sweep.settings.seeds) >= 5
+    resolved = {c.label: sweep.trial_config(c.overrides, 0) for c in sweep.configurations}
+    assert not resolved["baseline"].model_config_resolved.mba.enabled
+    assert [resolved[a].model_config_resolved.mba.prior for a in labels[1:]] == ["uniform", "learned", "oracle", "shuffled"]
+    cfg = resolved["learned"]
+    assert cfg.sam_pretrain.enabled and cfg.data.synthetic.clutter.eval_images >= 1000
+    assert {s.split for s in cfg.data.sources} == {"clutter_train"}
+    assert sweep.settings.drift_probe and sweep.settings.stats.reference == "baseline"
+    assert sweep.settings.stats.control_source == "control_img"
