@@ -44,3 +44,35 @@ def test_probe_measures_the_clutter_splits_the_same_way_every_time(sources):
     assert rows_again == rows and model.training  # deterministic; the model's mode is restored
     with pytest.raises(ValueError, match="batch_size"):
         probe_sources(model, sources, num_frames=2, batch_size=1)
+
+
+def test_synthetic_data_is_rewritten_when_the_clutter_sizes_change(tmp_path, monkeypatch):
+    import json
+
+    import salma.data.synthetic as synthetic
+    from pipelines.config import ExperimentConfig
+    from pipelines.data import ensure_synthetic
+
+    written = []
+
+    def fake_write(out, *, seed, size, clutter):  # records the request, writes only the manifest
+        written.append(clutter)
+        manifest = {"generator": synthetic.GENERATOR, "version": synthetic.GENERATOR_VERSION, "seed": seed,
+                    "size": size, "datasets": {}}
+        if clutter.enabled:
+            manifest["clutter"] = {k: getattr(clutter, k) for k in ("train_images", "eval_images", "train_videos", "eval_videos")}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        return manifest
+
+    monkeypatch.setattr(synthetic, "write_synthetic", fake_write)
+
+    def cfg(**clutter):
+        return ExperimentConfig.model_validate(
+            {"data": {"synthetic": {"enabled": True, "out": str(tmp_path / "d"), "clutter": clutter}}})
+
+    ensure_synthetic(cfg())
+    ensure_synthetic(cfg())  # the same: reused
+    ensure_synthetic(cfg(eval_images=5))  # clutter asked for: rewritten
+    ensure_synthetic(cfg(eval_images=5))
+    assert [c.eval_images for c in written] == [0, 5]
