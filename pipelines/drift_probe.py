@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
