@@ -45,6 +45,15 @@ class SourceConfig(StrictModel):
         return v
 
 
+class SyntheticClutterConfig(StrictModel):
+    """Sizes of the clutter-lure splits (``salma.data.synthetic.ClutterCounts``); all 0 = none."""
+
+    train_images: int = Field(0, ge=0)
+    eval_images: int = Field(0, ge=0)
+    train_videos: int = Field(0, ge=0)
+    eval_videos: int = Field(0, ge=0)
+
+
 class SyntheticConfig(StrictModel):
     """Generate the synthetic datasets before the job starts (the embedded default)."""
 
@@ -52,6 +61,7 @@ class SyntheticConfig(StrictModel):
     out: str = "data/synthetic"
     size: Literal["small", "medium"] = "small"
     seed: int = 0
+    clutter: SyntheticClutterConfig = Field(default_factory=SyntheticClutterConfig)
 
 
 class DataConfig(SamplingOptions):

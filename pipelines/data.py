@@ -379,19 +379,20 @@ def ensure_synthetic(cfg: ExperimentConfig) -> dict | None:
     syn = cfg.data.synthetic
     if not syn.enabled:
         return None
-    from salma.data.synthetic import GENERATOR_VERSION, write_synthetic
+    from salma.data.synthetic import GENERATOR_VERSION, ClutterCounts, write_synthetic
 
     out = Path(syn.out).expanduser().resolve()
     manifest_path = out / "manifest.json"
+    clutter = ClutterCounts(**syn.clutter.model_dump())
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        wanted = (syn.seed, syn.size, GENERATOR_VERSION)
-        if (manifest.get("seed"), manifest.get("size"), manifest.get("version")) == wanted:
+        wanted = (syn.seed, syn.size, GENERATOR_VERSION, syn.clutter.model_dump() if clutter.enabled else None)
+        if (manifest.get("seed"), manifest.get("size"), manifest.get("version"), manifest.get("clutter")) == wanted:
             return manifest
     from pipelines.progress import phase_line
 
     logger.info("writing synthetic datasets to %s (seed %d, size %s)", out, syn.seed, syn.size)
     started = time.perf_counter()
-    manifest = write_synthetic(out, seed=syn.seed, size=syn.size)
+    manifest = write_synthetic(out, seed=syn.seed, size=syn.size, clutter=clutter)
     phase_line("data synth", f"wrote the synthetic datasets to {out} in {time.perf_counter() - started:.0f} s")
     return manifest

@@ -20,11 +20,12 @@ predictions at all scores 0 (J = F = 0) for each of its expressions, with a warn
 videos, as MeViS's ``eval_mevis.py`` scores a video folder missing from a submission.
 
 Benchmark scores are in percent, as papers report them. Where the data knows its distractors
-(the synthetic drift splits), the attention-drift score (``salma.drift_score``) is added from the
+(the synthetic drift splits), the MBA update-energy shares (``salma.drift_score``; an energy, not an
+attention measure) are added from the
 inference diagnostics. Writes ``scores.md``, ``scores.csv`` and ``per_expression.csv`` to ``--out``
 (default: DIR) and logs every score as ``eval/<benchmark>/<metric>`` — e.g.
 ``eval/refcoco_val/ciou``, ``eval/mevis_valid_u/jf``, ``eval/revos_valid/overall/jf``,
-``eval/mevis_drift/drift/target_share`` — plus the tables and the visual report as artifacts:
+``eval/mevis_drift/update_energy/target_share`` — plus the tables and the visual report as artifacts:
 on the run that produced the model (``--run-id``), or on a new evaluation run (tagged
 ``salma.model_run_id`` when ``--run-id`` is given with ``--new-run``).
 
@@ -76,7 +77,7 @@ from pipelines.prediction_folder import (
 )
 from salma.data.masks import decode_rle
 from salma.data.record import SampleRecord
-from salma.drift_score import DriftTerms, attention_drift_score
+from salma.drift_score import DriftTerms, update_energy_shares
 from salma.metrics import (
     aggregate_expressions,
     aggregate_revos,
@@ -126,7 +127,7 @@ class BenchmarkScores:
             out.update({f"{base}/{_METRIC_NAME[k]}": v for k, v in values.items()})
         out.update({f"{prefix}/{self.name}/{k}": v for k, v in self.counts.items()})
         if self.drift is not None:
-            out.update({f"{prefix}/{self.name}/drift/{k}": v for k, v in self.drift.items() if not math.isnan(v)})
+            out.update({f"{prefix}/{self.name}/update_energy/{k}": v for k, v in self.drift.items() if not math.isnan(v)})
         return out
 
 
@@ -222,7 +223,7 @@ def write_skipped(out: Path, scores: Sequence[BenchmarkScores]) -> None:
 
 
 def _with_diagnostics(scores: BenchmarkScores, pred: Path) -> BenchmarkScores:
-    """Add the drift score and the share of answers without ``[SEG]`` from the diagnostics."""
+    """Add the update-energy shares and the share of answers without ``[SEG]`` from the diagnostics."""
     diagnostics_path = pred / DIAGNOSTICS
     if diagnostics_path.is_file():
         diagnostics = json.loads(diagnostics_path.read_text())
@@ -399,7 +400,7 @@ def _map(fn, tasks: list, workers: int | None) -> list:
 
 
 def _drift(diagnostics: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The attention-drift score of the predictions whose distractors are known, or None."""
+    """The MBA update-energy shares of the predictions whose distractors are known, or None."""
     entries = [d["drift"] for d in diagnostics if d.get("drift") is not None]
     if not entries:
         return None
@@ -409,9 +410,9 @@ def _drift(diagnostics: list[dict[str, Any]]) -> dict[str, float] | None:
                         e.get("target_area", 0.0), e.get("distractor_area", 0.0))
         for e in entries
     ]
-    score = attention_drift_score(terms)
+    score = update_energy_shares(terms)
     signals = sorted({e["signal"] for e in entries})
-    logger.info("attention drift (%s): target share %.3f over %d samples (%d unscored)",
+    logger.info("update energy (%s): target share %.3f over %d samples (%d unscored)",
                 "/".join(signals), score["target_share"], int(score["scored"]), int(score["unscored"]))
     return score
 
@@ -421,7 +422,7 @@ def write_tables(scores: Sequence[BenchmarkScores], out_dir: str | os.PathLike) 
     """``scores.md`` (one row per benchmark and group), ``scores.csv`` (long: one metric per row)
     and ``per_expression.csv``; each written atomically."""
     out = Path(out_dir)
-    md = ["| benchmark | group | " + " | ".join(h for _, h in _COLUMNS) + " | drift target share | expressions |",
+    md = ["| benchmark | group | " + " | ".join(h for _, h in _COLUMNS) + " | update-energy target share | expressions |",
           "|" + "---|" * (len(_COLUMNS) + 4)]
     long_rows = [("benchmark", "format", "split", "group", "metric", "value")]
     for s in scores:
@@ -434,7 +435,7 @@ def write_tables(scores: Sequence[BenchmarkScores], out_dir: str | os.PathLike) 
             long_rows += [(s.name, s.format, s.split, group, k, f"{v:.6f}") for k, v in values.items()]
         long_rows += [(s.name, s.format, s.split, "counts", k, f"{v:g}") for k, v in s.counts.items()]
         if s.drift:
-            long_rows += [(s.name, s.format, s.split, "drift", k, f"{v:.6f}") for k, v in s.drift.items()]
+            long_rows += [(s.name, s.format, s.split, "update_energy", k, f"{v:.6f}") for k, v in s.drift.items()]
     notes = [f"- {s.name}: {len(s.skipped)} referent(s) or record(s) of the split skipped and not scored "
              f"({skipped_summary(s.skipped)}); see {BAD_RECORDS}" for s in scores if s.skipped]
     if notes:

@@ -27,10 +27,10 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "quicksta
 
 def results_table(metrics: dict[str, float], sources: list[str]) -> str:
     """Markdown table: one row per evaluation split, cIoU / gIoU for images, J / F / J&F for videos
-    (all in percent, as the benchmark scripts print them), the attention-drift target share
+    (all in percent, as the benchmark scripts print them), the MBA update-energy target share
     where the split has distractors."""
-    columns = ["ciou", "giou", "j", "f", "jf", "drift/target_share"]
-    lines = ["| split | cIoU % | gIoU % | J % | F % | J&F % | drift target share |", "|---|---|---|---|---|---|---|"]
+    columns = ["ciou", "giou", "j", "f", "jf", "update_energy/target_share"]
+    lines = ["| split | cIoU % | gIoU % | J % | F % | J&F % | update-energy target share |", "|---|---|---|---|---|---|---|"]
     for name in sources:
         cells = []
         for col in columns:

@@ -90,6 +90,19 @@ class AshaSettings(StrictModel):
         return self
 
 
+class StatsSettings(StrictModel):
+    """Paired statistics over the arms (``pipelines.sweep_stats``): ``reference`` names the arm the
+    others are compared with, ``columns`` the metrics ``<split>/<name>`` (e.g.
+    ``lure_img/probe/lure_share``), ``control_source`` the split whose probe cIoU must beat the
+    expression-ignoring floor for a trial to count (null: every finished trial counts)."""
+
+    reference: str
+    columns: list[str] = Field(min_length=1)
+    control_source: str | None = None
+    bootstrap: int = Field(2000, ge=100)
+    bootstrap_seed: int = 0
+
+
 class SweepSettings(StrictModel):
     """The ``sweep:`` section. ``search_space`` maps a dotted config field to a list of values
     (grid; a random choice in ``mode: random``) or to one of ``{grid: [..]}``, ``{choice: [..]}``,
@@ -115,7 +128,11 @@ class SweepSettings(StrictModel):
     # Benchmark evaluation of every trial that trains to the end (see ``evaluate_trial``); the
     # summary reports the eval metrics named in eval_columns (see ``eval_columns``) beside ``metric``.
     evaluate: bool = False
-    eval_columns: list[str] = Field(default_factory=lambda: ["ciou", "giou", "jf", "drift/target_share"])
+    eval_columns: list[str] = Field(default_factory=lambda: ["ciou", "giou", "jf", "update_energy/target_share"])
+    # The drift probe (pipelines.drift_probe) of every trial that trains to the end, on the eval
+    # splits with clutter annotations; its metrics join the trial's eval scores (eval/<split>/probe/*).
+    drift_probe: bool = False
+    stats: StatsSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSettings":
@@ -134,7 +151,14 @@ class SweepSettings(StrictModel):
             _check_distribution(key, spec, self.mode)
         if self.evaluate and not self.eval_columns:
             raise ValueError("sweep.eval_columns must name at least one metric suffix when sweep.evaluate is true")
+        if self.stats is not None and not (self.evaluate or self.drift_probe):
+            raise ValueError("sweep.stats needs per-trial scores: set sweep.drift_probe (or sweep.evaluate) to true")
         return self
+
+    @property
+    def scores_trials(self) -> bool:
+        """Whether each finished trial is scored after training (benchmark and/or drift probe)."""
+        return self.evaluate or self.drift_probe
 
 
 def _check_distribution(key: str, spec: Any, mode: str) -> None:
@@ -235,6 +259,10 @@ def build_sweep(sweep_raw: dict[str, Any], experiment: dict[str, Any], *, defaul
     name = settings.name or default_name
     sweep = Sweep(name=name, settings=settings, experiment=experiment, configurations=_configurations(settings),
                   source={"sweep": {**sweep_raw, "name": name}, **experiment})
+    labels = [c.label for c in sweep.configurations]
+    if settings.stats is not None and settings.stats.reference not in labels:
+        raise ConfigError(f"{where}: sweep.stats.reference={settings.stats.reference!r} is not one of the "
+                          f"configurations {labels}")
     for configuration in sweep.configurations:
         for seed in settings.seeds:
             cfg = sweep.trial_config(configuration.overrides, seed)
@@ -250,8 +278,9 @@ def _check_trial(cfg: ExperimentConfig, settings: SweepSettings, where: str) -> 
         )
     if settings.metric.startswith("val/") and not cfg.data.eval_sources:
         raise ConfigError(f"{where}: sweep.metric {settings.metric} is the held-out loss; it needs data.eval_sources")
-    if settings.evaluate and not cfg.data.eval_sources:
-        raise ConfigError(f"{where}: sweep.evaluate needs data.eval_sources (the splits each trial is scored on)")
+    if settings.scores_trials and not cfg.data.eval_sources:
+        raise ConfigError(f"{where}: sweep.evaluate / sweep.drift_probe need data.eval_sources "
+                          "(the splits each trial is scored on)")
     max_t = settings.asha.max_t or cfg.train.max_steps
     if settings.scheduler == "asha" and settings.asha.grace_period > max_t:
         raise ConfigError(f"{where}: sweep.asha.grace_period={settings.asha.grace_period} exceeds max_t={max_t} steps")
@@ -347,29 +376,47 @@ def run_trial(config: dict[str, Any], *, context: TrialContext) -> None:
     if resume:
         logger.info("trial %s resumes its training run %s", trial_id, resume)
     result = train(cfg, resume=resume, callbacks=[TuneReportCallback()], tags=tags)
-    if context.sweep.settings.evaluate:
-        evaluate_trial(cfg, result, workdir)
+    settings = context.sweep.settings
+    if settings.scores_trials:
+        evaluate_trial(cfg, result, workdir, benchmark=settings.evaluate, probe=settings.drift_probe)
 
 
-def evaluate_trial(cfg: ExperimentConfig, result, workdir: str) -> dict[str, float]:
-    """Export a finished trial's final checkpoint and score it on ``cfg.data.eval_sources`` with the
-    benchmark metrics (generation, as ``salma evaluate``), in the trial's own process (no predictor
-    actors: the trial's CPUs are already reserved). The scores go onto the trial's MLflow run and
-    into ``<workdir>/eval.json``, which the summary reads. A trial ASHA stops never gets here."""
-    from pipelines.evaluate import evaluate_model
+def evaluate_trial(
+    cfg: ExperimentConfig, result, workdir: str, *, benchmark: bool = True, probe: bool = False
+) -> dict[str, float]:
+    """Export a finished trial's final checkpoint and score it on ``cfg.data.eval_sources``: with
+    ``benchmark``, the benchmark metrics (generation, as ``salma evaluate``), in the trial's own
+    process (no predictor actors: the trial's CPUs are already reserved); with ``probe``, the drift
+    probe (``pipelines.drift_probe``; its per-object rows go to ``<workdir>/drift_probe.json``).
+    The scores go onto the trial's MLflow run and into ``<workdir>/eval.json``, which the summary
+    reads. A trial ASHA stops never gets here."""
+    from pipelines.drift_probe import PROBE_FILE, probe_sources
+    from pipelines.evaluate import TrackingTarget, evaluate_model, log_to_mlflow
     from pipelines.export import export_checkpoint
     from pipelines.prediction_folder import write_text_atomic
     from pipelines.tracking import tracking_uri
+    from salma.export import load_exported
 
     if result.checkpoint_path is None:
         raise RuntimeError(f"trial in {workdir} finished without a checkpoint; nothing to evaluate")
     started = time.perf_counter()
     export_dir = Path(result.run_dir) / "export"
     export_checkpoint(result.checkpoint_path, export_dir)
-    metrics = evaluate_model(
-        str(export_dir), cfg.data.eval_sources, Path(result.run_dir) / "eval", num_actors=0,
-        settings=cfg.eval, run_id=result.run_id, tracking_uri=tracking_uri(cfg) if result.run_id else None,
-    )
+    uri = tracking_uri(cfg) if result.run_id else None
+    metrics: dict[str, float] = {}
+    if benchmark:
+        metrics.update(evaluate_model(
+            str(export_dir), cfg.data.eval_sources, Path(result.run_dir) / "eval", num_actors=0,
+            settings=cfg.eval, run_id=result.run_id, tracking_uri=uri,
+        ))
+    if probe:
+        probed, rows = probe_sources(load_exported(export_dir), cfg.data.eval_sources, num_frames=cfg.data.num_frames)
+        rows_path = Path(workdir) / PROBE_FILE
+        write_text_atomic(rows_path, json.dumps(rows))
+        metrics.update(probed)
+        if uri is not None:
+            finite = {k: v for k, v in probed.items() if math.isfinite(v)}
+            log_to_mlflow(TrackingTarget(uri=uri, run_id=result.run_id), finite, [(rows_path, "drift_probe")], {})
     write_text_atomic(Path(workdir) / EVAL_FILE, json.dumps(metrics, indent=1))
     logger.info("evaluated %s in %.0f s", result.run_dir, time.perf_counter() - started)
     return metrics
@@ -604,6 +651,10 @@ def _finish(sweep: Sweep, sweep_dir: str, grid, parent: tracking.Tracker, state:
     outcomes = [_outcome(sweep, r, sweep_dir) for r in grid]
     summary = summarize(sweep, outcomes)
     files = write_results(sweep, outcomes, summary, sweep_dir)
+    stat_values: dict[str, float] = {}
+    if sweep.settings.stats is not None:
+        stats_files, stat_values = write_statistics(sweep, outcomes, sweep_dir)
+        files += stats_files
     close_stopped_children(state, outcomes)
     for path in files:
         parent.log_artifact(str(path))
@@ -613,6 +664,7 @@ def _finish(sweep: Sweep, sweep_dir: str, grid, parent: tracking.Tracker, state:
     if summary["best"] is not None:
         metrics[f"best/{sweep.settings.metric}"] = summary["best"]["mean"]
         parent.set_tags({"salma.best_configuration": summary["best"]["configuration"], "salma.best_rule": summary["best_rule"]})
+    metrics.update(stat_values)
     parent.log_metrics({k: float(v) for k, v in metrics.items() if _finite(v)}, step=0)
     best = summary["best"]
     return TuneResult(
@@ -641,8 +693,28 @@ def _outcome(sweep: Sweep, result, sweep_dir: str) -> TrialOutcome:
     return TrialOutcome(
         trial_id=trial_id, configuration=configuration.label,
         seed=seed, metric=float(value) if value is not None else math.nan, steps=steps, max_steps=max_steps,
-        status=status, eval=_trial_eval(Path(sweep_dir, TRIALS_DIR, trial_id)) if sweep.settings.evaluate else {},
+        status=status, eval=_trial_eval(Path(sweep_dir, TRIALS_DIR, trial_id)) if sweep.settings.scores_trials else {},
     )
+
+
+def write_statistics(sweep: Sweep, outcomes: list[TrialOutcome], sweep_dir: str) -> tuple[list[Path], dict[str, float]]:
+    """``sweep.stats``: the paired statistics (``pipelines.sweep_stats``) written to the sweep
+    folder; returns those files and the metrics for the parent run."""
+    from pipelines.drift_probe import PROBE_FILE
+    from pipelines.sweep_stats import TrialData, stats_metrics, sweep_statistics, write_statistics_files
+
+    settings = sweep.settings.stats
+    trials = []
+    for o in outcomes:
+        rows_path = Path(sweep_dir, TRIALS_DIR, o.trial_id, PROBE_FILE)
+        rows = json.loads(rows_path.read_text()) if rows_path.is_file() else {}
+        trials.append(TrialData(o.configuration, o.seed, o.status == "completed", o.eval, rows))
+    result = sweep_statistics(
+        trials, arms=[c.label for c in sweep.configurations], reference=settings.reference,
+        columns=settings.columns, control_source=settings.control_source,
+        bootstrap=settings.bootstrap, bootstrap_seed=settings.bootstrap_seed,
+    )
+    return write_statistics_files(result, Path(sweep_dir)), stats_metrics(result)
 
 
 def _trial_eval(workdir: Path) -> dict[str, float]:
@@ -718,7 +790,7 @@ def _best(rows: list[dict[str, Any]], outcomes: list[TrialOutcome], sign: int) -
 
 def eval_columns(outcomes: list[TrialOutcome], suffixes: list[str]) -> list[str]:
     """The trials' eval metrics ``eval/<split>/<name>`` whose ``<name>`` is one of ``suffixes``
-    (``ciou``, ``drift/target_share`` …): splits in the order the trials reported them, names
+    (``ciou``, ``update_energy/target_share`` …): splits in the order the trials reported them, names
     within a split in the order of ``suffixes``."""
     parsed = {}
     for key in dict.fromkeys(k for o in outcomes for k in o.eval):
@@ -789,7 +861,7 @@ def _markdown(sweep: Sweep, summary: dict[str, Any]) -> str:
             "## Benchmark scores",
             "",
             "Each trial that trained to the end, exported and evaluated on the experiment's eval splits "
-            "(generation, the benchmark metrics; cIoU / gIoU / J&F in %, drift target share in [0, 1]): "
+            "(generation, the benchmark metrics; cIoU / gIoU / J&F in %, update-energy target share in [0, 1]): "
             "mean ± sample std over the seeds evaluated (n).",
             "",
             "| configuration | " + " | ".join(_column_label(c) for c in columns) + " | n |",
@@ -815,7 +887,7 @@ def _markdown(sweep: Sweep, summary: dict[str, Any]) -> str:
 def _column_label(column: str) -> str:
     """``eval/refcoco_val/ciou`` → ``refcoco_val cIoU``."""
     _, split, name = column.split("/", 2)
-    names = {"ciou": "cIoU", "giou": "gIoU", "jf": "J&F", "j": "J", "f": "F", "drift/target_share": "drift share"}
+    names = {"ciou": "cIoU", "giou": "gIoU", "jf": "J&F", "j": "J", "f": "F", "update_energy/target_share": "update-energy share"}
     return f"{split} {names.get(name, name)}"
 
 

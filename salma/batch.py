@@ -23,6 +23,11 @@ longest expression, S the SAM input size.
 - ``gt_masks``: (P, S, S) bool ground truth of each pair at the SAM input size.
 - ``mask_weight``: (P,) float, 1 for a supervised pair, 0 for a pair that only exists so that
   every parameter receives a gradient (see ``SalmaModel``).
+- optional, from data that annotates them (the synthetic clutter-lure splits), None otherwise:
+  ``frame_object_masks`` (F, S, S) the union of every annotated object on each frame (the oracle
+  prior, ``mba.prior: oracle``), ``frame_clutter_masks`` (F, S, S) the background clutter region,
+  ``object_lure`` (O,) int8: 1 when the object's clutter carries its expression's attribute, 0 when
+  not, -1 unknown (the drift measures, ``salma.drift_measures``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+
+
+OPTIONAL_FIELDS = ("frame_object_masks", "frame_clutter_masks", "object_lure")
 
 
 @dataclass
@@ -46,6 +54,11 @@ class SalmaBatch:
     pair_frame_index: torch.Tensor
     gt_masks: torch.Tensor
     mask_weight: torch.Tensor
+    # Frame-level annotations only some data has (the synthetic clutter-lure splits); None where
+    # any sample of the batch lacks them. (F, S, S) bool each; object_lure (O,) int8.
+    frame_object_masks: torch.Tensor | None = None
+    frame_clutter_masks: torch.Tensor | None = None
+    object_lure: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -60,25 +73,28 @@ class SalmaBatch:
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if dtype is not None and f.name in ("pixel_values", "sam_pixel_values"):
+            if value is None:
+                moved[f.name] = None
+            elif dtype is not None and f.name in ("pixel_values", "sam_pixel_values"):
                 moved[f.name] = value.to(device=device, dtype=dtype)
             else:
                 moved[f.name] = value.to(device)
         return SalmaBatch(**moved)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every field that holds a tensor (the optional frame-level ones only when present)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, torch.Tensor]) -> "SalmaBatch":
         names = {f.name for f in fields(cls)}
-        missing = names - set(data)
+        missing = names - set(data) - set(OPTIONAL_FIELDS)
         unknown = set(data) - names
         if missing or unknown:
             raise ValueError(
                 f"SalmaBatch.from_dict: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}"
             )
-        return cls(**{k: data[k] for k in names})
+        return cls(**{k: data[k] for k in names if k in data})
 
     def validate(self) -> None:
         """Check the cross-field invariants; raises ValueError naming the first broken one."""
@@ -104,3 +120,9 @@ class SalmaBatch:
             self.frame_sample_index[self.pair_frame_index],
         ):
             raise ValueError("an object-frame pair joins an object and a frame of different samples")
+        for name in ("frame_object_masks", "frame_clutter_masks"):
+            value = getattr(self, name)
+            if value is not None and value.shape[0] != F:
+                raise ValueError(f"{name} must have one mask per SAM frame")
+        if self.object_lure is not None and self.object_lure.shape != (O,):
+            raise ValueError("object_lure must have one entry per object")

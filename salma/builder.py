@@ -106,16 +106,12 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
     mba = None
     if config.mba.enabled:
         b = config.mba
-        mba = MaskBiasedAttention(
-            dim=sam.embed_dim,
-            num_heads=b.num_heads,
-            tau=b.tau,
-            strength=b.strength,
-            mode=b.mode,
-            topk_tokens=b.topk_tokens,
-            use_film=b.use_film,
-            dropout=b.dropout,
-        )
+        # MBA draws its initialisation from a stream of its own, so that building it does not
+        # shift the global one: every other parameter starts the same with MBA on or off, and the
+        # arms of a sweep are paired on their shared weights (same seed, same initialisation).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 7919)
+            mba = _build_mba(sam.embed_dim, b)
     model = SalmaModel(
         mllm=mllm,
         sam=sam,
@@ -123,7 +119,7 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
         seg_token_id=tokenizer.convert_tokens_to_ids(SEG_TOKEN),
         use_expression_tokens=config.mba.language_tokens == "seg_plus_expression",
         max_expression_tokens=config.mba.max_expression_tokens,
-        use_prior=config.mba.use_prior,
+        prior_source=config.mba.prior,
         loss=config.loss.model_copy(),
         freeze_sam_encoder=config.freeze.sam_encoder,
         tokenizer=tokenizer,
@@ -164,3 +160,17 @@ def _set_trainable(module: nn.Module, trainable: bool) -> None:
 
 def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _build_mba(dim: int, b) -> MaskBiasedAttention:
+    return MaskBiasedAttention(
+        dim=dim,
+        num_heads=b.num_heads,
+        tau=b.tau,
+        strength=b.strength,
+        mode=b.mode,
+        topk_tokens=b.topk_tokens,
+        use_film=b.use_film,
+        film_variant=b.film_variant,
+        dropout=b.dropout,
+    )

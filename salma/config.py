@@ -199,19 +199,43 @@ class SamConfig(StrictModel):
 
 
 class MBAConfig(StrictModel):
-    """Mask-Biased Attention. ``enabled: false`` is the Sa2VA baseline."""
+    """Mask-Biased Attention. ``enabled: false`` is the Sa2VA baseline.
+
+    ``prior``: where the mask prior comes from (``SalmaModel.frame_priors``): ``learned`` (SAM-2's
+    language-free pre-pass, the method), ``uniform`` (no prior: "+CMA"), ``oracle`` (the union of
+    the annotated objects; training and held-out measures on data that annotates every object),
+    ``shuffled`` (another sample's learned prior, a control). The older ``use_prior: false`` is
+    read as ``prior: uniform``.
+    """
 
     enabled: bool = True
     num_heads: int = 8
     tau: float = 1.0
     strength: float = 1.0
     mode: Literal["gate", "bias"] = "gate"
-    use_prior: bool = True
+    prior: Literal["learned", "oracle", "shuffled", "uniform"] = "learned"
     topk_tokens: int | None = 2
     use_film: bool = False
+    # FiLM as described (LayerNorm'd features, mean of the language tokens, its own scale), or the
+    # variant this code had first (raw features, router-pooled kept tokens, gated by the prior,
+    # the attention's scale): salma.mask_biased_attention, step 5.
+    film_variant: Literal["layernorm_mean", "prior_gated_router_pooled"] = "layernorm_mean"
     dropout: float = 0.0
     language_tokens: Literal["seg_plus_expression", "seg_only"] = "seg_plus_expression"
     max_expression_tokens: int = 16
+
+    @model_validator(mode="before")
+    @classmethod
+    def _use_prior(cls, data: Any) -> Any:
+        # Configs (and exported models) written before ``prior`` existed say ``use_prior``.
+        if isinstance(data, dict) and "use_prior" in data:
+            data = dict(data)
+            use_prior = data.pop("use_prior")
+            if not use_prior:
+                if data.get("prior", "uniform") != "uniform":
+                    raise ValueError(f"mba.use_prior=false and mba.prior={data['prior']!r}: keep mba.prior only")
+                data["prior"] = "uniform"
+        return data
 
     @field_validator("tau")
     @classmethod

@@ -1,5 +1,12 @@
-"""Attention-drift score: how much of the language-driven change to SAM-2's features falls on the
+"""Update-energy shares: how much of the language-driven change to SAM-2's features falls on the
 target rather than on a known, more salient distractor.
+
+This is an *energy* map of the feature update, not an attention map, and it is not a measure of
+attention drift: in gate mode every position's attention sums to one, so the map is mostly the gate
+squared times a near-constant vector (the prior's geometry), and "+CMA" scores the uniform value.
+The attention-drift measures that every arm has, the baseline included, are in
+``salma.drift_measures`` (on the clutter-lure splits). The metric names say what this is:
+``eval/<split>/update_energy/*``.
 
 MBA exists to stop "attention drift": cross-modal attention that moves the image features of a
 salient object the sentence does *not* describe. On data whose distractors are known (the
@@ -46,7 +53,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["DriftTerms", "attention_drift_score", "drift_terms", "mask_coverage", "region_energy"]
+__all__ = ["DriftTerms", "update_energy_shares", "drift_terms", "mask_coverage", "region_energy"]
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,7 @@ def drift_terms(
     )
 
 
-def attention_drift_score(samples: Iterable[DriftTerms]) -> dict[str, float]:
+def update_energy_shares(samples: Iterable[DriftTerms]) -> dict[str, float]:
     """Aggregate a split: the mean target share and what it was computed from.
 
     Returns ``{"target_share": mean over scored samples, "density_share": mean area-normalised

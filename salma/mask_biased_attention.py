@@ -53,9 +53,15 @@ class MaskBiasedAttention(nn.Module):
        mixture-of-experts top-K gate (Shazeer et al. 2017: the kept experts are weighted by a
        function of their router logits, which is how the router learns) applied to attention:
        the scorer gets an exact (not straight-through) gradient whenever two or more tokens are
-       kept. In gate mode a single kept token's prior cancels in the softmax, so the one-token
-       closed form is exact (and the scorer then gets no gradient: there is nothing to route).
-       Dropped tokens' scores get no gradient, as dropped experts' do.
+       kept. In gate mode a single kept token's prior cancels in the softmax, so that prior alone
+       gives the scorer no gradient when K = 1. Hence, as the Switch Transformer's top-1 router
+       (Fedus et al. 2021: the chosen expert's output is multiplied by its router probability),
+       the whole update is also multiplied by the *kept router mass*
+       ``m = Σ_{j kept} softmax_j(r)`` (softmax over the valid tokens): with K = 1 the scorer is
+       trained through ``m`` (raising the kept token's score against the dropped ones), and when
+       every valid token is kept ``m = 1`` and nothing changes (in particular with one token,
+       so the one-token closed form below stays exact). Dropped tokens' scores reach the loss only
+       through ``m``.
     3. Multi-head attention over the kept tokens, then the output projection ``W_o·(·) + b``. Each
        token's message is ``W_o·v_j + b``; the bias ``b`` is weighted by the attention mass that
        went to language (1 in gate mode whenever a token is kept), so a position that attends to
@@ -73,10 +79,17 @@ class MaskBiasedAttention(nn.Module):
        mass to the null slot rather than only to the other tokens. This is the
        attention-sink / "softmax plus one" construction (Xiao et al. 2023; Miller 2023) with a
        prior-dependent sink logit.
-    5. **FiLM** (``use_film``): a per-channel scale and shift from the router-weighted mean of the
-       kept tokens, ``Δ = scale ⊙ x + shift`` (FiLM(x) − x, Perez et al. 2018), added to the
-       attention output at each position with the same weight as the output-projection bias (the
-       language mass) and then gated like it.
+    5. **FiLM** (``use_film``), in one of two variants (``film_variant``):
+
+       - ``"layernorm_mean"`` (the default, FiLM as described for SALMA; Perez et al. 2018): a
+         per-channel scale and shift from the mean of the valid language tokens,
+         ``Δ_film = γ_film·s·(scale ⊙ LN_film(x) + shift)``, on the LayerNorm'd features, added
+         to the residual with its own zero-initialised scalar ``γ_film`` (ungated: FiLM conditions
+         every position; a sample without a valid token gets none);
+       - ``"prior_gated_router_pooled"`` (what this block computed before the variant existed):
+         scale and shift from the router-weighted mean of the *kept* tokens, applied to the raw
+         features, ``Δ = scale ⊙ x + shift``, added to the attention output with the language
+         mass as weight, then gated by the prior and scaled by the shared ``γ``.
     6. **Residual**: ``x + γ·s·update`` with ``γ`` a learned scalar initialised to 0 (so the
        block starts as the identity and the pretrained SAM-2 features are untouched) and ``s`` the
        warm-up scale set from outside by ``set_warmup_scale`` (the trainer ramps it from 0 to 1 over
@@ -87,7 +100,8 @@ class MaskBiasedAttention(nn.Module):
 
     The returned dict holds:
     - ``"energy"``: (N, H, W) squared L2 norm over channels of the residual update actually added
-      (``γ·s·update``), used for the attention-drift score. Zero when ``γ = 0``.
+      (``γ·s·update``, plus the FiLM term in the ``layernorm_mean`` variant). Zero when ``γ = 0``.
+      An energy map, not an attention map.
     - ``"router_scores"``: (N, T) scorer logits, ``-inf`` at padded tokens.
     - ``"token_keep"``: (N, T) bool, the tokens the router kept.
     - ``"language_weight"``: (N, H, W) the weight of language at each position: the gate times the
@@ -105,6 +119,7 @@ class MaskBiasedAttention(nn.Module):
         mode: Literal["gate", "bias"] = "gate",
         topk_tokens: int | None = 2,
         use_film: bool = False,
+        film_variant: Literal["layernorm_mean", "prior_gated_router_pooled"] = "layernorm_mean",
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -121,6 +136,8 @@ class MaskBiasedAttention(nn.Module):
             raise ValueError(f"mode={mode!r} must be 'gate' or 'bias'.")
         if topk_tokens is not None and topk_tokens < 1:
             raise ValueError(f"topk_tokens={topk_tokens} must be >= 1, or None to keep all tokens.")
+        if film_variant not in ("layernorm_mean", "prior_gated_router_pooled"):
+            raise ValueError(f"film_variant={film_variant!r} must be 'layernorm_mean' or 'prior_gated_router_pooled'.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must be in [0, 1).")
 
@@ -132,6 +149,7 @@ class MaskBiasedAttention(nn.Module):
         self.mode = mode
         self.topk_tokens = topk_tokens
         self.use_film = use_film
+        self.film_variant = film_variant
 
         self.norm = nn.LayerNorm(dim)
         self.q_proj = nn.Linear(dim, dim)
@@ -140,6 +158,9 @@ class MaskBiasedAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         self.router = nn.Linear(dim, 1)
         self.film = nn.Linear(dim, 2 * dim) if use_film else None
+        described_film = use_film and film_variant == "layernorm_mean"
+        self.film_norm = nn.LayerNorm(dim) if described_film else None
+        self.film_gamma = nn.Parameter(torch.zeros(())) if described_film else None
         self.attn_dropout = nn.Dropout(dropout)
         self.gamma = nn.Parameter(torch.zeros(()))
         # A non-persistent buffer rather than a Python float: it follows .to(device), never enters
@@ -158,7 +179,7 @@ class MaskBiasedAttention(nn.Module):
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, tau={self.tau}, "
             f"strength={self.strength}, mode={self.mode!r}, topk_tokens={self.topk_tokens}, "
-            f"use_film={self.use_film}"
+            f"use_film={self.use_film}, film_variant={self.film_variant!r}"
         )
 
     def forward(
@@ -223,7 +244,7 @@ class MaskBiasedAttention(nn.Module):
         attended = (probs @ v).transpose(1, 2).reshape(n, h * w, c)  # (N, HW, C)
         language_mass = probs.sum(dim=-1).mean(dim=1).unsqueeze(-1)  # (N, HW, 1)
         update = F.linear(attended, self.out_proj.weight) + language_mass * self.out_proj.bias
-        if self.film is not None:
+        if self.film is not None and self.film_norm is None:
             update = update + language_mass * self._film_delta(self.film, x, language, scores, keep)
 
         if self.mode == "gate":
@@ -232,8 +253,14 @@ class MaskBiasedAttention(nn.Module):
             language_weight = gate * language_mass
         else:
             language_weight = language_mass
+        if self.topk_tokens is not None:  # the kept router mass m, step 2
+            valid_scores = scores.masked_fill(~language_mask, torch.finfo(scores.dtype).min)
+            kept_mass = (valid_scores.float().softmax(dim=-1) * keep).sum(dim=-1).to(update.dtype)  # (N,)
+            update = kept_mass[:, None, None] * update
 
         added = (self.gamma * self.warmup_scale) * update  # (N, HW, C)
+        if self.film_norm is not None:
+            added = added + (self.film_gamma * self.warmup_scale) * self._described_film(x, language, language_mask)
         out = (x + added).transpose(1, 2).reshape(n, c, h, w)
         info = {
             "energy": added.pow(2).sum(dim=-1).view(n, h, w),
@@ -254,6 +281,18 @@ class MaskBiasedAttention(nn.Module):
         # A row with fewer than k valid tokens picks padding in its top-k; drop it again.
         return keep & language_mask
 
+    def _described_film(self, x: torch.Tensor, language: torch.Tensor, language_mask: torch.Tensor) -> torch.Tensor:
+        """scale ⊙ LN_film(x) + shift from the mean of the valid tokens; zero for a sample without any.
+
+        (N, HW, C) features, (N, T, C) language, (N, T) valid → (N, HW, C).
+        """
+        valid = language_mask.to(language.dtype)  # (N, T)
+        count = valid.sum(dim=1, keepdim=True)  # (N, 1)
+        pooled = (valid.unsqueeze(-1) * language).sum(dim=1) / count.clamp_min(1.0)  # (N, C)
+        scale, shift = self.film(pooled).chunk(2, dim=-1)  # (N, C) each
+        delta = self.film_norm(x) * scale.unsqueeze(1) + shift.unsqueeze(1)
+        return delta * (count > 0).to(delta.dtype).unsqueeze(-1)
+
     @staticmethod
     def _film_delta(
         film: nn.Linear,
@@ -262,7 +301,8 @@ class MaskBiasedAttention(nn.Module):
         scores: torch.Tensor,
         keep: torch.Tensor,
     ) -> torch.Tensor:
-        """FiLM(x) − x = scale ⊙ x + shift, from the kept tokens' router-weighted mean.
+        """``prior_gated_router_pooled``: FiLM(x) − x = scale ⊙ x + shift, from the kept tokens'
+        router-weighted mean, on the raw features.
 
         (N, HW, C) features, (N, T, C) language, (N, T) scores and keep → (N, HW, C).
         """

@@ -6,6 +6,7 @@ The Sa2VA baseline is this same class with ``mba=None`` (``mba.enabled: false`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,12 @@ from salma.config import LossConfig
 from salma.mask_biased_attention import MaskBiasedAttention
 from salma.mllm import SalmaMLLM
 from salma.sam_adapter import FrameFeatures, SamAdapter
+
+
+PriorSource = Literal["learned", "oracle", "shuffled", "uniform"]
+# The oracle prior's logit magnitude: sigmoid(4) = 0.98, a near-open gate on objects and a
+# near-closed one (0.02) on the background, at tau = 1.
+ORACLE_LOGIT = 4.0
 
 
 @dataclass
@@ -34,6 +41,19 @@ class SegmentationOutput:
     language_change: torch.Tensor  # (P, h, w) squared norm of the language-induced feature change
 
 
+def shuffled_frames(frame_sample_index: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(F,) index: for frame f of sample b, the frame at the same position (mod the count) of the
+    next sample in the batch (mod the number of samples). Needs two or more samples."""
+    samples = int(frame_sample_index.max()) + 1
+    frames_of = [torch.nonzero(frame_sample_index == b).flatten() for b in range(samples)]
+    out = torch.empty(num_frames, dtype=torch.long, device=frame_sample_index.device)
+    for b, own in enumerate(frames_of):
+        other = frames_of[(b + 1) % samples]
+        for i, f in enumerate(own.tolist()):
+            out[f] = other[i % len(other)]
+    return out
+
+
 class SalmaModel(nn.Module):
     def __init__(
         self,
@@ -44,7 +64,7 @@ class SalmaModel(nn.Module):
         seg_token_id: int,
         use_expression_tokens: bool,
         max_expression_tokens: int,
-        use_prior: bool,
+        prior_source: PriorSource = "learned",
         loss: LossConfig,
         freeze_sam_encoder: bool,
         tokenizer=None,
@@ -65,7 +85,9 @@ class SalmaModel(nn.Module):
         )
         self.seg_token_id = seg_token_id
         self.max_expression_tokens = max_expression_tokens
-        self.use_prior = use_prior
+        if prior_source not in ("learned", "oracle", "shuffled", "uniform"):
+            raise ValueError(f"prior_source={prior_source!r} must be learned, oracle, shuffled or uniform")
+        self.prior_source = prior_source
         self.loss = loss
         self.freeze_sam_encoder = freeze_sam_encoder
         self.aux_scale = 1.0
@@ -113,14 +135,54 @@ class SalmaModel(nn.Module):
                 return self.sam.encode(sam_pixel_values, keep_backbone_out=keep_backbone_out)
         return self.sam.encode(sam_pixel_values, keep_backbone_out=keep_backbone_out)
 
-    def frame_priors(self, features: FrameFeatures) -> torch.Tensor | None:
-        """One pre-pass per frame (not per object); None when MBA is off."""
+    def frame_priors(
+        self,
+        features: FrameFeatures,
+        *,
+        frame_sample_index: torch.Tensor | None = None,
+        object_masks: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """(F, 1, h, w) prior logits, one per frame (not per object); None when MBA is off.
+
+        ``prior_source`` (``mba.prior``) picks them:
+
+        - ``learned``: SAM-2's language-free pre-pass (the method);
+        - ``uniform``: a constant 0, i.e. the same gate everywhere ("+CMA", cross-modal attention
+          without a mask prior);
+        - ``oracle``: the union of every annotated object on the frame (``object_masks``, (F, S, S)
+          bool, from ``SalmaBatch.frame_object_masks``) as ``±ORACLE_LOGIT`` logits, by each
+          cell's covered fraction (area-averaged to the map): the best a class-agnostic structure
+          prior can do. Needs data that annotates every object (the synthetic clutter splits);
+          without it this raises;
+        - ``shuffled``: the learned pre-pass of *another* sample's frame (a control with the same
+          statistics in the wrong place): frame f of sample b takes the prior of sample b+1 (mod
+          the batch; ``frame_sample_index`` (F,) says which sample each frame belongs to), at the
+          same position within that sample's frames (mod its frame count). A batch of one sample
+          has no other sample: the prior is then rotated by 180 degrees instead.
+        """
         if self.mba is None:
             return None
-        if not self.use_prior:
-            # "+CMA without mask bias": a constant prior, i.e. a uniform gate.
-            return features.image_embed.new_zeros(features.image_embed.shape[0], 1, *features.image_embed.shape[-2:])
-        return self.sam.prior(features)
+        embed = features.image_embed  # (F, C, h, w)
+        match self.prior_source:
+            case "uniform":
+                return embed.new_zeros(embed.shape[0], 1, *embed.shape[-2:])
+            case "learned":
+                return self.sam.prior(features)
+            case "oracle":
+                if object_masks is None:
+                    raise ValueError(
+                        "mba.prior=oracle needs every object's mask on each frame (SalmaBatch.frame_object_masks), "
+                        "which only data with a clutter.json sidecar provides (the synthetic clutter-lure splits: "
+                        "data.synthetic.clutter); use mba.prior=learned for other data and for inference"
+                    )
+                covered = F.adaptive_avg_pool2d(object_masks[:, None].float(), embed.shape[-2:])  # (F, 1, h, w)
+                return (ORACLE_LOGIT * (2.0 * covered - 1.0)).to(embed.dtype)
+            case "shuffled":
+                learned = self.sam.prior(features)
+                return learned[shuffled_frames(frame_sample_index, learned.shape[0])] if (
+                    frame_sample_index is not None and int(frame_sample_index.max()) > 0
+                ) else torch.rot90(learned, 2, dims=(-2, -1))
+        raise AssertionError(self.prior_source)
 
     def segment(
         self,
@@ -171,7 +233,9 @@ class SalmaModel(nn.Module):
             seg_prompts, hidden, batch.seg_sample_index, batch.expr_positions
         )
         features = self.encode_frames(batch.sam_pixel_values, keep_backbone_out=keep_backbone_out)
-        priors = self.frame_priors(features)
+        priors = self.frame_priors(
+            features, frame_sample_index=batch.frame_sample_index, object_masks=batch.frame_object_masks
+        )
         seg = self.segment(
             features, priors, language, language_mask, batch.pair_object_index, batch.pair_frame_index
         )

@@ -69,11 +69,15 @@ def encode_example(
     media: str,
     tokenizer,
     geometry: ImageGeometry,
+    frame_annotations: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """One sample → arrays.
 
     frames: list of F (H, W, 3) uint8 (empty for text-only); masks: (O, F, H, W) bool, one row per
     referent in the order of the ``[SEG]`` answers in ``rounds`` (None or O = 0 for no masks).
+    frame_annotations: optional ``{"objects": (F, H, W) bool, "clutter": (F, H, W) bool,
+    "lure": (O,) int8}`` (see ``SalmaBatch``), stored resized as ``frame_object_masks``,
+    ``frame_clutter_masks`` and ``object_lure``.
     """
     if not rounds:
         raise ValueError("an example needs at least one conversation round")
@@ -97,7 +101,14 @@ def encode_example(
     expr_positions = np.full((num_objects, width), -1, dtype=np.int64)
     for i, p in enumerate(expr):
         expr_positions[i, : len(p)] = p
-    return {
+    extra = {}
+    if frame_annotations is not None:
+        extra = {
+            "frame_object_masks": resize_masks(frame_annotations["objects"], g.sam_size),
+            "frame_clutter_masks": resize_masks(frame_annotations["clutter"], g.sam_size),
+            "object_lure": np.asarray(frame_annotations["lure"], dtype=np.int8),
+        }
+    return extra | {
         "input_ids": np.asarray(encoded.input_ids, dtype=np.int64),
         "labels": np.asarray(encoded.labels, dtype=np.int64),
         "tiles": np.stack(tiles) if tiles else np.zeros((0, g.tile_size, g.tile_size, 3), np.uint8),
@@ -154,9 +165,18 @@ def collate(examples: list[dict[str, np.ndarray]], *, pad_token_id: int) -> Salm
         pair_frame_index=torch.tensor(pair_frame, dtype=torch.long),
         gt_masks=torch.from_numpy(np.stack(gt)) if gt else torch.zeros(0, sam_size, sam_size, dtype=torch.bool),
         mask_weight=torch.ones(len(pair_obj)),
+        **_frame_annotations(examples),
     )
     batch.validate()
     return batch
+
+
+def _frame_annotations(examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """The optional frame-level fields, when every example of the batch has them."""
+    names = ("frame_object_masks", "frame_clutter_masks", "object_lure")
+    if not all(all(n in e for n in names) for e in examples):
+        return {}
+    return {n: torch.from_numpy(np.concatenate([e[n] for e in examples])) for n in names}
 
 
 def example_to_bytes(example: dict[str, np.ndarray]) -> bytes:

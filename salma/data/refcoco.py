@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from salma.data.annotation_files import load_json_file, load_pickle_file, require_list, require_mapping
+from salma.data.clutter import CLUTTER_FILE, attach_clutter, load_clutter
 from salma.data.distractors import load_distractors
 from salma.data.errors import BadRecordReporter, DatasetFormatError, OnBad
 from salma.data.confinement import OutsideRootError, confined_path
@@ -134,6 +135,7 @@ def read_refcoco(
             )
         )
     reporter.finish()
+    attach_clutter(records, load_clutter(root_dir), root_dir / CLUTTER_FILE, video=False)
     return records
 
 

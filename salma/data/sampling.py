@@ -21,7 +21,7 @@ from salma.conversation import Round, referring_round
 from salma.data.decode import decode_masks, load_frames
 from salma.data.errors import BadRecordError
 from salma.data.examples import ImageGeometry, encode_example
-from salma.data.record import SampleRecord
+from salma.data.record import Referent, SampleRecord
 
 
 def sample_frame_positions(num_frames: int, options: SamplingOptions, rng: random.Random) -> list[int]:
@@ -95,7 +95,10 @@ def sample_example(
         rounds = [referring_round(rng.choice(r.expressions), media=media, rng=rng) for r in referents]
     masks = np.stack([decode_masks(r, positions, height, width) for r in referents])  # (O, F, H, W)
     return _within_context(
-        encode_example(frames=frames, masks=masks, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry),
+        encode_example(
+            frames=frames, masks=masks, rounds=rounds, media=media, tokenizer=tokenizer, geometry=geometry,
+            frame_annotations=frame_annotations(referents, positions, height, width),
+        ),
         record, geometry,
     )
 
@@ -114,3 +117,20 @@ def _within_context(
         raise BadRecordError(path, "sequence longer than the model context", sample_id=record.sample_id,
                              detail=f"{length} tokens, the model has {geometry.context_tokens} positions")
     return example
+
+
+def frame_annotations(referents: list, positions: list[int], height: int, width: int) -> dict[str, np.ndarray] | None:
+    """The clutter sidecar's frame-level masks and lure flags (``salma.data.clutter``), when every
+    referent has them; they describe the frame, so the first referent's masks are taken."""
+    if not referents or not all("clutter_masks" in r.meta and "object_masks" in r.meta for r in referents):
+        return None
+    first = referents[0]
+    views = {
+        key: Referent(first.ref_id, [], [], first.meta[key], {"mask_file": first.meta.get("mask_file")})
+        for key in ("object_masks", "clutter_masks")
+    }
+    return {
+        "objects": decode_masks(views["object_masks"], positions, height, width),
+        "clutter": decode_masks(views["clutter_masks"], positions, height, width),
+        "lure": np.asarray([1 if r.meta["clutter_lure"] else 0 for r in referents], dtype=np.int8),
+    }

@@ -15,6 +15,11 @@
                                              format "ref_youtube_vos"  splits train, valid
     <out>/llava/<split>.json, llava/images/  format "llava"    splits train, val
 
+With ``clutter=ClutterCounts(...)`` (CLI ``--clutter TRAIN_IMAGES EVAL_IMAGES TRAIN_VIDEOS
+EVAL_VIDEOS``) the RefCOCO and MeViS datasets also get the clutter-lure splits ``clutter_train``,
+``lure`` and ``control`` (``salma.data.synthetic_clutter``), each with a ``clutter.json`` sidecar
+(``salma.data.clutter``); without it nothing else changes.
+
 The readers need no options for these folders: a data config names the ``root`` and ``format``
 from the manifest. Scenes, expressions and the uniqueness check live in
 ``salma.data.synthetic_scenes``. The attention-drift splits put a larger, vivid distractor next to
@@ -36,15 +41,17 @@ import pickle
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
+from salma.data.clutter import CLUTTER_FILE
 from salma.data.distractors import DISTRACTORS_FILE
 from salma.data.masks import encode_mask, rle_area, rle_bbox
+from salma.data.synthetic_clutter import ClutterScene, sample_clutter_scene
 from salma.data.synthetic_scenes import (
     COLORS,
     SHAPES,
@@ -89,6 +96,39 @@ class Counts:
         return cls(images, max(2, images // 5), videos, max(2, videos // 4))
 
 
+CLUTTER_SPLITS = ("clutter_train", "lure", "control")
+
+
+@dataclass(frozen=True)
+class ClutterCounts:
+    """Sizes of the clutter-lure splits (``salma.data.synthetic_clutter``); all 0 = none written.
+
+    ``train_*`` go to ``clutter_train`` (half lure, half control scenes, up to two expressions per
+    target), ``eval_*`` to each of ``lure`` and ``control`` (one expression per image or video,
+    so that evaluation samples are independent).
+    """
+
+    train_images: int = 0
+    eval_images: int = 0
+    train_videos: int = 0
+    eval_videos: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("train_images", "eval_images", "train_videos", "eval_videos"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"clutter {name}={getattr(self, name)} must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.train_images, self.eval_images, self.train_videos, self.eval_videos))
+
+    def image_splits(self) -> dict[str, int]:
+        return {"clutter_train": self.train_images, "lure": self.eval_images, "control": self.eval_images}
+
+    def video_splits(self) -> dict[str, int]:
+        return {"clutter_train": self.train_videos, "lure": self.eval_videos, "control": self.eval_videos}
+
+
 def write_synthetic(
     out_dir: str | Path,
     *,
@@ -96,23 +136,29 @@ def write_synthetic(
     size: SyntheticSize = "small",
     num_images: int | None = None,
     num_videos: int | None = None,
+    clutter: ClutterCounts | None = None,
 ) -> dict[str, Any]:
     """Write every synthetic dataset under ``out_dir``; returns (and writes) the manifest.
 
     ``out_dir`` must be empty, missing, or an earlier output of this function (whose datasets are
-    then replaced).
+    then replaced). ``clutter`` adds the clutter-lure splits (``clutter_train``, ``lure``,
+    ``control``) to the RefCOCO and MeViS datasets; without it the output is byte for byte what
+    it was before those splits existed.
     """
     out = Path(out_dir).absolute()
     _prepare(out)
     counts = Counts.of(size, num_images, num_videos)
+    clutter = clutter if clutter is not None and clutter.enabled else None
     started = time.perf_counter()
     datasets = {
-        "refcoco": _write_refcoco(out / "refer", seed, counts),
-        "mevis": _write_mevis(out / "mevis", seed, counts),
+        "refcoco": _write_refcoco(out / "refer", seed, counts, clutter),
+        "mevis": _write_mevis(out / "mevis", seed, counts, clutter),
         "ref_youtube_vos": _write_ref_youtube_vos(out / "ref_youtube_vos", seed, counts),
         "llava": _write_llava(out / "llava", seed, counts),
     }
     manifest = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed, "size": size, "datasets": datasets}
+    if clutter is not None:
+        manifest["clutter"] = asdict(clutter)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("wrote synthetic datasets to %s in %.1f s", out, time.perf_counter() - started)
     return manifest
@@ -212,10 +258,33 @@ def synthetic_video_scene(
     return scene, targets, rng
 
 
+def synthetic_clutter_scene(
+    dataset: Literal["refcoco", "mevis"], seed: int, split: str, index: int
+) -> tuple[ClutterScene, np.random.Generator]:
+    """The clutter-lure scene and random stream of one sample of a clutter split.
+
+    ``lure`` scenes in ``lure``, control scenes in ``control``, and in ``clutter_train`` each
+    with probability 1/2; images have one frame, MeViS videos 6-10.
+    """
+    if split not in CLUTTER_SPLITS:
+        raise ValueError(f"{split!r} is not a clutter split ({', '.join(CLUTTER_SPLITS)})")
+    rng = _rng(seed, dataset, split, index)
+    num_frames = 1 if dataset == "refcoco" else int(rng.integers(6, 11))
+    lure = {"lure": True, "control": False}.get(split, bool(rng.random() < 0.5))
+    scene = sample_clutter_scene(rng, lure=lure, num_frames=num_frames, noise_seed=int(rng.integers(2**31)))
+    return scene, rng
+
+
+def _clutter_texts(scene: ClutterScene, split: str, rng: np.random.Generator) -> list[str]:
+    """One expression per evaluation sample, up to two per training sample."""
+    how_many = 1 if split != "clutter_train" else min(len(scene.expressions), int(rng.integers(1, 3)))
+    return [scene.expressions[i] for i in rng.choice(len(scene.expressions), size=how_many, replace=False)]
+
+
 # --------------------------------------------------------------------------- RefCOCO
 
 
-def _write_refcoco(refer_dir: Path, seed: int, counts: Counts) -> dict[str, Any]:
+def _write_refcoco(refer_dir: Path, seed: int, counts: Counts, clutter: ClutterCounts | None = None) -> dict[str, Any]:
     dataset_dir = refer_dir / "refcoco"
     image_dir = refer_dir / "images" / "mscoco" / "images" / "train2014"
     dataset_dir.mkdir(parents=True, exist_ok=True)
@@ -264,6 +333,12 @@ def _write_refcoco(refer_dir: Path, seed: int, counts: Counts) -> dict[str, Any]
                 distractor = scene.distractor_of.get(object_ids[0])
                 if distractor is not None:
                     distractors[str(ids["ref"])] = [ann_of_object[distractor]]
+    clutter_entries: dict[str, Any] = {}
+    if clutter is not None:
+        for split, n in clutter.image_splits().items():
+            split_counts[split] = n
+            for index in range(n):
+                _clutter_image(seed, split, index, image_dir, ids, images, annotations, refs, clutter_entries)
     instances = {
         "info": {"description": "SALMA synthetic shapes (RefCOCO format)", "version": "1.0"},
         "licenses": [],
@@ -275,13 +350,50 @@ def _write_refcoco(refer_dir: Path, seed: int, counts: Counts) -> dict[str, Any]
     with (dataset_dir / "refs(unc).p").open("wb") as f:
         pickle.dump(refs, f, protocol=2)
     (dataset_dir / DISTRACTORS_FILE).write_text(json.dumps(distractors, indent=1))
+    if clutter_entries:
+        (dataset_dir / CLUTTER_FILE).write_text(json.dumps(clutter_entries))
     return _dataset_entry("refcoco", dataset_dir, split_counts)
+
+
+def _clutter_image(seed, split, index, image_dir, ids, images, annotations, refs, clutter_entries) -> None:
+    """One clutter-split image: the objects as annotations, the clutter only in the sidecar."""
+    scene, rng = synthetic_clutter_scene("refcoco", seed, split, index)
+    frame, masks, region = scene.render(0)
+    ids["image"] += 1
+    image_id = ids["image"]
+    file_name = f"COCO_train2014_{image_id:012d}.jpg"
+    _save_jpeg(frame, image_dir / file_name)
+    images.append({"id": image_id, "file_name": file_name, "height": scene.scene.height, "width": scene.scene.width})
+    target_ann = None
+    for obj in scene.scene.objects:
+        ids["ann"] += 1
+        rle = encode_mask(masks[obj.object_id])
+        annotations.append({
+            "id": ids["ann"], "image_id": image_id, "category_id": SHAPES.index(obj.shape) + 1,
+            "segmentation": [obj.polygon(0)], "area": rle_area(rle), "bbox": rle_bbox(rle), "iscrowd": 0,
+        })
+        if obj.object_id == scene.target_id:
+            target_ann = ids["ann"]
+    sentences = []
+    for text in _clutter_texts(scene, split, rng):
+        ids["sent"] += 1
+        sentences.append({"tokens": text.split(), "raw": text, "sent_id": ids["sent"], "sent": text})
+    ids["ref"] += 1
+    target = scene.scene.objects[scene.target_id]
+    refs.append({
+        "sent_ids": [s["sent_id"] for s in sentences],
+        "file_name": f"COCO_train2014_{image_id:012d}_{target_ann}.jpg",
+        "ann_id": target_ann, "ref_id": ids["ref"], "image_id": image_id, "split": split,
+        "sentences": sentences, "category_id": SHAPES.index(target.shape) + 1,
+    })
+    union = np.logical_or.reduce(list(masks.values()))
+    clutter_entries[str(ids["ref"])] = {"lure": scene.lure, "masks": [encode_mask(region)], "objects": [encode_mask(union)]}
 
 
 # --------------------------------------------------------------------------- MeViS
 
 
-def _write_mevis(root: Path, seed: int, counts: Counts) -> dict[str, Any]:
+def _write_mevis(root: Path, seed: int, counts: Counts, clutter: ClutterCounts | None = None) -> dict[str, Any]:
     split_counts = {"train": counts.videos, "valid_u": counts.video_eval, "drift": counts.video_eval}
     for split, n in split_counts.items():
         split_dir = root / split
@@ -316,7 +428,45 @@ def _write_mevis(root: Path, seed: int, counts: Counts) -> dict[str, Any]:
         (split_dir / "mask_dict.json").write_text(json.dumps(mask_dict))
         if distractors:
             (split_dir / DISTRACTORS_FILE).write_text(json.dumps(distractors, indent=1))
+    if clutter is not None:
+        for split, n in clutter.video_splits().items():
+            split_counts[split] = n
+            _write_mevis_clutter(root / split, seed, split, n)
     return _dataset_entry("mevis", root, split_counts)
+
+
+def _write_mevis_clutter(split_dir: Path, seed: int, split: str, n: int) -> None:
+    """A MeViS-format clutter split: objects in ``mask_dict.json``, clutter in the sidecar."""
+    videos: dict[str, Any] = {}
+    mask_dict: dict[str, Any] = {}
+    clutter_entries: dict[str, Any] = {}
+    for index in range(n):
+        scene, rng = synthetic_clutter_scene("mevis", seed, split, index)
+        video_id = f"{split}_{index:05d}"
+        frame_names = [f"{t:05d}" for t in range(scene.scene.num_frames)]
+        tracks: dict[int, list[dict | None]] = {obj.object_id: [] for obj in scene.scene.objects}
+        regions, unions = [], []
+        for t, name in enumerate(frame_names):
+            frame, masks, region = scene.render(t)
+            _save_jpeg(frame, split_dir / "JPEGImages" / video_id / f"{name}.jpg")
+            for object_id, mask in masks.items():
+                tracks[object_id].append(encode_mask(mask) if mask.any() else None)
+            regions.append(encode_mask(region) if region.any() else None)
+            unions.append(encode_mask(np.logical_or.reduce(list(masks.values()))))
+        anno_of_object = {}
+        for obj in scene.scene.objects:
+            anno_of_object[obj.object_id] = len(mask_dict)
+            mask_dict[str(len(mask_dict))] = tracks[obj.object_id]
+        expressions = {}
+        for text in _clutter_texts(scene, split, rng):
+            exp_id = str(len(expressions))
+            expressions[exp_id] = {"exp": text, "obj_id": [scene.target_id], "anno_id": [anno_of_object[scene.target_id]]}
+            clutter_entries[f"{video_id}/{exp_id}"] = {"lure": scene.lure, "masks": regions, "objects": unions}
+        videos[video_id] = {"expressions": expressions, "vid_id": index, "frames": frame_names}
+    split_dir.mkdir(parents=True, exist_ok=True)
+    (split_dir / "meta_expressions.json").write_text(json.dumps({"videos": videos}))
+    (split_dir / "mask_dict.json").write_text(json.dumps(mask_dict))
+    (split_dir / CLUTTER_FILE).write_text(json.dumps(clutter_entries))
 
 
 def _render_video(scene: Scene, folder: Path, frame_names: Sequence[str]) -> dict[int, list[dict | None]]:
@@ -474,10 +624,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m salma.data
     parser.add_argument("--size", choices=("small", "medium"), default="small")
     parser.add_argument("--num-images", type=int, default=None, help="override the number of train images")
     parser.add_argument("--num-videos", type=int, default=None, help="override the number of train videos")
+    parser.add_argument(
+        "--clutter", type=int, nargs=4, default=None, metavar=("TRAIN_IMAGES", "EVAL_IMAGES", "TRAIN_VIDEOS", "EVAL_VIDEOS"),
+        help="also write the clutter-lure splits (clutter_train, lure, control) with these sizes",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     manifest = write_synthetic(
-        args.out, seed=args.seed, size=args.size, num_images=args.num_images, num_videos=args.num_videos
+        args.out, seed=args.seed, size=args.size, num_images=args.num_images, num_videos=args.num_videos,
+        clutter=ClutterCounts(*args.clutter) if args.clutter else None,
     )
     for name, info in manifest["datasets"].items():
         print(f"{name}: format={info['format']} root={info['root']} splits={','.join(info['splits'])}")

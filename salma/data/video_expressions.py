@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from salma.data.confinement import plain_name_problem, resolves_inside, unpaired_surrogate
 from salma.data.annotation_files import load_json_file, require_mapping
 from salma.data.decode import probe_image_size
+from salma.data.clutter import CLUTTER_FILE, attach_clutter, load_clutter
 from salma.data.distractors import load_distractors
 from salma.data.errors import BadRecordError, BadRecordReporter, DatasetFormatError, OnBad
 from salma.data.masks import RLE, merge_rles, rle_entry_problem
@@ -263,6 +264,8 @@ def read_expression_videos(
         if record is not None:
             records.append(record)
     reporter.finish()
+    clutter_folder = expressions_path.parent
+    attach_clutter(records, load_clutter(clutter_folder), clutter_folder / CLUTTER_FILE, video=True)
     return records
 
 

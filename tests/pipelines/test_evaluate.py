@@ -153,8 +153,8 @@ def test_tables_hold_every_score(synthetic_data, tmp_path):
     assert md[2].startswith("| mevis_valid_u | all |  |  | 100.00 | 100.00 | 100.00 |") and "| 0.750 |" in md[2]
     rows = list(csv.reader(open(report.table_csv)))
     assert ["mevis_valid_u", "mevis", "valid_u", "all", "J&F", "100.000000"] in rows
-    assert report.metrics["eval/mevis_valid_u/drift/target_share"] == 0.75
-    assert report.metrics["eval/mevis_valid_u/drift/unscored"] == 1.0
+    assert report.metrics["eval/mevis_valid_u/update_energy/target_share"] == 0.75
+    assert report.metrics["eval/mevis_valid_u/update_energy/unscored"] == 1.0
     assert report.metrics["eval/mevis_valid_u/no_seg_fraction"] == 0.5
     assert (tmp_path / "per_expression.csv").is_file()
 
@@ -202,7 +202,7 @@ def mba_model():
 
     model = build_salma(tiny_salma_config())
     with torch.no_grad():
-        model.mba.gamma.fill_(0.5)  # MBA acts, so the drift score has energy to measure
+        model.mba.gamma.fill_(0.5)  # MBA acts, so the update-energy share has energy to measure
     return model
 
 
@@ -238,9 +238,9 @@ def test_infer_then_evaluate_end_to_end_logs_scores_to_mlflow(ray_cluster, synth
     common = ["--pred", str(tmp_path / "pred"), "--tracking-uri", uri, "--run-id", training_run]
     assert evaluate_module.main(common) == 0
     logged = client.get_run(training_run).data.metrics
-    for name in ("j", "f", "jf", "drift/target_share", "drift/density_share"):
+    for name in ("j", "f", "jf", "update_energy/target_share", "update_energy/density_share"):
         assert f"eval/mevis_drift/{name}" in logged, name
-    assert 0.0 <= logged["eval/mevis_drift/drift/target_share"] <= 1.0
+    assert 0.0 <= logged["eval/mevis_drift/update_energy/target_share"] <= 1.0
     assert {a.path for a in client.list_artifacts(training_run, "eval")} >= {"eval/scores.md", "eval/scores.csv"}
     assert len(client.list_artifacts(training_run, "eval/mevis_drift/visual_report")) == 1
 
@@ -265,6 +265,6 @@ def test_evaluate_model_in_process_without_tracking(synthetic_data, mba_model, t
         [("refcoco_drift", "refcoco", synthetic_data / "refer" / "refcoco", "drift")],
         tmp_path, num_actors=0, settings=EvalConfig(generate=False, visual_samples=1),
     )
-    assert metrics["eval/refcoco_drift/drift/scored"] > 0
-    assert 0.0 <= metrics["eval/refcoco_drift/drift/target_share"] <= 1.0
+    assert metrics["eval/refcoco_drift/update_energy/scored"] > 0
+    assert 0.0 <= metrics["eval/refcoco_drift/update_energy/target_share"] <= 1.0
     assert (tmp_path / "scores.md").is_file() and (tmp_path / "refcoco_drift" / "results.json").is_file()

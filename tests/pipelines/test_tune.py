@@ -73,8 +73,8 @@ def test_components_sweep_adds_one_component_at_a_time():
     assert [c.label for c in sweep.configurations] == ["baseline", "+cma", "+mba_gate", "+tmc", "+boundary"]
     baseline, cma, gate, tmc, boundary = resolved
     assert not baseline.mba.enabled and baseline.loss.tmc_weight == 0 and baseline.loss.boundary_weight == 0
-    assert cma.mba.enabled and not cma.mba.use_prior
-    assert gate.mba.use_prior and gate.mba.mode == "gate" and gate.loss.tmc_weight == 0
+    assert cma.mba.enabled and cma.mba.prior == "uniform"
+    assert gate.mba.prior == "learned" and gate.mba.mode == "gate" and gate.loss.tmc_weight == 0
     assert tmc.loss.tmc_weight > 0 and tmc.loss.boundary_weight == 0
     assert boundary.loss.tmc_weight > 0 and boundary.loss.boundary_weight > 0
 
@@ -105,7 +105,10 @@ def _experiment(**train):
         ({"asha": {"grace_period": 50}}, _experiment(max_steps=10), "exceeds max_t"),
         ({"search_space": {"model.mba.tau": [1.0, 1.0]}}, _experiment(), "identical"),
         ({"resources_per_trial": {"CPU": 0}}, _experiment(), "reserves nothing"),
-        ({"evaluate": True, "metric": "loss/total"}, {**_experiment(), "data": {}}, "sweep.evaluate needs data.eval_sources"),
+        ({"evaluate": True, "metric": "loss/total"}, {**_experiment(), "data": {}}, "sweep.evaluate / sweep.drift_probe need"),
+        ({"stats": {"reference": "a", "columns": ["v/probe/ciou"]}}, _experiment(), "set sweep.drift_probe"),
+        ({"drift_probe": True, "variants": {"a": {}, "b": {"model.mba.tau": 2.0}},
+          "stats": {"reference": "c", "columns": ["v/probe/ciou"]}}, _experiment(), "reference='c' is not one of"),
     ],
 )
 def test_invalid_sweeps_are_rejected_with_the_reason(sweep, experiment, message):
@@ -220,7 +223,7 @@ def test_summary_aggregates_the_benchmark_scores_of_evaluated_trials(tmp_path):
 
     def scores(ciou, share):
         return {"eval/img/ciou": ciou, "eval/img/giou": 1.0, "eval/img/sentences": 60.0,
-                "eval/vid/jf": ciou / 2, "eval/img/drift/target_share": share}
+                "eval/vid/jf": ciou / 2, "eval/img/update_energy/target_share": share}
 
     outcomes = [
         TrialOutcome("t0", a, 0, 1.0, 8, 8, "completed", scores(40.0, 0.25)),
@@ -230,7 +233,7 @@ def test_summary_aggregates_the_benchmark_scores_of_evaluated_trials(tmp_path):
     ]
     summary = summarize(sweep, outcomes)
     # Splits in reported order; within one, the order of sweep.eval_columns; unlisted names dropped.
-    assert summary["eval_columns"] == ["eval/img/ciou", "eval/img/giou", "eval/img/drift/target_share", "eval/vid/jf"]
+    assert summary["eval_columns"] == ["eval/img/ciou", "eval/img/giou", "eval/img/update_energy/target_share", "eval/vid/jf"]
     row_a, row_b = summary["rows"]
     assert row_a["eval"]["eval/img/ciou"]["mean"] == 45.0 and row_a["eval"]["eval/vid/jf"]["mean"] == 22.5
     assert math.isclose(row_a["eval"]["eval/img/ciou"]["std"], math.sqrt(50.0))
@@ -239,9 +242,9 @@ def test_summary_aggregates_the_benchmark_scores_of_evaluated_trials(tmp_path):
     # trials.csv has every trial's own scores (the per-seed values behind the means).
     trials = list(csv.DictReader((tmp_path / TRIALS_CSV).open()))
     assert [t["eval/img/ciou"] for t in trials] == ["40.0", "50.0", "", "60.0"]
-    assert trials[1]["eval/img/drift/target_share"] == "0.75" and trials[2]["status"] == "stopped"
+    assert trials[1]["eval/img/update_energy/target_share"] == "0.75" and trials[2]["status"] == "stopped"
     markdown = (tmp_path / SUMMARY_MD).read_text()
-    assert "| img cIoU | img gIoU | img drift share | vid J&F | n |" in markdown
+    assert "| img cIoU | img gIoU | img update-energy share | vid J&F | n |" in markdown
     assert f"| {a} | 45 ± 7.07 | 1 ± 0 | 0.5 ± 0.354 | 22.5 ± 3.54 | 2 |" in markdown
     header = (tmp_path / SUMMARY_CSV).read_text().splitlines()[0]
     assert header.endswith("eval/vid/jf_mean,eval/vid/jf_std,eval/vid/jf_n")

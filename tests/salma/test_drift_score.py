@@ -1,11 +1,11 @@
-"""Attention-drift score on hand-built energy maps and masks."""
+"""Update-energy shares on hand-built energy maps and masks."""
 
 import math
 
 import numpy as np
 import pytest
 
-from salma.drift_score import DriftTerms, attention_drift_score, drift_terms, mask_coverage, region_energy
+from salma.drift_score import DriftTerms, update_energy_shares, drift_terms, mask_coverage, region_energy
 
 
 def _mask(shape, rows, cols):
@@ -67,7 +67,7 @@ def test_split_score_is_the_mean_of_sample_shares_and_skips_zero_energy():
         DriftTerms(target=1.0, distractor=1.0, total=2.0, target_area=1.0, distractor_area=1.0),  # 0.5
         DriftTerms(target=0.0, distractor=0.0, total=5.0),  # gamma = 0 or all energy outside: no share
     ]
-    score = attention_drift_score(samples)
+    score = update_energy_shares(samples)
     assert score["target_share"] == pytest.approx(0.625)
     assert score["density_share"] == pytest.approx(0.625)
     assert score["outside_share"] == pytest.approx((0.5 + 0.0) / 2)
@@ -75,7 +75,7 @@ def test_split_score_is_the_mean_of_sample_shares_and_skips_zero_energy():
 
 
 def test_no_scorable_sample_gives_nan():
-    score = attention_drift_score([DriftTerms(0.0, 0.0, 0.0)])
+    score = update_energy_shares([DriftTerms(0.0, 0.0, 0.0)])
     assert math.isnan(score["target_share"]) and score["scored"] == 0.0 and score["unscored"] == 1.0
 
 

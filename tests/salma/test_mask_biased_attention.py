@@ -25,6 +25,8 @@ def _block(**kwargs) -> MaskBiasedAttention:
     block = MaskBiasedAttention(dim=DIM, num_heads=HEADS, **kwargs)
     with torch.no_grad():
         block.gamma.fill_(1.0)
+        if block.film_gamma is not None:
+            block.film_gamma.fill_(1.0)
     return block
 
 
@@ -79,7 +81,8 @@ def test_warmup_scale_scales_the_update() -> None:
 
 @pytest.mark.parametrize("use_film", [False, True])
 def test_closed_gate_leaves_features_unchanged(use_film: bool) -> None:
-    block = _block(mode="gate", use_film=use_film)
+    # The prior-gated FiLM variant is closed with the gate; the described one is not gated.
+    block = _block(mode="gate", use_film=use_film, film_variant="prior_gated_router_pooled")
     visual, language, mask, _ = _inputs()
     closed = torch.full((N, 1, H, W), -1e4)
     out, info = block(visual, language, mask, closed)
@@ -160,9 +163,11 @@ def test_topk_none_keeps_every_valid_token() -> None:
     assert torch.equal(info["token_keep"], mask)
 
 
+@pytest.mark.parametrize("topk", [1, 2])
 @pytest.mark.parametrize("mode", ["gate", "bias"])
-def test_router_receives_gradient(mode: str) -> None:
-    block = _block(mode=mode, topk_tokens=2)
+def test_router_receives_gradient(mode: str, topk: int) -> None:
+    # K = 1 in gate mode: the router prior cancels in the softmax; the kept router mass carries it.
+    block = _block(mode=mode, topk_tokens=topk)
     out, _ = block(*_inputs())
     out.pow(2).sum().backward()
     assert block.router.weight.grad is not None
@@ -278,3 +283,77 @@ def test_prior_shape_mismatch_raises() -> None:
     visual, language, mask, _ = _inputs()
     with pytest.raises(ValueError, match="resize"):
         block(visual, language, mask, torch.zeros(N, 1, H * 2, W * 2))
+
+
+def test_described_film_is_ungated_layernormed_mean_pooled_with_its_own_scale() -> None:
+    block = _block(mode="gate", use_film=True)  # film_variant="layernorm_mean" by default
+    with torch.no_grad():
+        block.gamma.zero_()  # the attention path off: what remains is FiLM alone
+    visual, language, mask, _ = _inputs()
+    closed = torch.full((N, 1, H, W), -1e4)
+    out, _ = block(visual, language, mask, closed)
+    assert (out - visual).abs().amax() > 1e-3  # acts where the gate is closed
+    # LayerNorm'd input: scaling the features by 3 leaves the FiLM term unchanged.
+    out3, _ = block(3 * visual, language, mask, closed)
+    torch.testing.assert_close(out3 - 3 * visual, out - visual, atol=1e-4, rtol=1e-4)
+    # Mean of the valid tokens: reordering them or adding padding changes nothing.
+    perm = torch.randperm(T)
+    padded = torch.cat([language[:, perm], torch.randn(N, 2, DIM)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(N, 2, dtype=torch.bool)], dim=1)
+    out_p, _ = block(visual, padded, padded_mask, closed)
+    torch.testing.assert_close(out_p, out, atol=1e-5, rtol=1e-5)
+    # Its own scale, zero-initialised: a fresh block is the identity.
+    fresh = MaskBiasedAttention(dim=DIM, num_heads=HEADS, use_film=True)
+    assert torch.equal(fresh(visual, language, mask, closed)[0], visual)
+
+
+def _reference(block: MaskBiasedAttention, visual, language, mask, prior) -> torch.Tensor:
+    """The block's output written out position by position, head by head, token by token."""
+    n, c, h, w = visual.shape
+    d = c // block.num_heads
+    out = visual.clone()
+    for b in range(n):
+        scores = [float(block.router(language[b, j])) for j in range(language.shape[1])]
+        valid = [j for j in range(language.shape[1]) if mask[b, j]]
+        k = len(valid) if block.topk_tokens is None else min(block.topk_tokens, len(valid))
+        kept = sorted(valid, key=lambda j: -scores[j])[:k]
+        z = sum(torch.exp(torch.tensor(scores[j])) for j in valid)
+        kept_mass = float(sum(torch.exp(torch.tensor(scores[j])) for j in kept) / z) if block.topk_tokens else 1.0
+        for y in range(h):
+            for x in range(w):
+                q_in = block.norm(visual[b, :, y, x])
+                p = float(prior[b, 0, y, x])
+                message = torch.zeros(c)
+                for head in range(block.num_heads):
+                    sl = slice(head * d, (head + 1) * d)
+                    q = block.q_proj(q_in)[sl]
+                    logits = {j: float(q @ block.k_proj(language[b, j])[sl]) / d**0.5
+                              + float(F.logsigmoid(torch.tensor(scores[j]))) for j in kept}
+                    if block.mode == "bias":
+                        logits["null"] = -block.strength * p / block.tau
+                    top = max(logits.values())
+                    denom = sum(torch.exp(torch.tensor(v - top)) for v in logits.values())
+                    for j in kept:
+                        weight = torch.exp(torch.tensor(logits[j] - top)) / denom
+                        value = block.v_proj(language[b, j])
+                        # per head: the value slice through the matching input columns of W_o
+                        message += weight * block.out_proj.weight[:, sl] @ value[sl]
+                        message += weight / block.num_heads * block.out_proj.bias
+                gate = torch.sigmoid(torch.tensor(p / block.tau)) ** block.strength if block.mode == "gate" else 1.0
+                out[b, :, y, x] += block.gamma * gate * kept_mass * message
+    return out
+
+
+@pytest.mark.parametrize("topk", [2, None])
+@pytest.mark.parametrize("mode", ["gate", "bias"])
+def test_multi_token_topk_matches_the_written_out_formula(mode: str, topk: int | None) -> None:
+    block = _block(mode=mode, topk_tokens=topk, tau=0.7, strength=1.5)
+    with torch.no_grad():
+        block.gamma.fill_(0.8)
+    visual, language, mask, prior = _inputs(seed=3)
+    mask[1, 3:] = False  # the second sample has 3 valid tokens
+    with torch.no_grad():
+        out, info = block(visual, language, mask, prior)
+        expected = _reference(block, visual, language, mask, prior)
+    assert int(info["token_keep"][0].sum()) == (2 if topk else T)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
