@@ -30,7 +30,6 @@ from pipelines.tune import (
     TRIALS_CSV,
     TRIALS_DIR,
     TrialOutcome,
-    _trial_eval,
     close_stopped_children,
     build_scheduler,
     build_sweep,
@@ -40,6 +39,7 @@ from pipelines.tune import (
     with_absolute_data_paths,
     write_results,
 )
+from pipelines.tune.results import _trial_eval
 from salma.data.errors import DatasetFormatError
 
 ROOT = Path(__file__).resolve().parents[2]

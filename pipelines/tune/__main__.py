@@ -1,0 +1,5 @@
+"""``python -m pipelines.tune``: what ``salma tune`` runs."""
+
+from pipelines.tune.driver import main
+
+raise SystemExit(main())
