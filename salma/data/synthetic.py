@@ -29,12 +29,11 @@ each target; its id is in the ``distractors.json`` sidecar (see ``salma.data.dis
 videos, 300 / 60 VQA samples; ``"medium"`` is four times that. ``num_images`` / ``num_videos``
 override the train counts (evaluation splits get a fifth / a quarter of it), for fast tests.
 
-Command line: ``python -m salma.data.synthetic --out DIR [--seed N] [--size small|medium]``.
+Command line: ``salma data synth --out DIR [--seed N] [--size small|medium]`` (``pipelines.synth``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import pickle
@@ -612,32 +611,3 @@ def _write_llava(root: Path, seed: int, counts: Counts) -> dict[str, Any]:
         root.mkdir(parents=True, exist_ok=True)
         (root / f"{split}.json").write_text(json.dumps(entries, indent=1))
     return _dataset_entry("llava", root, split_counts)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def main(argv: Sequence[str] | None = None, *, prog: str = "python -m salma.data.synthetic") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output folder (empty, or an earlier synthetic output)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", choices=("small", "medium"), default="small")
-    parser.add_argument("--num-images", type=int, default=None, help="override the number of train images")
-    parser.add_argument("--num-videos", type=int, default=None, help="override the number of train videos")
-    parser.add_argument(
-        "--clutter", type=int, nargs=4, default=None, metavar=("TRAIN_IMAGES", "EVAL_IMAGES", "TRAIN_VIDEOS", "EVAL_VIDEOS"),
-        help="also write the clutter-lure splits (clutter_train, lure, control) with these sizes",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    manifest = write_synthetic(
-        args.out, seed=args.seed, size=args.size, num_images=args.num_images, num_videos=args.num_videos,
-        clutter=ClutterCounts(*args.clutter) if args.clutter else None,
-    )
-    for name, info in manifest["datasets"].items():
-        print(f"{name}: format={info['format']} root={info['root']} splits={','.join(info['splits'])}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from salma.data.synthetic import main, synthetic_image_scene, synthetic_video_scene, write_synthetic
+from pipelines.synth import main
+from salma.data.synthetic import synthetic_image_scene, synthetic_video_scene, write_synthetic
 from salma.data.synthetic_scenes import (
     COLORS,
     MOTION_PHRASE,
