@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from salma.builder import build_salma
+from salma.builder import build_sam
 from salma.config import resolve_model_config
 from salma.data.sources import read_source
 from salma.image_transforms import to_normalized_tensor
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = resolve_model_config({"preset": "tiny"})
     config.sam.checkpoint = args.start
-    sam = build_salma(config).sam
+    torch.manual_seed(config.seed)
+    sam = build_sam(config.sam)
     root = f"{args.data}/refer/refcoco"
     size = sam.image_size
     train_records = read_source("refcoco", root, "train")

@@ -32,6 +32,10 @@ from salma.data.record import SampleRecord
 
 logger = logging.getLogger(__name__)
 
+# Bump when the pre-training code changes what it produces for the same settings and data, so that
+# a cached SAM-2 from older code is not reused (2: SAM-2 built alone from the model seed).
+PRETRAIN_RECIPE = 2
+
 
 def ensure_sam_pretrained(cfg: ExperimentConfig, mixture: list[list[SampleRecord]] | None = None) -> ExperimentConfig:
     """``cfg`` with ``model.sam.checkpoint`` set to the pre-trained SAM-2 (trained now when the
@@ -52,7 +56,9 @@ def ensure_sam_pretrained(cfg: ExperimentConfig, mixture: list[list[SampleRecord
         mixture = read_mixture(cfg.data.sources)
     records = [r for source_records in mixture for r in source_records]
     wanted = {
+        "recipe": PRETRAIN_RECIPE,
         "sam": model.sam.model_dump(mode="json", exclude={"checkpoint"}),
+        "seed": model.seed,
         "settings": p.model_dump(mode="json", exclude={"enabled", "out", "log_every"}),
         "records": _fingerprint(records),
     }
@@ -71,7 +77,7 @@ def _pretrain(
 ) -> None:
     import torch
 
-    from salma.builder import build_salma
+    from salma.builder import build_sam
     from salma.data.errors import BadRecordError
     from salma.image_transforms import to_normalized_tensor
     from salma.sam_pretraining import (
@@ -83,10 +89,10 @@ def _pretrain(
         track_set,
     )
 
-    model_cfg = cfg.model_config_resolved.model_copy(deep=True)
-    model_cfg.sam.checkpoint = None
+    model_cfg = cfg.model_config_resolved
     started = time.perf_counter()
-    sam = build_salma(model_cfg).sam
+    torch.manual_seed(model_cfg.seed)  # the from-scratch initialisation, from the model's seed
+    sam = build_sam(model_cfg.sam, load_checkpoint=False)
     bad: dict[str, str] = {}  # path -> reason: a record failing in both readers counts once
 
     def on_bad(err: BadRecordError) -> None:

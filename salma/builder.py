@@ -9,7 +9,7 @@ from torch import nn
 from transformers import InternVLForConditionalGeneration
 
 from salma.checkpoint_layout import require_native_internvl
-from salma.config import SalmaConfig
+from salma.config import SalmaConfig, SamConfig
 from salma.export import MLLM_DIR, init_from_folder, load_init_weights
 from salma.hub import resolve_model_folder
 from salma.mask_biased_attention import MaskBiasedAttention
@@ -80,6 +80,18 @@ def _check_geometry(hf_config, config: SalmaConfig, folder) -> None:
         raise ValueError(f"{folder}: the checkpoint's image geometry differs from the config; set " + ", ".join(mismatches))
 
 
+def build_sam(config: SamConfig, *, load_checkpoint: bool = True) -> SamAdapter:
+    """SAM-2 alone, as ``config`` describes it (its checkpoint loaded unless ``load_checkpoint`` is
+    false), on the CPU. Its random initialisation draws from the global torch generator."""
+    sam_model = build_sam2_model(
+        config_name=config.config_name,
+        checkpoint=config.checkpoint if load_checkpoint else None,
+        overrides=config.overrides,
+        image_size=config.image_size,
+    )
+    return SamAdapter(sam=sam_model)
+
+
 def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> SalmaModel:
     """Build the model a config describes. ``device="meta"`` builds the architecture without
     allocating weights (parameter counting at full size)."""
@@ -96,13 +108,8 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
         # transformers 5 names it activation checkpointing (the old name is deprecated).
         enable = getattr(mllm.model, "activation_checkpointing_enable", None) or mllm.model.gradient_checkpointing_enable
         enable()
-    s = config.sam
     # SAM-2 is built on the CPU even for device="meta": Hiera's constructor calls .item().
-    checkpoint = None if str(device) == "meta" else s.checkpoint
-    sam_model = build_sam2_model(
-        config_name=s.config_name, checkpoint=checkpoint, overrides=s.overrides, image_size=s.image_size
-    )
-    sam = SamAdapter(sam=sam_model)
+    sam = build_sam(config.sam, load_checkpoint=str(device) != "meta")
     mba = None
     if config.mba.enabled:
         b = config.mba
