@@ -38,10 +38,9 @@ class SourceConfig(StrictModel):
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: str) -> str:
-        from salma.data.sources import SOURCE_FORMAT_NAMES
+        from salma.data.sources import source_format  # registers the built-in formats
 
-        if v not in SOURCE_FORMAT_NAMES:
-            raise ValueError(f"unknown source format {v!r}; use one of {', '.join(SOURCE_FORMAT_NAMES)}")
+        source_format(v)  # a ValueError naming the registered formats
         return v
 
 

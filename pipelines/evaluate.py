@@ -75,6 +75,7 @@ from pipelines.prediction_folder import (
     write_json_atomic,
     write_text_atomic,
 )
+from salma.data.formats import source_format
 from salma.data.masks import decode_rle
 from salma.data.record import SampleRecord
 from salma.drift_score import DriftTerms, update_energy_shares
@@ -170,7 +171,7 @@ def score_predictions(
     results = json.loads(results_path.read_text())
     skipped: list[dict[str, Any]] = []
     records = read_records(source, max_samples, skipped=skipped)
-    if source.format == "own_data":
+    if source_format(source.format).scoring == "own":
         return _with_skipped(_with_diagnostics(_score_own(source, records, results, workers, pred), pred), skipped)
     missing_truth = [r.sample_id for r in records if r.meta.get("has_ground_truth") is False]
     if missing_truth:
@@ -178,8 +179,7 @@ def score_predictions(
             f"{source.format} split {source.split!r} has no ground truth (e.g. {missing_truth[0]}): submit "
             f"{pred / 'Annotations'} to the benchmark server instead (salma infer --zip writes submission.zip)"
         )
-    media = media_of(source)
-    if media == "image":
+    if media_of(source) == "image":
         scores = _score_images(source, records, results)
     else:
         scores = _score_videos(source, records, results, workers)
@@ -316,7 +316,7 @@ def _score_videos(
 ) -> BenchmarkScores:
     if not isinstance(results, dict):
         raise EvaluationError(f"{source.format} predictions must map video → expression (see salma infer)")
-    revos = source.format == "revos"
+    revos = source_format(source.format).scoring == "revos"
     tasks, meta, missing = [], [], 0
     # A video with no predictions at all scores 0 (J = F = 0) for each of its expressions, as
     # MeViS's eval_mevis.py does for a video folder missing from the submission; a missing

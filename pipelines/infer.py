@@ -85,14 +85,10 @@ from salma.data.decode import decode_masks, load_frames
 from salma.data.errors import BadRecordError
 from salma.data.masks import encode_mask
 from salma.data.record import Referent, SampleRecord
-from salma.data.sources import SOURCE_FORMAT_NAMES, read_source
+from salma.data.sources import read_source, source_format, source_format_names
 
 logger = logging.getLogger(__name__)
 
-IMAGE_FORMATS = ("refcoco",)
-VIDEO_FORMATS = ("mevis", "revos", "ref_youtube_vos", "ref_davis17", "ref_sav")
-OWN_FORMATS = ("own_data",)  # images and videos mixed, one's own layout of outputs
-INFER_FORMATS = IMAGE_FORMATS + VIDEO_FORMATS + OWN_FORMATS
 
 
 class InferenceError(RuntimeError):
@@ -128,8 +124,8 @@ def parse_dataset(
     fmt, sep, root = spec.partition(":")
     if not sep or not root:
         raise ConfigError(f"--dataset {spec!r} must be FORMAT:ROOT, e.g. mevis:data/mevis or own_data:my_photos")
-    if fmt not in SOURCE_FORMAT_NAMES:
-        raise ConfigError(f"--dataset {spec!r}: unknown format {fmt!r}; choose one of {', '.join(INFER_FORMATS)}")
+    if fmt not in source_format_names():
+        raise ConfigError(f"--dataset {spec!r}: unknown format {fmt!r}; choose one of {', '.join(source_format_names(scored=True))}")
     options = dict(options or {})
     root = str(Path(root).expanduser().resolve())
     source = SourceConfig(name="", format=fmt, root=root, split=split, options=options)
@@ -160,17 +156,15 @@ def parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def media_of(source: SourceConfig) -> str:
-    """``image`` or ``video`` for a benchmark format, ``mixed`` for one's own data."""
-    if source.format in IMAGE_FORMATS:
-        return "image"
-    if source.format in VIDEO_FORMATS:
-        return "video"
-    if source.format in OWN_FORMATS:
-        return "mixed"
-    raise ConfigError(
-        f"format {source.format!r} has no masks to predict (a conversation format); infer runs on "
-        f"{', '.join(INFER_FORMATS)}"
-    )
+    """``image`` or ``video`` for a benchmark format, ``mixed`` for one's own data (the format's
+    registered media)."""
+    fmt = source_format(source.format)
+    if fmt.scoring is None:
+        raise ConfigError(
+            f"format {source.format!r} has no masks to predict (a conversation format); infer runs on "
+            f"{', '.join(source_format_names(scored=True))}"
+        )
+    return fmt.media
 
 
 def read_records(
@@ -670,7 +664,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalConfig:
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--dataset", required=required, metavar="FORMAT:ROOT",
-                        help=f"dataset format and folder; formats: {', '.join(INFER_FORMATS)}")
+                        help=f"dataset format and folder; formats: {', '.join(source_format_names(scored=True))}")
     parser.add_argument("--split", required=required, help="split name as the reader knows it (val, valid_u, ...)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="reader option, repeatable (e.g. dataset=refcocog, split_by=umd, masks=png)")

@@ -23,8 +23,10 @@ from salma.data.confinement import OutsideRootError, confined_path
 from salma.data.decode import probe_video
 from salma.data.errors import BadRecordError, BadRecordReporter, OnBad
 from salma.data.record import SampleRecord
+from salma.data.formats import register_format
 
 
+@register_format("chatunivi", media="conversation")
 def read_chatunivi(
     root: str | Path,
     split: str,

@@ -31,6 +31,7 @@ from salma.data.decode import probe_image_size
 from salma.data.errors import BadRecordError, BadRecordReporter, OnBad
 from salma.data.masks import RLE, MaskSizeError, segmentation_to_rle
 from salma.data.record import Referent, SampleRecord, Turn
+from salma.data.formats import register_format
 
 GcgLayout = Literal["refcocog_gcg", "grandf"]
 GCG_QUESTION = (
@@ -40,6 +41,7 @@ GCG_QUESTION = (
 _DEFAULT_FILES = {"refcocog_gcg": "RefCOCOg_GCG_{split}.json", "grandf": "GranDf_HA_GCG_{split}.json"}
 
 
+@register_format("gcg", media="conversation")
 def read_gcg(
     root: str | Path,
     split: str,

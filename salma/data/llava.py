@@ -21,8 +21,10 @@ from salma.data.annotation_files import load_json_file, require_list
 from salma.data.conversation_json import entry_id, image_or_text_record, parse_conversation
 from salma.data.errors import BadRecordReporter, OnBad
 from salma.data.record import SampleRecord
+from salma.data.formats import register_format
 
 
+@register_format("llava", media="conversation")
 def read_llava(
     root: str | Path,
     split: str,

@@ -23,10 +23,12 @@ from pathlib import Path
 from salma.data.errors import OnBad
 from salma.data.record import SampleRecord
 from salma.data.video_expressions import AnnoMaskDict, NoMaskSource, VideoMaskSource, read_expression_videos
+from salma.data.formats import register_format
 
 logger = logging.getLogger(__name__)
 
 
+@register_format("mevis", media="video", scoring="video")
 def read_mevis(
     root: str | Path,
     split: str,

@@ -61,6 +61,7 @@ from salma.data.errors import BadRecordError, BadRecordReporter, DatasetFormatEr
 from salma.data.masks import RLE, MaskSizeError, encode_mask, segmentation_to_rle
 from salma.data.record import Referent, SampleRecord
 from salma.data.video_expressions import clean_expression, expression_problem
+from salma.data.formats import register_format
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -90,6 +91,7 @@ class _LineError(Exception):
         self.reason, self.detail, self.path = reason, detail, path
 
 
+@register_format("own_data", media="mixed", scoring="own")
 def read_own_data(
     root: str | Path,
     split: str,

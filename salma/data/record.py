@@ -2,7 +2,8 @@
 
 A reader turns one on-disk dataset format into ``SampleRecord`` objects; everything downstream
 (the Ray Data pipeline, the predictor's batch inference, evaluation) consumes only this record,
-so a new format needs a new reader and nothing else.
+so a new format needs a new reader, registered with ``salma.data.formats.register_format``, and
+nothing else.
 
 Conventions
 - Paths are absolute strings.

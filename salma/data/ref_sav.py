@@ -32,8 +32,10 @@ from salma.data.confinement import OutsideRootError, confined_path, plain_name_p
 from salma.data.masks import check_image_size, stored_rle
 from salma.data.record import Referent, SampleRecord
 from salma.data.video_expressions import clean_expression
+from salma.data.formats import register_format
 
 
+@register_format("ref_sav", media="video", scoring="video")
 def read_ref_sav(
     root: str | Path,
     split: str,

@@ -37,6 +37,7 @@ from PIL import Image
 
 from salma.data.annotation_files import load_pickle_file, require_mapping
 from salma.data.errors import OnBad
+from salma.data.formats import register_format
 from salma.data.masks import RLE, encode_mask, stored_rle
 from salma.data.record import SampleRecord
 from salma.data.video_expressions import (
@@ -57,6 +58,7 @@ logger = logging.getLogger(__name__)
 MaskSourceName = Literal["auto", "png", "mask_dict", "none"]
 
 
+@register_format("ref_youtube_vos", media="video", scoring="video")
 def read_ref_youtube_vos(
     root: str | Path,
     split: str,
@@ -71,6 +73,7 @@ def read_ref_youtube_vos(
     return _read_ref_vos("ref_youtube_vos", root, split, masks, mask_dict_file, check_files, allow_outside_root, on_bad)
 
 
+@register_format("ref_davis17", media="video", scoring="video")
 def read_ref_davis17(
     root: str | Path,
     split: str,

@@ -38,11 +38,13 @@ from salma.data.confinement import OutsideRootError, confined_path
 from salma.data.masks import RLE, MaskSizeError, PolygonError, check_image_size, merge_rles, refer_mask_rle, rle_area
 from salma.data.record import Referent, SampleRecord
 from salma.data.video_expressions import clean_expression, expression_problem
+from salma.data.formats import register_format
 
 RefDataset = Literal["refcoco", "refcoco+", "refcocog"]
 _DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 
 
+@register_format("refcoco", media="image", scoring="image")
 def read_refcoco(
     root: str | Path,
     split: str,

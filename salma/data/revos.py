@@ -28,10 +28,12 @@ from salma.data.errors import OnBad
 from salma.data.mevis import mask_source
 from salma.data.record import SampleRecord
 from salma.data.video_expressions import VideoEntry, read_expression_videos
+from salma.data.formats import register_format
 
 logger = logging.getLogger(__name__)
 
 
+@register_format("revos", media="video", scoring="revos")
 def read_revos(
     root: str | Path,
     split: str,

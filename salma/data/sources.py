@@ -1,7 +1,8 @@
-"""The source formats and the one dispatch from a format name to its reader.
+"""The built-in source formats and the one dispatch from a format name to its reader.
 
-``SOURCE_FORMATS`` is the ``Literal`` type of what a data config's ``format`` field may say
-(``SOURCE_FORMAT_NAMES`` the same names as a tuple). Per-format options are the
+Importing this module registers the built-in readers (``salma.data.formats``: each reader
+declares its name, media and scoring where it is defined); ``read_source`` dispatches through the
+registry, so a format registered by another module works the same way. Per-format options are the
 reader's keyword arguments (passed through ``read_source(..., **options)``):
 
 - ``refcoco``: RefCOCO, RefCOCO+ and RefCOCOg; ``dataset="refcoco" | "refcoco+" | "refcocog"``
@@ -22,57 +23,20 @@ in annotation files must stay inside their folder unless it is set (``salma.data
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
-from salma.data.chatunivi import read_chatunivi
-from salma.data.gcg import read_gcg
-from salma.data.llava import read_llava
-from salma.data.mevis import read_mevis
-from salma.data.own_data import read_own_data
+from salma.data.formats import source_format, source_format_names
 from salma.data.record import SampleRecord
-from salma.data.ref_sav import read_ref_sav
-from salma.data.ref_vos import read_ref_davis17, read_ref_youtube_vos
-from salma.data.refcoco import read_refcoco
-from salma.data.revos import read_revos
 
-SOURCE_FORMATS = Literal[
-    "refcoco",
-    "mevis",
-    "revos",
-    "ref_youtube_vos",
-    "ref_davis17",
-    "ref_sav",
-    "llava",
-    "chatunivi",
-    "gcg",
-    "own_data",
-]
-SOURCE_FORMAT_NAMES: tuple[str, ...] = get_args(SOURCE_FORMATS)
+# The modules of the built-in readers; importing one registers its formats (in this order).
+_BUILTIN_READERS = ("refcoco", "mevis", "revos", "ref_vos", "ref_sav", "llava", "chatunivi", "gcg", "own_data")
+for _module in _BUILTIN_READERS:
+    importlib.import_module(f"salma.data.{_module}")
+BUILTIN_FORMATS: tuple[str, ...] = source_format_names()
 
 
-def read_source(format: SOURCE_FORMATS, root: str | Path, split: str, **options: Any) -> list[SampleRecord]:
-    """Read one split of one source with the reader of ``format``."""
-    match format:
-        case "refcoco":
-            return read_refcoco(root, split, **options)
-        case "mevis":
-            return read_mevis(root, split, **options)
-        case "revos":
-            return read_revos(root, split, **options)
-        case "ref_youtube_vos":
-            return read_ref_youtube_vos(root, split, **options)
-        case "ref_davis17":
-            return read_ref_davis17(root, split, **options)
-        case "ref_sav":
-            return read_ref_sav(root, split, **options)
-        case "llava":
-            return read_llava(root, split, **options)
-        case "chatunivi":
-            return read_chatunivi(root, split, **options)
-        case "gcg":
-            return read_gcg(root, split, **options)
-        case "own_data":
-            return read_own_data(root, split, **options)
-        case _:
-            raise ValueError(f"unknown source format {format!r}; expected one of {', '.join(SOURCE_FORMAT_NAMES)}")
+def read_source(format: str, root: str | Path, split: str, **options: Any) -> list[SampleRecord]:
+    """Read one split of one source with the reader registered for ``format``."""
+    return source_format(format).read(root, split, **options)

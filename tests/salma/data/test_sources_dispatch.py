@@ -1,6 +1,5 @@
 import subprocess
 import sys
-from typing import get_args
 
 import pytest
 
@@ -13,16 +12,22 @@ from data_fixture_writers import (
     write_refcoco_by_hand,
     write_revos,
 )
-from salma.data import SOURCE_FORMATS, read_source
-from salma.data.sources import SOURCE_FORMAT_NAMES
+from salma.data import BUILTIN_FORMATS, read_source, source_format
 from salma.testing import write_own_data_example
 
 
-def test_source_formats_literal():
-    assert get_args(SOURCE_FORMATS) == SOURCE_FORMAT_NAMES == (
+def test_builtin_formats_and_what_each_declares():
+    assert BUILTIN_FORMATS == (
         "refcoco", "mevis", "revos", "ref_youtube_vos", "ref_davis17", "ref_sav", "llava", "chatunivi", "gcg",
         "own_data",
     )
+    declared = {name: (source_format(name).media, source_format(name).scoring) for name in BUILTIN_FORMATS}
+    assert declared == {
+        "refcoco": ("image", "image"), "mevis": ("video", "video"), "revos": ("video", "revos"),
+        "ref_youtube_vos": ("video", "video"), "ref_davis17": ("video", "video"), "ref_sav": ("video", "video"),
+        "llava": ("conversation", None), "chatunivi": ("conversation", None), "gcg": ("conversation", None),
+        "own_data": ("mixed", "own"),
+    }
 
 
 def _case(fmt, tmp_path, manifest):
@@ -58,7 +63,7 @@ def _case(fmt, tmp_path, manifest):
     raise AssertionError(fmt)
 
 
-@pytest.mark.parametrize("fmt", SOURCE_FORMAT_NAMES)
+@pytest.mark.parametrize("fmt", BUILTIN_FORMATS)
 def test_read_source_dispatches_every_format(fmt, tmp_path, manifest):
     root, split, options = _case(fmt, tmp_path, manifest)
     records = read_source(fmt, root, split, **options)
