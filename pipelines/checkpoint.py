@@ -17,6 +17,14 @@ reads. The staged folders are then published — merged by Ray into the run fold
 registers only once *every* rank has uploaded (``ray.train.report``), or renamed into the run
 folder in local mode. A reader trusts nothing: ``read_checkpoint`` checks the metadata and every
 rank's manifest against the files (sizes and hashes) and rejects a torn folder with the reason.
+
+The manifest proves that a folder is complete, not who wrote it: anyone who can write the folder
+can also rewrite its hashes. So the ``.pt`` files are never unpickled with arbitrary code.
+``load_model_state`` and ``restore_engine`` (which replaces DeepSpeed's own checkpoint loader,
+``torch.load(weights_only=False)``) read them with ``torch.load(weights_only=True)``: tensors,
+builtin containers and scalars, plus exactly the DeepSpeed classes in ``DEEPSPEED_STATE_GLOBALS``,
+which hold data and run no code when rebuilt. A file that needs anything else is refused with
+``UnsafeCheckpointError`` naming it.
 """
 
 from __future__ import annotations
@@ -44,6 +52,22 @@ _NAME = re.compile(r"^checkpoint_(\d{6,})$")
 
 class InvalidCheckpointError(RuntimeError):
     """A checkpoint folder that is incomplete, torn or does not fit the run resuming from it."""
+
+
+class UnsafeCheckpointError(InvalidCheckpointError):
+    """A checkpoint file whose pickle needs a global outside the allow-list (it could run code)."""
+
+
+def _deepspeed_state_globals() -> list[type]:
+    """The non-tensor classes DeepSpeed 0.19's ZeRO-1/2 optimizer states pickle (listed by
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on a saved checkpoint): a
+    dataclass of two ints, the static loss scaler (plain attributes) and an int enum. Rebuilding
+    them only sets attributes; none of them runs code from the file."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [fragment_address, LossScaler, DynamicLossScaler, ZeroStageEnum]
 
 
 @dataclass(frozen=True)
@@ -189,6 +213,7 @@ def restore_engine(engine, path: str, *, world_size: int, trainable_parameters: 
             f"{path}: the trained parameters differ from this model's ({changed[:5]}...); the model "
             "or freezing config changed since the checkpoint was written"
         )
+    _use_safe_loader(engine)
     # Frozen parameters are not in the checkpoint (exclude_frozen_parameters): the builder already
     # loaded them from the pretrained weights, and the check above proves nothing else is missing.
     load_path, _ = engine.load_checkpoint(
@@ -202,14 +227,51 @@ def restore_engine(engine, path: str, *, world_size: int, trainable_parameters: 
 def load_model_state(path: str | os.PathLike) -> dict[str, Any]:
     """The trained weights of a checkpoint as a ``state_dict`` in the model's own shapes (for
     export and evaluation). Frozen weights are not included: they come from the pretrained model."""
-    import torch
-
     info = read_checkpoint(path)
     states = os.path.join(str(path), DEEPSPEED_DIR, DEEPSPEED_TAG, "mp_rank_00_model_states.pt")
-    module = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    module = safe_torch_load(states)["module"]
     for name in info.reshaped_scalars:
         module[name] = module[name].reshape(())
     return module
+
+
+def safe_torch_load(file: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` admitting only DeepSpeed's data classes (module doc);
+    ``UnsafeCheckpointError`` naming ``file`` for a pickle that asks for anything else."""
+    import pickle
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_deepspeed_state_globals()):
+            return torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises allow-listing the global; keep only what the file asked for.
+        found = re.search(r"WeightsUnpickler error: (.*?)(?:\. |\.?$)", str(err), re.MULTILINE)
+        reason = found.group(1) if found else str(err).strip().splitlines()[0]
+        raise UnsafeCheckpointError(
+            f"{file}: refused to unpickle ({reason}): a SALMA checkpoint holds only tensors, "
+            "containers and DeepSpeed's state classes, and anything else could run code. Resume "
+            "or export only checkpoints that your own runs wrote"
+        ) from None
+
+
+def _use_safe_loader(engine) -> None:
+    """Make DeepSpeed read this engine's checkpoint files through ``safe_torch_load``: its
+    ``TorchCheckpointEngine.load(path, map_location)`` calls ``torch.load(weights_only=False)``,
+    and every model, optimizer and ZeRO-shard load of ``engine.load_checkpoint`` goes through
+    it, so the instance's ``load`` is replaced. Other checkpoint engines (DeepSpeed's fast or
+    decoupled writers, DataStates) are refused: they have loaders of their own."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    current = engine.checkpoint_engine
+    if type(current) is not TorchCheckpointEngine:
+        raise InvalidCheckpointError(
+            f"DeepSpeed's checkpoint engine is {type(current).__name__}; SALMA resumes only through "
+            "the default torch engine, whose loads it restricts: remove checkpoint.writer and "
+            "datastates from the DeepSpeed config"
+        )
+    current.load = safe_torch_load
 
 
 # --------------------------------------------------------------------------------------- helpers
