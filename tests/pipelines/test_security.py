@@ -1,6 +1,7 @@
-"""Files from outside run no code: a checkpoint whose pickle carries a payload is refused, with
-an error naming the file, on every path that loads one (``salma export --checkpoint``,
-``salma train --resume`` through DeepSpeed's loader), and the payload never runs."""
+"""Files from outside run no code: a checkpoint or annotation pickle that carries a payload is
+refused, with an error naming the file, on every path that loads one (``salma export
+--checkpoint``, ``salma train --resume`` through DeepSpeed's loader, the dataset readers behind
+``salma infer`` and ``salma train``), and the payload never runs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from hostile_pickles import rehash, write_poisoned_torch_file
+from hostile_pickles import Payload, rehash, write_poisoned_pickle, write_poisoned_torch_file
 from pipelines.checkpoint import DEEPSPEED_DIR, DEEPSPEED_TAG, UnsafeCheckpointError, load_model_state, read_checkpoint
 from pipelines.cli import EXIT_USER_ERROR
 from pipelines.cli import main as salma
 from pipelines.train import train
+from salma.data.annotation_files import load_pickle_file
+from salma.data.errors import DatasetFormatError
 from run_copies import copy_run
 
 MODEL_STATES = f"{DEEPSPEED_DIR}/{DEEPSPEED_TAG}/mp_rank_00_model_states.pt"
@@ -58,4 +61,43 @@ def test_resume_refuses_deepspeed_states_that_carry_code(reference_run, tiny_exp
     cfg = tiny_experiment(tmp_path, "train.max_steps=6")
     with pytest.raises(UnsafeCheckpointError, match="zero_pp_rank_0_mp_rank_00_optim_states.pt: refused to unpickle"):
         train(cfg, resume=str(run_dir))
+    assert not marker.exists(), "the payload ran"
+
+
+def _poisoned_refcoco(synthetic_data, tmp_path) -> tuple[Path, Path]:
+    """A copy of the synthetic RefCOCO whose ``refs(unc).p`` carries a payload in one sentence."""
+    shutil.copytree(synthetic_data / "refer", tmp_path / "refer")
+    root, marker = tmp_path / "refer" / "refcoco", tmp_path / "payload-ran"
+    refs = load_pickle_file(root / "refs(unc).p")
+    refs[0]["sentences"][0]["sent"] = Payload(marker)
+    write_poisoned_pickle(root / "refs(unc).p", refs)
+    return root, marker
+
+
+def test_infer_refuses_a_poisoned_refs_pickle(synthetic_data, tmp_path, capsys):
+    root, marker = _poisoned_refcoco(synthetic_data, tmp_path)
+    argv = ["infer", "--model", "tiny", "--dataset", f"refcoco:{root}", "--split", "val", "--out", str(tmp_path / "out"),
+            "--num-actors", "0"]
+    assert salma(argv) == EXIT_USER_ERROR
+    assert f"{root / 'refs(unc).p'}: refused to unpickle: it asks for the global" in capsys.readouterr().err
+    assert not marker.exists(), "the payload ran"
+
+
+def test_infer_refuses_a_poisoned_mask_dict_pickle(synthetic_data, tmp_path, capsys):
+    root, marker = tmp_path / "ref_youtube_vos", tmp_path / "payload-ran"
+    shutil.copytree(synthetic_data / "ref_youtube_vos", root)
+    # With a mask_dict.pkl beside JPEGImages/, the reader's default (masks=auto) reads it.
+    write_poisoned_pickle(root / "valid" / "mask_dict.pkl", {"0": [Payload(marker)]})
+    argv = ["infer", "--model", "tiny", "--dataset", f"ref_youtube_vos:{root}", "--split", "valid",
+            "--out", str(tmp_path / "out"), "--num-actors", "0"]
+    assert salma(argv) == EXIT_USER_ERROR
+    assert f"{root / 'valid' / 'mask_dict.pkl'}: refused to unpickle: it asks for the global" in capsys.readouterr().err
+    assert not marker.exists(), "the payload ran"
+
+
+def test_training_refuses_a_poisoned_refs_pickle(synthetic_data, tiny_experiment, tmp_path):
+    root, marker = _poisoned_refcoco(synthetic_data, tmp_path)
+    cfg = tiny_experiment(tmp_path, f"data.sources=[{{name: refcoco, format: refcoco, root: {root}}}]")
+    with pytest.raises(DatasetFormatError, match=r"refs\(unc\)\.p: refused to unpickle"):
+        train(cfg)
     assert not marker.exists(), "the payload ran"
