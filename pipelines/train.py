@@ -286,6 +286,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         try:
             _run_steps(worker, batches, start_step)
+        except BaseException:
+            # The skip report matters most when the bad-record threshold (or anything else)
+            # stopped the run: write it, then let the original error through.
+            _write_bad_records(worker, batches, failing=True)
+            raise
+        else:
             _write_bad_records(worker, batches)
         finally:
             batches.close()  # stop the Ray Data stream while Ray is still up, not at exit
@@ -534,14 +540,21 @@ def _checkpoint_meta(worker: _Worker, step: int) -> dict[str, Any]:
     }
 
 
-def _write_bad_records(worker: _Worker, batches) -> None:
-    """Each rank's skipped-record report (file and reason of every unusable record)."""
+def _write_bad_records(worker: _Worker, batches, *, failing: bool = False) -> None:
+    """Each rank's skipped-record report (file and reason of every unusable record), written at
+    the end of a run and when it fails. When ``failing``, an error writing or logging the report
+    is logged, not raised, so that it never hides the error that stopped the run."""
     if worker.local_run_dir is None:
         return
     report = Path(worker.cfg.data.bad_report)
     path = Path(worker.local_run_dir, f"{report.stem}.rank{worker.rank}{report.suffix}")
-    batches.bad.write(path)
-    worker.tracker.log_artifact(str(path))
+    try:
+        batches.bad.write(path)
+        worker.tracker.log_artifact(str(path))
+    except Exception:
+        if not failing:
+            raise
+        logger.exception("rank %d: could not write its bad-record report %s", worker.rank, path)
 
 
 def _wait_for_commit() -> None:
