@@ -58,6 +58,7 @@ from pipelines.deepspeed_ops import use_environment_extensions
 from pipelines.fault_injection import ENV_VAR as FAULT_ENV_VAR
 from pipelines.fault_injection import FaultInjection
 from pipelines.held_out import HeldOutBatch
+from pipelines.local_ray import init_ray
 from pipelines.lr_schedule import parameter_groups, warmup_cosine_scheduler
 from pipelines.progress import Progress, TrainProgressRelay, post_progress
 from pipelines.run_folder import RunFolder
@@ -166,7 +167,7 @@ def _gpus_available(cfg: ExperimentConfig) -> bool:
         return torch.cuda.is_available()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(**console.ray_init_options())  # $RAY_ADDRESS when set (a job on a cluster), else a local Ray
+        init_ray(**console.ray_init_options())  # $RAY_ADDRESS when set (a job on a cluster), else a local Ray
     _check_cpu_budget(cfg, local=started_here and not os.environ.get("RAY_ADDRESS"))
     return ray.cluster_resources().get("GPU", 0) > 0
 

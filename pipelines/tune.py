@@ -52,6 +52,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from pipelines import console, tracking
 from pipelines.config import ExperimentConfig, parse_overrides
 from pipelines.config_errors import ConfigError, describe_validation_error
+from pipelines.local_ray import init_ray
 from pipelines.run_folder import RUN_FILE
 from salma.config import deep_update
 
@@ -539,7 +540,7 @@ def _ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(**console.ray_init_options())  # $RAY_ADDRESS when set (a cluster, or the test cluster), else a local Ray
+        init_ray(**console.ray_init_options())  # $RAY_ADDRESS when set (a cluster, or the test cluster), else a local Ray
 
 
 def _experiment_of(source: dict[str, Any]) -> dict[str, Any]:

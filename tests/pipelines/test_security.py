@@ -1,13 +1,16 @@
 """Files from outside run no code: a checkpoint or annotation pickle that carries a payload is
 refused, with an error naming the file, on every path that loads one (``salma export
 --checkpoint``, ``salma train --resume`` through DeepSpeed's loader, the dataset readers behind
-``salma infer`` and ``salma train``), and the payload never runs."""
+``salma infer`` and ``salma train``), and the payload never runs. A local Ray started by the
+platform listens on the loopback interface only."""
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 from pathlib import Path
 
+import psutil
 import pytest
 
 from hostile_pickles import Payload, rehash, write_poisoned_pickle, write_poisoned_torch_file
@@ -101,3 +104,33 @@ def test_training_refuses_a_poisoned_refs_pickle(synthetic_data, tiny_experiment
     with pytest.raises(DatasetFormatError, match=r"refs\(unc\)\.p: refused to unpickle"):
         train(cfg)
     assert not marker.exists(), "the payload ran"
+
+
+def test_local_ray_listens_on_loopback_only(ray_cluster):
+    import ray
+
+    # A task and an actor make sure worker processes (each with its own gRPC server) exist.
+    ray.get(ray.remote(lambda: 1).remote())
+    actor = ray.remote(type("Probe", (), {"ping": lambda self: 1})).remote()
+    ray.get(actor.ping.remote())
+    listening = {}
+    for process in psutil.Process().children(recursive=True):
+        try:
+            sockets = process.net_connections(kind="inet")
+        except psutil.Error:  # exited meanwhile
+            continue
+        for sock in sockets:
+            if sock.status == psutil.CONN_LISTEN:
+                listening.setdefault(process.name(), set()).add((sock.laddr.ip, sock.laddr.port))
+    ray.kill(actor)
+    names = " ".join(listening)
+    assert "gcs_server" in names and "raylet" in names and "DashboardAgent" in names, listening
+    gcs_port = int(ray_cluster.rpartition(":")[2])
+    assert any(port == gcs_port for sockets in listening.values() for _, port in sockets)
+    exposed = {
+        (name, ip, port)
+        for name, sockets in listening.items()
+        for ip, port in sockets
+        if not ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback
+    }
+    assert not exposed, f"Ray processes listening beyond the loopback interface: {sorted(exposed)}"
