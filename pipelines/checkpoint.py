@@ -199,6 +199,56 @@ def find_latest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
     return None
 
 
+# Ray Train 2.60's record of the checkpoints of a run (in the run folder), read on a relaunch.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def prepare_resume(run_dir: str | os.PathLike) -> CheckpointInfo | None:
+    """Before a local run folder is resumed: return its newest checkpoint that verifies, and make
+    sure nothing newer gets in the way.
+
+    Checkpoint folders newer than that one are damaged (truncated, altered, half-written):
+    they are renamed ``<name>.invalid`` (kept for inspection, never read again). Ray Train's
+    own record of the run (``RAY_SNAPSHOT``) is renamed ``<file>.stale`` when it names a
+    checkpoint that is gone or damaged: Ray would otherwise refuse to start
+    (``CheckpointManagerInitializationError``) or offer the workers the damaged checkpoint. Ray
+    then starts a fresh record; the workers resume from the returned checkpoint all the same
+    (``newest_valid_checkpoint``), and checkpoints older than the resume are no longer pruned by
+    Ray (``train.keep_checkpoints`` counts only the new ones)."""
+    run_dir = str(run_dir)
+    latest = find_latest_checkpoint(run_dir)
+    latest_step = latest.step if latest else -1
+    for step, path in sorted(_checkpoint_folders(run_dir)):
+        if step > latest_step:
+            aside = _unused_name(path + ".invalid")
+            logger.warning("%s does not verify and is newer than the checkpoint resumed from: moved to %s", path, aside)
+            os.rename(path, aside)
+    snapshot = os.path.join(run_dir, RAY_SNAPSHOT)
+    named = _snapshot_checkpoints(snapshot)
+    present = {os.path.basename(path) for _, path in _checkpoint_folders(run_dir)}
+    stale = sorted(name for name in named if name not in present)
+    if stale:
+        aside = _unused_name(snapshot + ".stale")
+        logger.warning(
+            "Ray's record of this run names checkpoints that are gone or damaged (%s): moved to %s; "
+            "resuming from %s", ", ".join(stale), aside, latest.path if latest else "the start",
+        )
+        os.rename(snapshot, aside)
+    return latest
+
+
+def newest_valid_checkpoint(run_dir: str, offered: str | None) -> CheckpointInfo | None:
+    """In a worker (re)starting on a local run folder: the newest checkpoint of ``run_dir`` that
+    verifies. Ray offers its latest registered one (``offered``); the folder may hold a newer
+    complete one (every rank had written its part when a worker was lost, before Ray registered
+    it) or Ray's may be damaged since: the folder, verified, decides."""
+    found = find_latest_checkpoint(run_dir)
+    chosen = os.path.basename(found.path) if found else None
+    if offered is not None and os.path.basename(offered.rstrip("/")) != chosen:
+        logger.warning("Ray offered checkpoint %s; resuming from %s, the newest that verifies", offered, chosen)
+    return found
+
+
 def restore_engine(engine, path: str, *, world_size: int, trainable_parameters: list[str]) -> CheckpointInfo:
     """Validate ``path`` and load model, optimizer and scheduler state into a DeepSpeed engine."""
     info = read_checkpoint(path)
@@ -284,6 +334,31 @@ def _checkpoint_folders(run_dir: str) -> list[tuple[int, str]]:
         if match and entry.is_dir():
             out.append((int(match.group(1)), entry.path))
     return out
+
+
+def _snapshot_checkpoints(snapshot: str) -> set[str]:
+    """The checkpoint folder names a Ray Train run snapshot refers to (empty if there is none).
+    A snapshot this code cannot parse is left to Ray, which reports its own error."""
+    try:
+        with open(snapshot) as f:
+            state = json.load(f)
+        results = list(state.get("checkpoint_results") or [])
+        if state.get("latest_checkpoint_result"):
+            results.append(state["latest_checkpoint_result"])
+        return {r["checkpoint_dir_name"] for r in results if isinstance(r, dict) and "checkpoint_dir_name" in r}
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, AttributeError, TypeError) as err:
+        logger.warning("could not read Ray's run snapshot %s (%r); leaving it to Ray", snapshot, err)
+        return set()
+
+
+def _unused_name(path: str) -> str:
+    candidate, n = path, 1
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{path}{n}"
+    return candidate
 
 
 def _relative_files(root: str) -> list[str]:

@@ -44,8 +44,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines import console, tracking
 from pipelines.checkpoint import (
+    CheckpointInfo,
     checkpoint_name,
-    find_latest_checkpoint,
+    newest_valid_checkpoint,
+    prepare_resume,
     prune_local,
     publish_local,
     restore_engine,
@@ -101,6 +103,8 @@ def train(
     if cfg.train.num_workers == 0 and run.local_path is None:
         raise ValueError(f"train.num_workers=0 (local mode) needs a local run folder, not {run.path}")
     setup = resolve_distributed_setup(cfg.train, gpus_available=_gpus_available(cfg))
+    # A resumed local run starts from its newest checkpoint that verifies (damaged ones set aside).
+    latest = prepare_resume(run.local_path) if resume and run.local_path else None
     previous = run.run_info()
     tracker = tracking.start_run(
         cfg,
@@ -113,7 +117,7 @@ def train(
     try:
         run.record_attempt(cfg, mlflow_run_id=tracker.run_id, tracking_uri=tracking_uri)
         _log_run_start(tracker, cfg, run, resumed=resume is not None)
-        relay = _progress_relay(cfg, run)
+        relay = _progress_relay(cfg, latest)
         result = _trainer(
             cfg, run, setup, tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, callbacks=callbacks,
             progress=relay.handle,
@@ -137,10 +141,9 @@ def train(
                        phase_seconds=phases)
 
 
-def _progress_relay(cfg: ExperimentConfig, run: RunFolder) -> TrainProgressRelay:
+def _progress_relay(cfg: ExperimentConfig, latest: CheckpointInfo | None) -> TrainProgressRelay:
     """The driver's training line (``pipelines.progress``), starting at the step a resumed run
     continues from."""
-    latest = find_latest_checkpoint(run.local_path) if run.local_path else None
     progress = Progress("train", total=cfg.train.max_steps, unit="step", initial=latest.step if latest else 0)
     return TrainProgressRelay(progress, use_ray=cfg.train.num_workers > 0)
 
@@ -214,15 +217,11 @@ def _trainer(
     progress: Any = None,
 ) -> TorchTrainer:
     t = cfg.train
-    resume_from = find_latest_checkpoint(run.local_path) if run.local_path else None
     loop_config = {
         "experiment": cfg.model_dump(mode="json"),
         "setup": asdict(setup),
         "run_dir": run.path,
         "local_run_dir": run.local_path,
-        # Ray's own latest checkpoint wins when it has one (a restart, or a relaunch under the
-        # same run name); this covers runs first trained in local mode.
-        "resume_checkpoint": resume_from.path if resume_from else None,
         "tracking_uri": tracking_uri,
         "mlflow_run_id": mlflow_run_id,
         "progress": progress,  # where rank 0 posts its step values (pipelines.progress)
@@ -412,11 +411,18 @@ def _restore(worker: _Worker, loop_config: dict[str, Any]) -> tuple[int, int | N
             shutil.rmtree(stale)
     checkpoint = ray.train.get_checkpoint()
     kwargs = {"world_size": worker.world_size, "trainable_parameters": worker.trainable}
-    if checkpoint is not None:
+    run_dir = loop_config["local_run_dir"]
+    if run_dir and os.path.isdir(run_dir):
+        # The run folder is on this machine: the newest checkpoint in it that verifies, which
+        # may be newer than Ray's latest (see newest_valid_checkpoint). Every rank reads the
+        # same folders, so all choose the same one.
+        found = newest_valid_checkpoint(run_dir, checkpoint.path if checkpoint else None)
+        if found is None:
+            return 0, None
+        info = restore_engine(worker.engine, found.path, **kwargs)
+    elif checkpoint is not None:  # storage this worker cannot list (an object store): Ray's
         with checkpoint.as_directory() as folder:
             info = restore_engine(worker.engine, folder, **kwargs)
-    elif loop_config["resume_checkpoint"]:
-        info = restore_engine(worker.engine, loop_config["resume_checkpoint"], **kwargs)
     else:
         return 0, None
     logger.info("rank %d resumed from %s at step %d", worker.rank, info.path, info.step)

@@ -1,6 +1,6 @@
-"""Faults in local mode: the skip report survives a run stopped by the bad-record threshold, and
-a resume falls back by itself to the newest checkpoint that verifies when the latest is damaged
-or gone."""
+"""Faults in local mode: the skip report survives a run stopped by the bad-record threshold. The
+checkpoint fallback on resume is tested in test_checkpoint.py (the choice) and test_train_ray.py
+(a relaunch whose latest checkpoint, registered by Ray, was truncated)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,4 @@ def test_bad_record_report_is_written_when_the_threshold_stops_the_run(ray_clust
     assert content["skipped"] >= 20 and content["skipped"] == content["rows_seen"]
     assert {r["reason"] for r in content["records"]} == {"truncated or unreadable image"}
     assert sum(r["count"] for r in content["records"]) == content["skipped"]
+

@@ -11,7 +11,7 @@ import os
 import pytest
 import ray.train
 
-from pipelines.checkpoint import read_checkpoint
+from pipelines.checkpoint import RAY_SNAPSHOT, read_checkpoint
 from pipelines.fault_injection import ENV_VAR
 from pipelines.train import train
 
@@ -82,16 +82,25 @@ def test_killed_worker_is_restarted_from_the_checkpoint_and_ends_bit_identical(
 
 
 def test_resume_relaunches_a_failed_run_under_its_name(uninterrupted, tiny_experiment, tmp_path, monkeypatch):
+    """The run fails after checkpoints 2 and 3 (one per step here), and then the latest one, the
+    one Ray registered last, is truncated: the relaunch sets it and Ray's record of the run
+    aside, resumes from checkpoint 2 and ends bit-identical to the uninterrupted run."""
     _, reference = uninterrupted
     marker = tmp_path / "failed"
     monkeypatch.setenv(ENV_VAR, json.dumps({"rank": 0, "step": 3, "action": "raise", "phase": "step", "marker": str(marker)}))
-    cfg = tiny_experiment(tmp_path, *TWO_WORKERS, "train.max_failures=0")
+    cfg = tiny_experiment(tmp_path, *TWO_WORKERS, "train.max_failures=0", "train.checkpoint_every=1")
     with pytest.raises(ray.train.TrainingFailedError):
         train(cfg)
     (run_dir,) = [p.path for p in os.scandir(tmp_path / "runs") if p.name.startswith("tiny-")]
+    assert sorted(p for p in os.listdir(run_dir) if p.startswith("checkpoint_0")) == ["checkpoint_000002", "checkpoint_000003"]
+    optimizer = os.path.join(run_dir, "checkpoint_000003", "deepspeed", "state", "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    os.truncate(optimizer, 64)
     result = train(cfg, resume=run_dir)
     assert result.run_dir == run_dir
     assert_same_weights(result.checkpoint_path, reference.checkpoint_path)
+    assert os.path.isdir(os.path.join(run_dir, "checkpoint_000003.invalid"))
+    assert os.path.isfile(os.path.join(run_dir, f"{RAY_SNAPSHOT}.stale"))
+    assert read_checkpoint(os.path.join(run_dir, "checkpoint_000003")).step == 3  # written again
     (run,) = _runs(cfg)
     assert run.info.status == "FINISHED"
 
