@@ -8,8 +8,10 @@ by ``ray.init``: ``_node_ip_address="127.0.0.1"`` is turned back into the outwar
 (``resolve_ip_for_localhost``). It does take the loopback address as the node IP where clusters
 are switched off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, its own setting for laptops), and with
 a loopback node IP every one of those servers binds 127.0.0.1. ``start_local_ray`` switches that
-setting on only while the node starts (Ray reads it as a module constant, so both the
-environment, which the node's processes inherit, and the constant are set, then restored). See
+setting on: in the environment, which the node's processes and any process started from here
+inherit (a process that connects with ``RAY_ADDRESS=127.0.0.1:…`` must resolve it to the loopback
+address too, or Ray turns it into the outward IP, where nothing listens), and in Ray's module
+constant, which this process read at import. ``local_ray`` restores both on exit. See
 docs/security.md for what binds where.
 
 ``ray.init(address="local")`` alone is not enough on a machine where other Ray clusters run
@@ -34,7 +36,7 @@ from typing import Any
 
 LOOPBACK = "127.0.0.1"
 _CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-_ENV = ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")
+_ENV = ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS", _CLUSTER_SWITCH)
 
 
 def start_local_ray(**init_kwargs: Any) -> Any:
@@ -45,14 +47,9 @@ def start_local_ray(**init_kwargs: Any) -> Any:
 
     if init_kwargs.get("include_dashboard") is False:
         init_kwargs.setdefault("dashboard_port", _free_port())  # see the module docstring
-    saved_env, saved_flag = os.environ.get(_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[_CLUSTER_SWITCH] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        return ray.init(address="local", **init_kwargs)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        _restore_env({_CLUSTER_SWITCH: saved_env})
+    return ray.init(address="local", **init_kwargs)
 
 
 def init_ray(**init_kwargs: Any) -> Any:
@@ -70,9 +67,11 @@ def local_ray(num_cpus: int, **init_kwargs: Any) -> Iterator[str]:
     """Start a private loopback-only Ray cluster with ``num_cpus`` logical CPUs (no dashboard
     unless asked); yields its address and shuts it down (restoring the environment) on exit."""
     import ray
+    import ray._private.ray_constants as ray_constants
 
     port = _free_port()
     saved = {name: os.environ.get(name) for name in _ENV}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
     address = f"{LOOPBACK}:{port}"
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = address
@@ -82,6 +81,7 @@ def local_ray(num_cpus: int, **init_kwargs: Any) -> Iterator[str]:
         yield address
     finally:
         ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
         _restore_env(saved)
 
 

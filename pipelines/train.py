@@ -27,7 +27,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -114,23 +116,24 @@ def train(
     )
     tracking_uri = getattr(tracker, "tracking_uri", None)
     relay = None
-    try:
-        run.record_attempt(cfg, mlflow_run_id=tracker.run_id, tracking_uri=tracking_uri)
-        _log_run_start(tracker, cfg, run, resumed=resume is not None)
-        relay = _progress_relay(cfg, latest)
-        result = _trainer(
-            cfg, run, setup, tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, callbacks=callbacks,
-            progress=relay.handle,
-        ).fit()
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    finally:
-        if relay is not None:
-            relay.close()
+    with _sigterm_as_interrupt():
+        try:
+            run.record_attempt(cfg, mlflow_run_id=tracker.run_id, tracking_uri=tracking_uri)
+            _log_run_start(tracker, cfg, run, resumed=resume is not None)
+            relay = _progress_relay(cfg, latest)
+            result = _trainer(
+                cfg, run, setup, tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, callbacks=callbacks,
+                progress=relay.handle,
+            ).fit()
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM (_sigterm_as_interrupt), an exit request
+            tracker.finish("KILLED")
+            raise
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
+        finally:
+            if relay is not None:
+                relay.close()
     metrics = dict(result.metrics or {})
     final = {f"final/{k}": v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}
     tracker.log_metrics(final, step=int(metrics.get("step", cfg.train.max_steps)))
@@ -139,6 +142,32 @@ def train(
     phases = {"prepare": prepared - started, "train": time.perf_counter() - prepared}
     return TrainResult(run_dir=run.path, checkpoint_path=checkpoint, run_id=tracker.run_id, metrics=metrics,
                        phase_seconds=phases)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the driver (``kill``, a job scheduler, a container stop)."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM end the driver the way Ctrl-C does: ``Terminated`` (a ``KeyboardInterrupt``)
+    is raised in the main thread, so the MLflow run ends KILLED and Ray shuts down on the way out,
+    instead of the process vanishing with the run left RUNNING. When ``ray.init`` runs later in
+    this process (Ray Data starting Ray in local mode), it installs its own SIGTERM handler,
+    which raises ``SystemExit``: ``train`` ends the run KILLED for that too. Only the main thread
+    can install a handler (a Tune trial runs ``train`` elsewhere: its own driver handles signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Terminated(f"received signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _progress_relay(cfg: ExperimentConfig, latest: CheckpointInfo | None) -> TrainProgressRelay:
