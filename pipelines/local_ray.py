@@ -43,7 +43,7 @@ def start_local_ray(**init_kwargs: Any) -> Any:
     """``ray.init(address="local", **init_kwargs)``: a new private cluster whose servers listen on
     127.0.0.1 only (module docstring). Returns what ``ray.init`` returns."""
     import ray
-    import ray._private.ray_constants as ray_constants
+    from ray._private import ray_constants
 
     if init_kwargs.get("include_dashboard") is False:
         init_kwargs.setdefault("dashboard_port", _free_port())  # see the module docstring
@@ -67,7 +67,7 @@ def local_ray(num_cpus: int, **init_kwargs: Any) -> Iterator[str]:
     """Start a private loopback-only Ray cluster with ``num_cpus`` logical CPUs (no dashboard
     unless asked); yields its address and shuts it down (restoring the environment) on exit."""
     import ray
-    import ray._private.ray_constants as ray_constants
+    from ray._private import ray_constants
 
     port = _free_port()
     saved = {name: os.environ.get(name) for name in _ENV}
