@@ -547,6 +547,9 @@ def _checkpoint_and_report(worker: _Worker, step: int, metrics: dict[str, Any], 
             checkpoint_dir_name=checkpoint_name(step),
             delete_local_checkpoint_after_upload=True,
         )
+    if worker.fault and (worker.fault.phase, worker.fault.step) == ("reported", step):
+        dist.barrier()  # every rank's report (its upload) has returned
+        worker.fault.maybe_fire(phase="reported", step=step, rank=worker.rank)
 
 
 def _log_checkpoint_meta(tracker: tracking.Tracker, step: int, meta: dict[str, Any]) -> None:
