@@ -204,7 +204,9 @@ def _driver_alive(identity: str) -> bool | None:
         return None
     try:
         return driver_identity(int(parts[1])) == identity
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+    except psutil.AccessDenied:  # another user's process with that pid: cannot tell
+        return None
+    except (psutil.NoSuchProcess, ValueError):
         return False
 
 
