@@ -17,6 +17,14 @@ reads. The staged folders are then published — merged by Ray into the run fold
 registers only once *every* rank has uploaded (``ray.train.report``), or renamed into the run
 folder in local mode. A reader trusts nothing: ``read_checkpoint`` checks the metadata and every
 rank's manifest against the files (sizes and hashes) and rejects a torn folder with the reason.
+
+The manifest proves that a folder is complete, not who wrote it: anyone who can write the folder
+can also rewrite its hashes. So the ``.pt`` files are never unpickled with arbitrary code.
+``load_model_state`` and ``restore_engine`` (which replaces DeepSpeed's own checkpoint loader,
+``torch.load(weights_only=False)``) read them with ``torch.load(weights_only=True)``: tensors,
+builtin containers and scalars, plus exactly the DeepSpeed classes in ``DEEPSPEED_STATE_GLOBALS``,
+which hold data and run no code when rebuilt. A file that needs anything else is refused with
+``UnsafeCheckpointError`` naming it.
 """
 
 from __future__ import annotations
@@ -44,6 +52,22 @@ _NAME = re.compile(r"^checkpoint_(\d{6,})$")
 
 class InvalidCheckpointError(RuntimeError):
     """A checkpoint folder that is incomplete, torn or does not fit the run resuming from it."""
+
+
+class UnsafeCheckpointError(InvalidCheckpointError):
+    """A checkpoint file whose pickle needs a global outside the allow-list (it could run code)."""
+
+
+def _deepspeed_state_globals() -> list[type]:
+    """The non-tensor classes DeepSpeed 0.19's ZeRO-1/2 optimizer states pickle (listed by
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on a saved checkpoint): a
+    dataclass of two ints, the static loss scaler (plain attributes) and an int enum. Rebuilding
+    them only sets attributes; none of them runs code from the file."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [fragment_address, LossScaler, DynamicLossScaler, ZeroStageEnum]
 
 
 @dataclass(frozen=True)
@@ -175,6 +199,56 @@ def find_latest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
     return None
 
 
+# Ray Train 2.60's record of the checkpoints of a run (in the run folder), read on a relaunch.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def prepare_resume(run_dir: str | os.PathLike) -> CheckpointInfo | None:
+    """Before a local run folder is resumed: return its newest checkpoint that verifies, and make
+    sure nothing newer gets in the way.
+
+    Checkpoint folders newer than that one are damaged (truncated, altered, half-written):
+    they are renamed ``<name>.invalid`` (kept for inspection, never read again). Ray Train's
+    own record of the run (``RAY_SNAPSHOT``) is renamed ``<file>.stale`` when it names a
+    checkpoint that is gone or damaged: Ray would otherwise refuse to start
+    (``CheckpointManagerInitializationError``) or offer the workers the damaged checkpoint. Ray
+    then starts a fresh record; the workers resume from the returned checkpoint all the same
+    (``newest_valid_checkpoint``), and checkpoints older than the resume are no longer pruned by
+    Ray (``train.keep_checkpoints`` counts only the new ones)."""
+    run_dir = str(run_dir)
+    latest = find_latest_checkpoint(run_dir)
+    latest_step = latest.step if latest else -1
+    for step, path in sorted(_checkpoint_folders(run_dir)):
+        if step > latest_step:
+            aside = _unused_name(path + ".invalid")
+            logger.warning("%s does not verify and is newer than the checkpoint resumed from: moved to %s", path, aside)
+            os.rename(path, aside)
+    snapshot = os.path.join(run_dir, RAY_SNAPSHOT)
+    named = _snapshot_checkpoints(snapshot)
+    present = {os.path.basename(path) for _, path in _checkpoint_folders(run_dir)}
+    stale = sorted(name for name in named if name not in present)
+    if stale:
+        aside = _unused_name(snapshot + ".stale")
+        logger.warning(
+            "Ray's record of this run names checkpoints that are gone or damaged (%s): moved to %s; "
+            "resuming from %s", ", ".join(stale), aside, latest.path if latest else "the start",
+        )
+        os.rename(snapshot, aside)
+    return latest
+
+
+def newest_valid_checkpoint(run_dir: str, offered: str | None) -> CheckpointInfo | None:
+    """In a worker (re)starting on a local run folder: the newest checkpoint of ``run_dir`` that
+    verifies. Ray offers its latest registered one (``offered``); the folder may hold a newer
+    complete one (every rank had written its part when a worker was lost, before Ray registered
+    it) or Ray's may be damaged since: the folder, verified, decides."""
+    found = find_latest_checkpoint(run_dir)
+    chosen = os.path.basename(found.path) if found else None
+    if offered is not None and os.path.basename(offered.rstrip("/")) != chosen:
+        logger.warning("Ray offered checkpoint %s; resuming from %s, the newest that verifies", offered, chosen)
+    return found
+
+
 def restore_engine(engine, path: str, *, world_size: int, trainable_parameters: list[str]) -> CheckpointInfo:
     """Validate ``path`` and load model, optimizer and scheduler state into a DeepSpeed engine."""
     info = read_checkpoint(path)
@@ -189,6 +263,7 @@ def restore_engine(engine, path: str, *, world_size: int, trainable_parameters: 
             f"{path}: the trained parameters differ from this model's ({changed[:5]}...); the model "
             "or freezing config changed since the checkpoint was written"
         )
+    _use_safe_loader(engine)
     # Frozen parameters are not in the checkpoint (exclude_frozen_parameters): the builder already
     # loaded them from the pretrained weights, and the check above proves nothing else is missing.
     load_path, _ = engine.load_checkpoint(
@@ -202,14 +277,51 @@ def restore_engine(engine, path: str, *, world_size: int, trainable_parameters: 
 def load_model_state(path: str | os.PathLike) -> dict[str, Any]:
     """The trained weights of a checkpoint as a ``state_dict`` in the model's own shapes (for
     export and evaluation). Frozen weights are not included: they come from the pretrained model."""
-    import torch
-
     info = read_checkpoint(path)
     states = os.path.join(str(path), DEEPSPEED_DIR, DEEPSPEED_TAG, "mp_rank_00_model_states.pt")
-    module = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    module = safe_torch_load(states)["module"]
     for name in info.reshaped_scalars:
         module[name] = module[name].reshape(())
     return module
+
+
+def safe_torch_load(file: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` admitting only DeepSpeed's data classes (module doc);
+    ``UnsafeCheckpointError`` naming ``file`` for a pickle that asks for anything else."""
+    import pickle
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_deepspeed_state_globals()):
+            return torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises allow-listing the global; keep only what the file asked for.
+        found = re.search(r"WeightsUnpickler error: (.*?)(?:\. |\.?$)", str(err), re.MULTILINE)
+        reason = found.group(1) if found else str(err).strip().splitlines()[0]
+        raise UnsafeCheckpointError(
+            f"{file}: refused to unpickle ({reason}): a SALMA checkpoint holds only tensors, "
+            "containers and DeepSpeed's state classes, and anything else could run code. Resume "
+            "or export only checkpoints that your own runs wrote"
+        ) from None
+
+
+def _use_safe_loader(engine) -> None:
+    """Make DeepSpeed read this engine's checkpoint files through ``safe_torch_load``: its
+    ``TorchCheckpointEngine.load(path, map_location)`` calls ``torch.load(weights_only=False)``,
+    and every model, optimizer and ZeRO-shard load of ``engine.load_checkpoint`` goes through
+    it, so the instance's ``load`` is replaced. Other checkpoint engines (DeepSpeed's fast or
+    decoupled writers, DataStates) are refused: they have loaders of their own."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    current = engine.checkpoint_engine
+    if type(current) is not TorchCheckpointEngine:
+        raise InvalidCheckpointError(
+            f"DeepSpeed's checkpoint engine is {type(current).__name__}; SALMA resumes only through "
+            "the default torch engine, whose loads it restricts: remove checkpoint.writer and "
+            "datastates from the DeepSpeed config"
+        )
+    current.load = safe_torch_load
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -222,6 +334,31 @@ def _checkpoint_folders(run_dir: str) -> list[tuple[int, str]]:
         if match and entry.is_dir():
             out.append((int(match.group(1)), entry.path))
     return out
+
+
+def _snapshot_checkpoints(snapshot: str) -> set[str]:
+    """The checkpoint folder names a Ray Train run snapshot refers to (empty if there is none).
+    A snapshot this code cannot parse is left to Ray, which reports its own error."""
+    try:
+        with open(snapshot) as f:
+            state = json.load(f)
+        results = list(state.get("checkpoint_results") or [])
+        if state.get("latest_checkpoint_result"):
+            results.append(state["latest_checkpoint_result"])
+        return {r["checkpoint_dir_name"] for r in results if isinstance(r, dict) and "checkpoint_dir_name" in r}
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, AttributeError, TypeError) as err:
+        logger.warning("could not read Ray's run snapshot %s (%r); leaving it to Ray", snapshot, err)
+        return set()
+
+
+def _unused_name(path: str) -> str:
+    candidate, n = path, 1
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{path}{n}"
+    return candidate
 
 
 def _relative_files(root: str) -> list[str]:

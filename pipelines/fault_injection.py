@@ -7,7 +7,9 @@ Armed by an environment variable holding JSON, e.g.::
 
 - ``phase: "step"`` fires at the start of the step that begins after ``step`` completed steps;
   ``phase: "checkpoint"`` fires while the checkpoint of step ``step`` is being written (after the
-  data files, before the manifest and the atomic rename).
+  data files, before the manifest and the atomic rename); ``phase: "reported"`` fires once the
+  report of the checkpoint of step ``step`` has returned on every rank (each rank's part is in
+  the run folder; Ray may not have registered the checkpoint yet).
 - ``action: "kill"`` sends SIGKILL to the process (a lost worker); ``"raise"`` raises
   ``InjectedFault`` (a failing training function; in local mode it reaches the caller).
 - ``marker`` makes it fire once: the file is created just before the fault, and an existing file
@@ -38,7 +40,7 @@ class FaultInjection:
     step: int
     marker: str
     action: Literal["kill", "raise"] = "kill"
-    phase: Literal["step", "checkpoint"] = "step"
+    phase: Literal["step", "checkpoint", "reported"] = "step"
 
     @classmethod
     def from_env(cls) -> "FaultInjection | None":
@@ -46,8 +48,8 @@ class FaultInjection:
         if not raw:
             return None
         fault = cls(**json.loads(raw))
-        if fault.action not in ("kill", "raise") or fault.phase not in ("step", "checkpoint"):
-            raise ValueError(f"{ENV_VAR}: action must be kill|raise and phase step|checkpoint, got {raw}")
+        if fault.action not in ("kill", "raise") or fault.phase not in ("step", "checkpoint", "reported"):
+            raise ValueError(f"{ENV_VAR}: action must be kill|raise and phase step|checkpoint|reported, got {raw}")
         if not os.path.isabs(fault.marker):
             raise ValueError(f"{ENV_VAR}: marker must be an absolute path (Ray workers change directory)")
         return fault

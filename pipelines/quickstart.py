@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipelines import console
 from pipelines.config import ExperimentConfig, load_experiment
+from pipelines.local_ray import start_local_ray
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ def quickstart(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | 
     if not ray.is_initialized():
         # Logical CPUs beyond the train workers and their decode actors leave room for the
         # evaluation actors. The dashboard serves the state API that Ray Train's placement-group
-        # cleaner polls (without it, it warns every few seconds); it binds to 127.0.0.1.
-        ray.init(address="local", num_cpus=4, include_dashboard=True, **console.ray_init_options())
+        # cleaner polls (without it, it warns every few seconds); it binds to 127.0.0.1, and so
+        # does every other server of this cluster (pipelines.local_ray).
+        start_local_ray(num_cpus=4, include_dashboard=True, **console.ray_init_options())
     result = train(cfg)
     phases["SAM-2 pre-training and data checks"] = result.phase_seconds.get("prepare", 0.0)
     phases["training"] = result.phase_seconds.get("train", 0.0)

@@ -6,6 +6,13 @@ workers; rank 0 logs into that same run by id, so restarts after a worker failur
 duplicate runs. The tracking URI comes from ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else
 ``sqlite:///<workdir>/mlflow.db`` (absolute: Ray workers change directory). Open the UI on the
 default with ``mlflow ui --backend-store-uri sqlite:///<workdir>/mlflow.db``.
+
+A run whose driver dies does not stay RUNNING: the driver ends it KILLED on SIGINT/SIGTERM
+(``pipelines.train``), and a driver killed outright (SIGKILL, a lost machine) is noticed by the
+next driver on the same host that tracks into the same experiment. Each run carries the tag
+``salma.driver`` (host, pid and process start time of the driver); ``start_run`` ends the RUNNING
+runs of its experiment whose driver on this host is gone as KILLED, with the tag
+``salma.end_reason`` saying so. ``--resume`` then reopens such a run as usual.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ _MAX_PARAM_LENGTH = 6000
 # experiment says it is model training; this tag is what its experiment page reads.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+DRIVER_TAG = "salma.driver"
+END_REASON_TAG = "salma.end_reason"
 
 
 class Tracker(Protocol):
@@ -161,15 +170,65 @@ def start_run(cfg: ExperimentConfig, *, run_name: str, resume_run_id: str | None
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    end_orphaned_runs(uri, cfg.tracking.experiment)
+    driver = {DRIVER_TAG: driver_identity()}
     if resume_run_id is not None:
         tracker = MlflowTracker(tracking_uri=uri, run_id=resume_run_id)
         tracker.reopen()
+        tracker.set_tags(driver)
         return tracker
     # Database backends have no artifact server: keep artifacts beside the run folders.
     artifact_root = None if uri.split(":", 1)[0] in ("http", "https", "databricks") else str(Path(workdir, "mlartifacts"))
     return MlflowTracker.create_run(
-        tracking_uri=uri, experiment=cfg.tracking.experiment, run_name=run_name, artifact_root=artifact_root, tags=tags
+        tracking_uri=uri, experiment=cfg.tracking.experiment, run_name=run_name, artifact_root=artifact_root,
+        tags={**tags, **driver},
     )
+
+
+def driver_identity(pid: int | None = None) -> str:
+    """``host:pid:start`` of a process (this one by default): with the start time, a recycled pid
+    is never taken for the driver that logged the tag."""
+    import psutil
+
+    process = psutil.Process(pid)
+    return f"{socket.gethostname()}:{process.pid}:{int(process.create_time() * 1000)}"
+
+
+def _driver_alive(identity: str) -> bool | None:
+    """Whether the driver of a ``salma.driver`` tag still runs; None when it ran on another host
+    (it cannot be checked from here)."""
+    import psutil
+
+    parts = identity.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname():
+        return None
+    try:
+        return driver_identity(int(parts[1])) == identity
+    except psutil.AccessDenied:  # another user's process with that pid: cannot tell
+        return None
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+def end_orphaned_runs(tracking_uri: str, experiment: str) -> list[str]:
+    """End as KILLED the RUNNING runs of ``experiment`` whose driver on this host is gone (module
+    docstring); returns their ids."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    ended = []
+    for run in client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        identity = run.data.tags.get(DRIVER_TAG)
+        if identity is None or _driver_alive(identity) is not False:
+            continue
+        client.set_tag(run.info.run_id, END_REASON_TAG, f"driver {identity} is gone; ended by a later driver")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        logger.warning("MLflow run %s was left RUNNING by driver %s, which is gone: marked KILLED", run.info.run_id, identity)
+        ended.append(run.info.run_id)
+    return ended
 
 
 def worker_tracker(*, tracking_uri: str | None, run_id: str | None, rank: int) -> Tracker:

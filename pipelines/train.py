@@ -27,7 +27,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,8 +46,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipelines import console, tracking
 from pipelines.checkpoint import (
+    CheckpointInfo,
     checkpoint_name,
-    find_latest_checkpoint,
+    newest_valid_checkpoint,
+    prepare_resume,
     prune_local,
     publish_local,
     restore_engine,
@@ -58,6 +62,7 @@ from pipelines.deepspeed_ops import use_environment_extensions
 from pipelines.fault_injection import ENV_VAR as FAULT_ENV_VAR
 from pipelines.fault_injection import FaultInjection
 from pipelines.held_out import HeldOutBatch
+from pipelines.local_ray import init_ray
 from pipelines.lr_schedule import parameter_groups, warmup_cosine_scheduler
 from pipelines.progress import Progress, TrainProgressRelay, post_progress
 from pipelines.run_folder import RunFolder
@@ -100,6 +105,8 @@ def train(
     if cfg.train.num_workers == 0 and run.local_path is None:
         raise ValueError(f"train.num_workers=0 (local mode) needs a local run folder, not {run.path}")
     setup = resolve_distributed_setup(cfg.train, gpus_available=_gpus_available(cfg))
+    # A resumed local run starts from its newest checkpoint that verifies (damaged ones set aside).
+    latest = prepare_resume(run.local_path) if resume and run.local_path else None
     previous = run.run_info()
     tracker = tracking.start_run(
         cfg,
@@ -109,23 +116,24 @@ def train(
     )
     tracking_uri = getattr(tracker, "tracking_uri", None)
     relay = None
-    try:
-        run.record_attempt(cfg, mlflow_run_id=tracker.run_id, tracking_uri=tracking_uri)
-        _log_run_start(tracker, cfg, run, resumed=resume is not None)
-        relay = _progress_relay(cfg, run)
-        result = _trainer(
-            cfg, run, setup, tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, callbacks=callbacks,
-            progress=relay.handle,
-        ).fit()
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    finally:
-        if relay is not None:
-            relay.close()
+    with _sigterm_as_interrupt():
+        try:
+            run.record_attempt(cfg, mlflow_run_id=tracker.run_id, tracking_uri=tracking_uri)
+            _log_run_start(tracker, cfg, run, resumed=resume is not None)
+            relay = _progress_relay(cfg, latest)
+            result = _trainer(
+                cfg, run, setup, tracking_uri=tracking_uri, mlflow_run_id=tracker.run_id, callbacks=callbacks,
+                progress=relay.handle,
+            ).fit()
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM (_sigterm_as_interrupt), an exit request
+            tracker.finish("KILLED")
+            raise
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
+        finally:
+            if relay is not None:
+                relay.close()
     metrics = dict(result.metrics or {})
     final = {f"final/{k}": v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}
     tracker.log_metrics(final, step=int(metrics.get("step", cfg.train.max_steps)))
@@ -136,10 +144,35 @@ def train(
                        phase_seconds=phases)
 
 
-def _progress_relay(cfg: ExperimentConfig, run: RunFolder) -> TrainProgressRelay:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the driver (``kill``, a job scheduler, a container stop)."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM end the driver the way Ctrl-C does: ``Terminated`` (a ``KeyboardInterrupt``)
+    is raised in the main thread, so the MLflow run ends KILLED and Ray shuts down on the way out,
+    instead of the process vanishing with the run left RUNNING. When ``ray.init`` runs later in
+    this process (Ray Data starting Ray in local mode), it installs its own SIGTERM handler,
+    which raises ``SystemExit``: ``train`` ends the run KILLED for that too. Only the main thread
+    can install a handler (a Tune trial runs ``train`` elsewhere: its own driver handles signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Terminated(f"received signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _progress_relay(cfg: ExperimentConfig, latest: CheckpointInfo | None) -> TrainProgressRelay:
     """The driver's training line (``pipelines.progress``), starting at the step a resumed run
     continues from."""
-    latest = find_latest_checkpoint(run.local_path) if run.local_path else None
     progress = Progress("train", total=cfg.train.max_steps, unit="step", initial=latest.step if latest else 0)
     return TrainProgressRelay(progress, use_ray=cfg.train.num_workers > 0)
 
@@ -166,7 +199,7 @@ def _gpus_available(cfg: ExperimentConfig) -> bool:
         return torch.cuda.is_available()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(**console.ray_init_options())  # $RAY_ADDRESS when set (a job on a cluster), else a local Ray
+        init_ray(**console.ray_init_options())  # $RAY_ADDRESS when set (a job on a cluster), else a local Ray
     _check_cpu_budget(cfg, local=started_here and not os.environ.get("RAY_ADDRESS"))
     return ray.cluster_resources().get("GPU", 0) > 0
 
@@ -213,15 +246,11 @@ def _trainer(
     progress: Any = None,
 ) -> TorchTrainer:
     t = cfg.train
-    resume_from = find_latest_checkpoint(run.local_path) if run.local_path else None
     loop_config = {
         "experiment": cfg.model_dump(mode="json"),
         "setup": asdict(setup),
         "run_dir": run.path,
         "local_run_dir": run.local_path,
-        # Ray's own latest checkpoint wins when it has one (a restart, or a relaunch under the
-        # same run name); this covers runs first trained in local mode.
-        "resume_checkpoint": resume_from.path if resume_from else None,
         "tracking_uri": tracking_uri,
         "mlflow_run_id": mlflow_run_id,
         "progress": progress,  # where rank 0 posts its step values (pipelines.progress)
@@ -286,6 +315,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         try:
             _run_steps(worker, batches, start_step)
+        except BaseException:
+            # The skip report matters most when the bad-record threshold (or anything else)
+            # stopped the run: write it, then let the original error through.
+            _write_bad_records(worker, batches, failing=True)
+            raise
+        else:
             _write_bad_records(worker, batches)
         finally:
             batches.close()  # stop the Ray Data stream while Ray is still up, not at exit
@@ -405,11 +440,18 @@ def _restore(worker: _Worker, loop_config: dict[str, Any]) -> tuple[int, int | N
             shutil.rmtree(stale)
     checkpoint = ray.train.get_checkpoint()
     kwargs = {"world_size": worker.world_size, "trainable_parameters": worker.trainable}
-    if checkpoint is not None:
+    run_dir = loop_config["local_run_dir"]
+    if run_dir and os.path.isdir(run_dir):
+        # The run folder is on this machine: the newest checkpoint in it that verifies, which
+        # may be newer than Ray's latest (see newest_valid_checkpoint). Every rank reads the
+        # same folders, so all choose the same one.
+        found = newest_valid_checkpoint(run_dir, checkpoint.path if checkpoint else None)
+        if found is None:
+            return 0, None
+        info = restore_engine(worker.engine, found.path, **kwargs)
+    elif checkpoint is not None:  # storage this worker cannot list (an object store): Ray's
         with checkpoint.as_directory() as folder:
             info = restore_engine(worker.engine, folder, **kwargs)
-    elif loop_config["resume_checkpoint"]:
-        info = restore_engine(worker.engine, loop_config["resume_checkpoint"], **kwargs)
     else:
         return 0, None
     logger.info("rank %d resumed from %s at step %d", worker.rank, info.path, info.step)
@@ -505,6 +547,9 @@ def _checkpoint_and_report(worker: _Worker, step: int, metrics: dict[str, Any], 
             checkpoint_dir_name=checkpoint_name(step),
             delete_local_checkpoint_after_upload=True,
         )
+    if worker.fault and (worker.fault.phase, worker.fault.step) == ("reported", step):
+        dist.barrier()  # every rank's report (its upload) has returned
+        worker.fault.maybe_fire(phase="reported", step=step, rank=worker.rank)
 
 
 def _log_checkpoint_meta(tracker: tracking.Tracker, step: int, meta: dict[str, Any]) -> None:
@@ -534,14 +579,21 @@ def _checkpoint_meta(worker: _Worker, step: int) -> dict[str, Any]:
     }
 
 
-def _write_bad_records(worker: _Worker, batches) -> None:
-    """Each rank's skipped-record report (file and reason of every unusable record)."""
+def _write_bad_records(worker: _Worker, batches, *, failing: bool = False) -> None:
+    """Each rank's skipped-record report (file and reason of every unusable record), written at
+    the end of a run and when it fails. When ``failing``, an error writing or logging the report
+    is logged, not raised, so that it never hides the error that stopped the run."""
     if worker.local_run_dir is None:
         return
     report = Path(worker.cfg.data.bad_report)
     path = Path(worker.local_run_dir, f"{report.stem}.rank{worker.rank}{report.suffix}")
-    batches.bad.write(path)
-    worker.tracker.log_artifact(str(path))
+    try:
+        batches.bad.write(path)
+        worker.tracker.log_artifact(str(path))
+    except Exception:
+        if not failing:
+            raise
+        logger.exception("rank %d: could not write its bad-record report %s", worker.rank, path)
 
 
 def _wait_for_commit() -> None:

@@ -17,6 +17,7 @@ import yaml
 
 from pipelines import console, tracking
 from pipelines.config import ExperimentConfig
+from pipelines.local_ray import init_ray
 from pipelines.tune.schema import STATE_FILE, SWEEP_FILE, Sweep, build_sweep, load_sweep
 from pipelines.tune.results import TuneResult, finish
 from pipelines.tune.trials import TrialContext, build_scheduler, param_space, trainable, trial_dirname
@@ -99,7 +100,7 @@ def _ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(**console.ray_init_options())  # $RAY_ADDRESS when set (a cluster, or the test cluster), else a local Ray
+        init_ray(**console.ray_init_options())  # $RAY_ADDRESS when set (a cluster, or the test cluster), else a local Ray
 
 
 def _experiment_of(source: dict[str, Any]) -> dict[str, Any]:

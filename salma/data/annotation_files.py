@@ -1,8 +1,13 @@
 """Loading top-level annotation files, failing fast with ``DatasetFormatError``.
 
-Pickles execute code when loaded: ``load_pickle_file`` is only called for the formats whose
-annotations are published as pickles (RefCOCO's ``refs(unc|umd|google).p`` and Ref-YouTube-VOS /
-Ref-DAVIS17 ``mask_dict.pkl``); load them only from sources you trust. Every other format is JSON.
+Two published formats are pickles: RefCOCO's ``refs(unc|umd|google).p`` (a list of dicts of
+ids, strings and sentence dicts) and Ref-YouTube-VOS / Ref-DAVIS17 ``mask_dict.pkl`` (a dict of
+per-frame COCO RLE dicts). An ordinary ``pickle.load`` runs whatever code a file asks for, so
+``load_pickle_file`` reads them with ``RestrictedUnpickler``: it builds only what pickle encodes
+without naming a global (dict, list, tuple, str, bytes, int, float, bool, None) plus bytes in
+the protocol-0..2 encoding (``_codecs.encode(text, "latin1")``, how Python 3 writes ``bytes``
+at those protocols). Any other global (a class, ``os.system``, numpy arrays) is refused before
+anything is called, with a ``DatasetFormatError`` naming the file. Every other format is JSON.
 """
 
 from __future__ import annotations
@@ -26,16 +31,40 @@ def load_json_file(path: str | Path) -> Any:
         raise DatasetFormatError(path, f"not valid JSON: {exc}") from exc
 
 
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds builtin containers and scalars only (see the module docstring)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
+        raise pickle.UnpicklingError(
+            f"it asks for the global {module}.{name}; annotation pickles hold only dicts, lists, "
+            "tuples, strings, bytes and numbers, and a global could run code"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("it asks for a persistent object; annotation pickles have none")
+
+
+def _latin1_bytes(text: Any, encoding: Any = None) -> bytes:
+    """The one call protocol-2 pickles make for ``bytes``; any other use is refused."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"it calls _codecs.encode with {type(text).__name__}, {encoding!r}, not bytes")
+    return text.encode("latin1")
+
+
 def load_pickle_file(path: str | Path) -> Any:
-    """Unpickle a trusted annotation file (see the module docstring)."""
+    """Unpickle an annotation file with ``RestrictedUnpickler`` (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetFormatError(path, "file not found")
     try:
         with path.open("rb") as f:
-            return pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError) as exc:
-        raise DatasetFormatError(path, f"not a readable pickle: {exc!r}") from exc
+            return RestrictedUnpickler(f).load()
+    except pickle.UnpicklingError as exc:
+        raise DatasetFormatError(path, f"refused to unpickle: {exc}") from None
+    except (EOFError, IndexError, KeyError, ValueError, TypeError, OverflowError, MemoryError, RecursionError) as exc:
+        raise DatasetFormatError(path, f"not a readable pickle: {exc!r}") from None
 
 
 def require_mapping(data: Any, path: str | Path, *, key: str | None = None) -> dict:

@@ -22,8 +22,9 @@ single ``obj_id`` as ``object_ids``). Masks come from (``masks`` option):
 - ``"auto"`` (default): ``mask_dict`` when the file exists, else ``png`` when the split has an
   ``Annotations`` folder, else ``none``.
 
-``mask_dict.pkl`` is a pickle and pickles execute code when loaded: it is only unpickled for these
-two formats, and only from the path the caller configures.
+``mask_dict.pkl`` is a pickle: it is read through the restricted unpickler of
+``salma.data.annotation_files`` (builtin containers and scalars only; anything else is a
+``DatasetFormatError`` naming the file), so a poisoned file cannot run code.
 """
 
 from __future__ import annotations

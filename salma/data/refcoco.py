@@ -20,8 +20,9 @@ An object of several parts gets the official mask semantics (``salma.data.masks.
 the parts are summed as the ``refer`` API and LISA do; where two parts overlap the pixel is not
 foreground). ``meta["ref_id"]`` keeps the ref id as the pickle has it (an int in the releases).
 
-``refs(*).p`` is a pickle and pickles execute code when loaded: it is only unpickled for this
-format, from the path the caller configures.
+``refs(*).p`` is a pickle: it is read through the restricted unpickler of
+``salma.data.annotation_files`` (builtin containers and scalars only; anything else is a
+``DatasetFormatError`` naming the file), so a poisoned file cannot run code.
 """
 
 from __future__ import annotations

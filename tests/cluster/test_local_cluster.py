@@ -26,7 +26,10 @@ RAY_BIN = Path(sys.executable).parent / "ray"
 DASHBOARD_OFFSET = 1900  # local_cluster.sh serves the dashboard (the Jobs API) on port + 1900
 # What the test's own environment must not hand to the cluster's processes (the session's private
 # Ray from tests/conftest.py, tracking or storage settings of whoever runs the suite).
-FOREIGN_ENV = ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "MLFLOW_TRACKING_URI", "SALMA_STORAGE_PATH")
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is how pipelines.local_ray keeps that Ray on 127.0.0.1.
+FOREIGN_ENV = (
+    "RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "MLFLOW_TRACKING_URI", "SALMA_STORAGE_PATH",
+)
 SUBMIT_WINDOW_S = 120  # the head's job agent registers a few seconds after `ray start` returns
 JOB_TIMEOUT_S = 600
 

@@ -12,10 +12,13 @@ import torch
 from pipelines.checkpoint import (
     DEEPSPEED_DIR,
     DEEPSPEED_TAG,
+    RAY_SNAPSHOT,
     InvalidCheckpointError,
     checkpoint_name,
     find_latest_checkpoint,
     load_model_state,
+    newest_valid_checkpoint,
+    prepare_resume,
     prune_local,
     publish_local,
     read_checkpoint,
@@ -169,3 +172,42 @@ def test_restore_refuses_another_world_size_or_other_parameters(tmp_path):
         restore_engine(None, path, world_size=1, trainable_parameters=["w", "mba.gamma"])
     with pytest.raises(InvalidCheckpointError, match="trained parameters differ"):
         restore_engine(None, path, world_size=2, trainable_parameters=["w"])
+
+
+def _ray_snapshot(run, *names: str) -> None:
+    """A Ray Train run snapshot that names these checkpoint folders (the fields we read)."""
+    results = [{"checkpoint_dir_name": name, "metrics": {}} for name in names]
+    (run / RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": results, "latest_checkpoint_result": results[-1]}))
+
+
+def test_prepare_resume_sets_aside_a_deleted_or_damaged_latest_and_rays_record(tmp_path):
+    for step in (2, 4, 6):
+        _write(tmp_path, step)
+    run = tmp_path / "run"
+    shutil.rmtree(run / "checkpoint_000006")  # deleted by hand
+    os.truncate(run / "checkpoint_000004" / f"{DEEPSPEED_DIR}/{DEEPSPEED_TAG}/mp_rank_00_model_states.pt", 10)
+    _ray_snapshot(run, "checkpoint_000002", "checkpoint_000004", "checkpoint_000006")
+    assert prepare_resume(run).step == 2
+    assert sorted(os.listdir(run)) == ["checkpoint_000002", "checkpoint_000004.invalid", f"{RAY_SNAPSHOT}.stale"]
+
+
+def test_prepare_resume_keeps_rays_record_when_it_names_only_good_checkpoints(tmp_path):
+    for step in (2, 4):
+        _write(tmp_path, step)
+    run = tmp_path / "run"
+    _ray_snapshot(run, "checkpoint_000002")  # Ray registered 2; 4 is complete on disk
+    assert prepare_resume(run).step == 4
+    assert sorted(os.listdir(run)) == ["checkpoint_000002", "checkpoint_000004", RAY_SNAPSHOT]
+
+
+def test_a_worker_resumes_from_the_newest_complete_checkpoint_not_rays_offer(tmp_path, caplog):
+    for step in (2, 4):
+        _write(tmp_path, step, world_size=2)
+    run = tmp_path / "run"
+    # A worker was lost after both ranks had written checkpoint 4 but before Ray registered it.
+    assert newest_valid_checkpoint(str(run), str(run / "checkpoint_000002")).step == 4
+    assert "resuming from checkpoint_000004" in caplog.text
+    # Ray's latest damaged since: the newest one that verifies.
+    os.remove(run / "checkpoint_000004" / "manifest_rank_1.json")
+    assert newest_valid_checkpoint(str(run), str(run / "checkpoint_000004")).step == 2
+    assert newest_valid_checkpoint(str(tmp_path / "empty"), None) is None

@@ -103,3 +103,30 @@ def test_finish_status(tmp_path, monkeypatch, status):
     tracker = tracking.start_run(_cfg(tmp_path), run_name="r", resume_run_id=None, tags={})
     tracker.finish(status)
     assert _client(tracker.tracking_uri).get_run(tracker.run_id).info.status == status
+
+
+def test_a_run_whose_driver_is_gone_is_ended_killed_by_the_next_driver(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import psutil
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = _cfg(tmp_path)
+    uri = tracking.tracking_uri(cfg)
+    gone = tracking.start_run(cfg, run_name="gone", resume_run_id=None, tags={})
+    live = tracking.start_run(cfg, run_name="live", resume_run_id=None, tags={})
+    remote = tracking.start_run(cfg, run_name="remote", resume_run_id=None, tags={})
+    child = psutil.Popen([sys.executable, "-c", "import time; time.sleep(30)"], stdout=subprocess.DEVNULL)
+    dead_driver = tracking.driver_identity(child.pid)
+    child.kill()
+    child.wait()
+    client = _client(uri)
+    client.set_tag(gone.run_id, tracking.DRIVER_TAG, dead_driver)
+    client.set_tag(remote.run_id, tracking.DRIVER_TAG, "another-host:1:1")
+    assert live.run_id  # its tag names this (running) process
+
+    newcomer = tracking.start_run(cfg, run_name="next", resume_run_id=None, tags={})
+    status = {r: client.get_run(r).info.status for r in (gone.run_id, live.run_id, remote.run_id, newcomer.run_id)}
+    assert status == {gone.run_id: "KILLED", live.run_id: "RUNNING", remote.run_id: "RUNNING", newcomer.run_id: "RUNNING"}
+    assert dead_driver in client.get_run(gone.run_id).data.tags[tracking.END_REASON_TAG]

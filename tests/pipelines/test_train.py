@@ -35,14 +35,6 @@ def _arm(monkeypatch, tmp_path, **fault) -> None:
     monkeypatch.setenv(ENV_VAR, json.dumps({"marker": str(tmp_path / "fault-fired"), **fault}))
 
 
-@pytest.fixture(scope="module")
-def reference_run(ray_cluster, tiny_experiment, tmp_path_factory):
-    """An uninterrupted 4-step run, checkpoints after steps 2 and 4."""
-    folder = tmp_path_factory.mktemp("reference")
-    cfg = tiny_experiment(folder)
-    return cfg, train(cfg)
-
-
 def test_tiny_run_writes_a_loadable_checkpoint_and_tracks_every_loss_term(reference_run):
     cfg, result = reference_run
     assert result.checkpoint_path == os.path.join(result.run_dir, "checkpoint_000004")
