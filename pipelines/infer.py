@@ -60,6 +60,7 @@ import yaml
 from pipelines import console
 from pipelines.config import EvalConfig, SourceConfig, load_experiment
 from pipelines.config_errors import ConfigError
+from pipelines.local_ray import init_ray
 from pipelines.own_data_outputs import merge_own_results, write_own_outputs
 from pipelines.progress import Progress
 from pipelines.prediction_folder import (
@@ -481,12 +482,17 @@ def predict_rows(
 
 
 def ensure_ray(address: str | None = None) -> bool:
-    """Connect to (or start) Ray unless the caller already did; True when this call started it."""
+    """Connect to (or start) Ray unless the caller already did; True when this call started it.
+    Without an address (and no ``$RAY_ADDRESS``) the Ray it starts listens on 127.0.0.1 only
+    (``pipelines.local_ray``)."""
     import ray
 
     if ray.is_initialized():
         return False
-    ray.init(address=address, **console.ray_init_options())
+    if address:
+        ray.init(address=address, **console.ray_init_options())
+    else:
+        init_ray(**console.ray_init_options())
     return True
 
 
