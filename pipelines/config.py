@@ -14,7 +14,7 @@ from pydantic import Field, Strict, ValidationError, field_validator, model_vali
 
 from pipelines.config_errors import ConfigError, describe_validation_error
 from pipelines.config_yaml import parse_config_text, read_config_file
-from salma.config import PretrainOptions, SalmaConfig, SamplingOptions, StrictModel, deep_update, resolve_model_config
+from salma.config import ClutterCounts, PretrainOptions, SalmaConfig, SamplingOptions, StrictModel, deep_update, resolve_model_config
 
 
 class SourceConfig(StrictModel):
@@ -44,15 +44,6 @@ class SourceConfig(StrictModel):
         return v
 
 
-class SyntheticClutterConfig(StrictModel):
-    """Sizes of the clutter-lure splits (``salma.data.synthetic.ClutterCounts``); all 0 = none."""
-
-    train_images: int = Field(0, ge=0)
-    eval_images: int = Field(0, ge=0)
-    train_videos: int = Field(0, ge=0)
-    eval_videos: int = Field(0, ge=0)
-
-
 class SyntheticConfig(StrictModel):
     """Generate the synthetic datasets before the job starts (the embedded default)."""
 
@@ -60,7 +51,7 @@ class SyntheticConfig(StrictModel):
     out: str = "data/synthetic"
     size: Literal["small", "medium"] = "small"
     seed: int = 0
-    clutter: SyntheticClutterConfig = Field(default_factory=SyntheticClutterConfig)
+    clutter: ClutterCounts = Field(default_factory=ClutterCounts)
 
 
 class DataConfig(SamplingOptions):

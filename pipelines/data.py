@@ -379,14 +379,14 @@ def ensure_synthetic(cfg: ExperimentConfig) -> dict | None:
     syn = cfg.data.synthetic
     if not syn.enabled:
         return None
-    from salma.data.synthetic import GENERATOR_VERSION, ClutterCounts, write_synthetic
+    from salma.data.synthetic import GENERATOR_VERSION, write_synthetic
 
     out = Path(syn.out).expanduser().resolve()
     manifest_path = out / "manifest.json"
-    clutter = ClutterCounts(**syn.clutter.model_dump())
+    clutter = syn.clutter
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        wanted = (syn.seed, syn.size, GENERATOR_VERSION, syn.clutter.model_dump() if clutter.enabled else None)
+        wanted = (syn.seed, syn.size, GENERATOR_VERSION, clutter.model_dump() if clutter.enabled else None)
         if (manifest.get("seed"), manifest.get("size"), manifest.get("version"), manifest.get("clutter")) == wanted:
             return manifest
     from pipelines.progress import phase_line

@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     manifest = write_synthetic(
         args.out, seed=args.seed, size=args.size, num_images=args.num_images, num_videos=args.num_videos,
-        clutter=ClutterCounts(*args.clutter) if args.clutter else None,
+        clutter=ClutterCounts(**dict(zip(ClutterCounts.model_fields, args.clutter))) if args.clutter else None,
     )
     for name, info in manifest["datasets"].items():
         print(f"{name}: format={info['format']} root={info['root']} splits={','.join(info['splits'])}")

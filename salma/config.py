@@ -396,6 +396,31 @@ class PretrainOptions(StrictModel):
         return PretrainOptions(**{name: getattr(self, name) for name in PretrainOptions.model_fields})
 
 
+class ClutterCounts(StrictModel):
+    """Sizes of the clutter-lure splits (``salma.data.synthetic_clutter``); all 0 = none written.
+    The experiment config's ``data.synthetic.clutter``.
+
+    ``train_*`` go to ``clutter_train`` (half lure, half control scenes, up to two expressions per
+    target), ``eval_*`` to each of ``lure`` and ``control`` (one expression per image or video,
+    so that evaluation samples are independent).
+    """
+
+    train_images: int = Field(0, ge=0)
+    eval_images: int = Field(0, ge=0)
+    train_videos: int = Field(0, ge=0)
+    eval_videos: int = Field(0, ge=0)
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.train_images, self.eval_images, self.train_videos, self.eval_videos))
+
+    def image_splits(self) -> dict[str, int]:
+        return {"clutter_train": self.train_images, "lure": self.eval_images, "control": self.eval_images}
+
+    def video_splits(self) -> dict[str, int]:
+        return {"clutter_train": self.train_videos, "lure": self.eval_videos, "control": self.eval_videos}
+
+
 class SalmaConfig(StrictModel):
     """The whole model.
 

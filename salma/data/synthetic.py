@@ -40,13 +40,14 @@ import pickle
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
+from salma.config import ClutterCounts
 from salma.data.clutter import CLUTTER_FILE
 from salma.data.distractors import DISTRACTORS_FILE
 from salma.data.masks import encode_mask, rle_area, rle_bbox
@@ -98,36 +99,6 @@ class Counts:
 CLUTTER_SPLITS = ("clutter_train", "lure", "control")
 
 
-@dataclass(frozen=True)
-class ClutterCounts:
-    """Sizes of the clutter-lure splits (``salma.data.synthetic_clutter``); all 0 = none written.
-
-    ``train_*`` go to ``clutter_train`` (half lure, half control scenes, up to two expressions per
-    target), ``eval_*`` to each of ``lure`` and ``control`` (one expression per image or video,
-    so that evaluation samples are independent).
-    """
-
-    train_images: int = 0
-    eval_images: int = 0
-    train_videos: int = 0
-    eval_videos: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("train_images", "eval_images", "train_videos", "eval_videos"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"clutter {name}={getattr(self, name)} must be >= 0")
-
-    @property
-    def enabled(self) -> bool:
-        return any((self.train_images, self.eval_images, self.train_videos, self.eval_videos))
-
-    def image_splits(self) -> dict[str, int]:
-        return {"clutter_train": self.train_images, "lure": self.eval_images, "control": self.eval_images}
-
-    def video_splits(self) -> dict[str, int]:
-        return {"clutter_train": self.train_videos, "lure": self.eval_videos, "control": self.eval_videos}
-
-
 def write_synthetic(
     out_dir: str | Path,
     *,
@@ -157,7 +128,7 @@ def write_synthetic(
     }
     manifest = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed, "size": size, "datasets": datasets}
     if clutter is not None:
-        manifest["clutter"] = asdict(clutter)
+        manifest["clutter"] = clutter.model_dump()
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("wrote synthetic datasets to %s in %.1f s", out, time.perf_counter() - started)
     return manifest

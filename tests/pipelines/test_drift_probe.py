@@ -23,7 +23,8 @@ def test_chunks_never_leave_a_batch_of_one():
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     out = tmp_path_factory.mktemp("probe-sources")
-    write_synthetic(out, seed=1, num_images=2, num_videos=2, clutter=ClutterCounts(0, 3, 0, 2))
+    write_synthetic(out, seed=1, num_images=2, num_videos=2, clutter=ClutterCounts(
+        train_images=0, eval_images=3, train_videos=0, eval_videos=2))
     root = out / "refer" / "refcoco"
     return [
         SourceConfig(name="lure_img", format="refcoco", root=str(root), split="lure"),

@@ -49,7 +49,8 @@ def test_captured_attention_reproduces_the_layer_output():
 @pytest.fixture(scope="module")
 def clutter_batch(tmp_path_factory):
     out = tmp_path_factory.mktemp("probe")
-    write_synthetic(out, seed=5, num_images=2, num_videos=2, clutter=ClutterCounts(0, 3, 0, 0))
+    write_synthetic(out, seed=5, num_images=2, num_videos=2, clutter=ClutterCounts(
+        train_images=0, eval_images=3, train_videos=0, eval_videos=0))
     records = read_refcoco(out / "refer" / "refcoco", "lure") + read_refcoco(out / "refer" / "refcoco", "control")
     model = build_salma(tiny_salma_config())
     tokenizer, geometry = model.tokenizer, ImageGeometry.from_config(tiny_config())

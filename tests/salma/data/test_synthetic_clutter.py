@@ -23,7 +23,8 @@ from salma.sam_pretraining import instance_set
 @pytest.fixture(scope="module")
 def clutter_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("clutter")
-    manifest = write_synthetic(out, seed=3, num_images=2, num_videos=2, clutter=ClutterCounts(12, 10, 4, 3))
+    manifest = write_synthetic(out, seed=3, num_images=2, num_videos=2, clutter=ClutterCounts(
+        train_images=12, eval_images=10, train_videos=4, eval_videos=3))
     return out, manifest
 
 
