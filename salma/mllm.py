@@ -198,6 +198,10 @@ class SalmaMLLM(nn.Module):
         )
         return MLLMOutput(logits=out.logits, hidden_states=out.hidden_states[-1])
 
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(tiles, 3, S, S) → (tiles, tokens per tile, D): the vision tower and projector, as the
         model's own forward runs them on ``pixel_values``."""

@@ -107,5 +107,7 @@ def _generate(predictor: SalmaPredictor, prompt: torch.Tensor, pixel_values: tor
         do_sample=False,
         eos_token_id=eos,
         pad_token_id=predictor.tokenizer.pad_token_id,
+        # An image placeholder in the answer would have no image features in the second forward.
+        suppress_tokens=[predictor.model.mllm.image_token_id],
     )
     return out[0, prompt.shape[1] :].tolist()

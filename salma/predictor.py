@@ -94,12 +94,14 @@ class SalmaPredictor:
         expression_batch_size: int = 16,
         dtype: str | torch.dtype | None = None,
         compile_decoder: bool = False,
+        batch_decoder: bool = False,
     ):
         if expression_batch_size < 1:
             raise ValueError(f"expression_batch_size={expression_batch_size} must be >= 1")
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         self.expression_batch_size = expression_batch_size
+        self.batch_decoder = batch_decoder
         self.dtype = resolve_dtype(dtype, self.device)
         if compile_decoder:
             compile_decoder_and_mba(self.model)
@@ -188,9 +190,11 @@ class SalmaPredictor:
             for start in range(0, len(questions), size):
                 chunk = questions[start : start + size]
                 answers = self._language(record, chunk, None if forced is None else forced[start : start + size])
-                for (answer, _, _), logits, prediction in zip(answers, *self._decode(record, answers)):
-                    key_logits.append(logits)
-                    predictions.append(prediction)
+                groups = [answers] if self.batch_decoder else [[a] for a in answers]
+                for group in groups:
+                    logits, decoded = self._decode(record, group)
+                    key_logits.extend(logits)
+                    predictions.extend(decoded)
             if media == "video":
                 self._track(record, predictions, key_logits)
             return predictions
@@ -241,6 +245,7 @@ class SalmaPredictor:
             do_sample=False,
             eos_token_id=eos,
             pad_token_id=self.tokenizer.pad_token_id,
+            suppress_tokens=[self.model.mllm.image_token_id],  # a generated image placeholder has no image
             output_hidden_states=True,
             return_dict_in_generate=True,
         )
