@@ -182,9 +182,12 @@ class SalmaMLLM(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> MLLMOutput:
         """Token ids (+ ``pixel_values``, encoded by the vision tower here), or ``inputs_embeds``
-        from ``embed`` (the image features already in place)."""
+        from ``embed`` (the image features already in place). ``logits_to_keep=n`` computes the
+        logits of the last n positions only (0: all; inference reads hidden states, not logits,
+        and the output head over a long prompt is a large matrix product)."""
         if pixel_values is not None and pixel_values.shape[0] == 0:
             pixel_values = None
         out = self.model(
@@ -192,6 +195,7 @@ class SalmaMLLM(nn.Module):
             attention_mask=attention_mask,
             pixel_values=pixel_values,
             inputs_embeds=inputs_embeds,
+            logits_to_keep=logits_to_keep,
             output_hidden_states=True,
             use_cache=False,
             return_dict=True,

@@ -9,6 +9,12 @@ are decoded like images — language-conditioned, with MBA — and SAM-2's memor
 those masks, propagates every object to all other frames. Masks are upsampled to the original
 resolution and thresholded at probability 0.5 (logit 0).
 
+A record's expressions are answered together (``segment_expressions``): the frames are encoded
+once (``salma.record_features.RecordFeatures``), the prompts go through the language model as one
+padded batch whose generation steps also give the ``[SEG]`` hidden states, and a video's tracker
+follows every object in one pass. ``salma.per_expression_predictor`` keeps the earlier
+one-expression-at-a-time path as the reference the tests compare against.
+
 The Ray Data inference actor (``pipelines.infer``) wraps this same class.
 """
 
@@ -217,7 +223,8 @@ class SalmaPredictor:
         # real token, so the causal attention of the real tokens never reaches it).
         rows = [p + a for p, a in zip(prompts, answers)]
         ids, mask = _pad(rows, self.tokenizer.pad_token_id, left=False, device=self.device)
-        out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, record.image_features), attention_mask=mask)
+        out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, record.image_features), attention_mask=mask,
+                              logits_to_keep=1)
         results = []
         for i, (row, positions, answer) in enumerate(zip(rows, expression_positions, answers)):
             seg_at = [j for j, token in enumerate(row) if token == self.seg_token_id]
@@ -279,7 +286,7 @@ class SalmaPredictor:
         """The last-layer state at the last token of ``row`` (one teacher-forced forward)."""
         ids = torch.tensor([row], device=self.device)
         out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, record.image_features),
-                              attention_mask=torch.ones_like(ids))
+                              attention_mask=torch.ones_like(ids), logits_to_keep=1)
         return out.hidden_states[0, -1]
 
     def _decode(
