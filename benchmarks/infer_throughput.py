@@ -155,7 +155,7 @@ def record_mode(args) -> None:
     for name, frames, n, old_n, old_s, new_s, same, masks in rows:
         old_rate, new_rate = old_n / old_s, n / new_s
         print(f"{name:>6} {frames:>6} {n:>4} {old_s:>8.1f} {old_rate:>10.3f} {old_rate * frames:>12.2f} "
-              f"{new_s:>8.1f} {new_rate:>10.3f} {new_rate * frames:>12.2f} {new_rate / old_rate:>7.1f}x {str(same):>11}")
+              f"{new_s:>8.1f} {new_rate:>10.3f} {new_rate * frames:>12.2f} {new_rate / old_rate:>7.1f}x {same!s:>11}")
     print(f"old path on {rows[-1][3]} of {rows[-1][2]} video expressions; masks per new record: "
           f"{[r[-1] for r in rows]}; load average after: {os.getloadavg()[0]:.2f}")
 

@@ -45,7 +45,7 @@ class RecordFeatures:
     @torch.no_grad()
     def encode(
         cls, model: SalmaModel, frames: list[np.ndarray], keys: list[int], geometry: ImageGeometry, device: torch.device
-    ) -> "RecordFeatures":
+    ) -> RecordFeatures:
         media = "video" if len(frames) > 1 else "image"
         key_images = [frames[i] for i in keys]
         tiles = mllm_tiles(key_images, media, geometry)
