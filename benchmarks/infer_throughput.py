@@ -1,4 +1,23 @@
-"""Batch-inference throughput on the synthetic MeViS video set: 1 vs 2 CPU actors, in one run.
+"""Batch-inference throughput: 1 vs 2 CPU actors (``--mode actors``, the default), or one
+record's expressions through the per-expression path vs the batched predictor (``--mode record``).
+
+``--mode record`` builds a model with random weights at ``--size`` (``1b``: the salma-1b preset,
+InternVL2.5-1B + SAM-2.1 Hiera-L at 1024 px; ``mid``: the same widths with a quarter of the
+InternVL layers, at most 6 tiles, and SAM-2.1 Hiera-T at 512 px; ``small``: 2 InternVL layers
+each and at most 2 tiles, else as ``mid``: for machines where the larger sizes take too long) and, in one run, predicts an image record with ``--sentences`` sentences and a video
+record of ``--frames`` frames with ``--expressions`` expressions, first the per-expression way
+(``salma.per_expression_predictor``), then with ``SalmaPredictor.segment_expressions``. It
+prints sentences/s and frames/s (a frame of one expression, as below) of both and their ratio.
+Answers are generated, with a logits processor that forces the answer a trained model gives
+("It is [SEG]."): random weights would otherwise never emit ``[SEG]``, and the generation steps
+and the mask branch run exactly as they would. ``--old-expressions N`` runs the per-expression
+path on only the first N expressions of the video (its cost per expression does not depend on
+the others) and reports its rate over those.
+
+    .venv/bin/python benchmarks/infer_throughput.py --mode record --size mid [--threads 2]
+
+``--mode actors``: batch-inference throughput on the synthetic MeViS video set, 1 vs 2 CPU
+actors, in one run.
 
 Writes the synthetic datasets (``--videos`` MeViS train videos, so ``--videos / 4`` in
 ``valid_u``), starts a private local Ray cluster with ``--cpus`` CPUs, and runs ``pipelines.infer``
@@ -49,8 +68,107 @@ def steady_state(summary: InferSummary) -> tuple[float, float, float]:
     return summary.frames / (last - first), busy / (last - first), busy / len(summary.per_record)
 
 
+def record_config(size: str):
+    """The model config of ``--size`` (module docstring)."""
+    from salma.config import salma_1b_config
+
+    config = salma_1b_config()
+    if size == "1b":
+        return config
+    layers, tiles = (6, 6) if size == "mid" else (2, 2)
+    mllm = config.mllm.model_copy(update={
+        "vision": config.mllm.vision.model_copy(update={"num_hidden_layers": layers}),
+        "text": config.mllm.text.model_copy(update={"num_hidden_layers": layers}),
+        "max_tiles": tiles,
+    })
+    sam = config.sam.model_copy(update={"hiera": "tiny", "image_size": 512})
+    return config.model_copy(update={"mllm": mllm, "sam": sam})
+
+
+class ForcedAnswer:
+    """Logits processor: the next token is the next one of ``answer`` (the ids of "It is
+    [SEG].<|im_end|>"), found from the longest end of each row that is a prefix of it."""
+
+    def __init__(self, answer: list[int]):
+        self.answer = answer
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        forced = torch.full_like(scores, float("-inf"))
+        for i, row in enumerate(input_ids.tolist()):
+            done = max((j for j in range(len(self.answer)) if j <= len(row) and row[len(row) - j :] == self.answer[:j]),
+                       default=0)
+            forced[i, self.answer[min(done, len(self.answer) - 1)]] = 0.0
+        return forced
+
+
+def record_mode(args) -> None:
+    import functools
+
+    import numpy as np
+    import torch
+    from transformers import LogitsProcessorList
+
+    from salma.builder import build_salma
+    from salma.conversation import referring_round
+    from salma.per_expression_predictor import segment_per_expression
+    from salma.predictor import SalmaPredictor
+    from salma.tokenizer import IM_END
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    model = build_salma(record_config(args.size))
+    predictor = SalmaPredictor(model, num_key_frames=args.key_frames, max_new_tokens=8)
+    answer = referring_round("x", media="image", rng=None).answer + IM_END
+    forced = LogitsProcessorList([ForcedAnswer(model.tokenizer(answer, add_special_tokens=False).input_ids)])
+    inner = model.mllm.model
+    inner.generate = functools.partial(type(inner).generate, inner, logits_processor=forced)
+    print(f"size {args.size}: model built in {time.perf_counter() - started:.0f} s; {args.threads} threads; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
+    video = rng.integers(0, 255, size=(args.frames, 360, 640, 3), dtype=np.uint8)
+    words = ["red", "small", "left", "moving", "round", "striped", "far", "tall", "dark", "bright", "upper", "lower",
+             "first", "last", "big", "thin"]
+    sentences = [f"the {words[i % len(words)]} object next to the {words[(i + 5) % len(words)]} one"
+                 for i in range(max(args.sentences, args.expressions))]
+    rows = []
+    for name, media, asked, old_count in [
+        ("image", image, sentences[: args.sentences], args.sentences),
+        ("video", video, sentences[: args.expressions], args.old_expressions or args.expressions),
+    ]:
+        frames = 1 if media.ndim == 3 else len(media)
+        t0 = time.perf_counter()
+        old = [segment_per_expression(predictor, media, e) for e in asked[:old_count]]
+        old_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        new = predictor.segment_expressions(media, asked)
+        new_s = time.perf_counter() - t0
+        same = all(np.array_equal(a, b) for p, q in zip(new, old) for a, b in zip(p.masks, q.masks))
+        masks = sum(len(p.masks) for p in new)
+        rows.append((name, frames, len(asked), old_count, old_s, new_s, same, masks))
+        print(f"{name}: old {old_s:.1f} s for {old_count}, new {new_s:.1f} s for {len(asked)}", flush=True)
+    print(f"{'record':>6} {'frames':>6} {'expr':>4} {'old s':>8} {'old sent/s':>10} {'old frames/s':>12} "
+          f"{'new s':>8} {'new sent/s':>10} {'new frames/s':>12} {'speed-up':>8} {'masks equal':>11}")
+    for name, frames, n, old_n, old_s, new_s, same, masks in rows:
+        old_rate, new_rate = old_n / old_s, n / new_s
+        print(f"{name:>6} {frames:>6} {n:>4} {old_s:>8.1f} {old_rate:>10.3f} {old_rate * frames:>12.2f} "
+              f"{new_s:>8.1f} {new_rate:>10.3f} {new_rate * frames:>12.2f} {new_rate / old_rate:>7.1f}x {same!s:>11}")
+    print(f"old path on {rows[-1][3]} of {rows[-1][2]} video expressions; masks per new record: "
+          f"{[r[-1] for r in rows]}; load average after: {os.getloadavg()[0]:.2f}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("actors", "record"), default="actors")
+    parser.add_argument("--size", choices=("small", "mid", "1b"), default="mid", help="record mode: model size")
+    parser.add_argument("--sentences", type=int, default=7, help="record mode: sentences of the image record")
+    parser.add_argument("--frames", type=int, default=30, help="record mode: frames of the video record")
+    parser.add_argument("--expressions", type=int, default=14, help="record mode: expressions of the video record")
+    parser.add_argument("--old-expressions", type=int, help="record mode: per-expression path on the first N only")
+    parser.add_argument("--threads", type=int, default=2, help="record mode: torch threads")
     parser.add_argument("--videos", type=int, default=160, help="synthetic MeViS train videos (valid_u gets a quarter)")
     parser.add_argument("--key-frames", type=int, default=5)
     parser.add_argument("--cpus", type=int, default=2, help="logical CPUs of the private Ray cluster")
@@ -59,6 +177,9 @@ def main(argv=None) -> None:
     parser.add_argument("--work", help="folder for data and outputs (default: a temporary folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.mode == "record":
+        record_mode(args)
+        return
     work = Path(args.work or tempfile.mkdtemp(prefix="salma-infer-bench-"))
     data = work / "data"
     if not (data / "manifest.json").is_file():

@@ -203,6 +203,11 @@ class EvalConfig(StrictModel):
     Ray. ``generate: false`` teacher-forces the answer "It is [SEG]." instead of decoding (the
     benchmark convention is to generate; teacher forcing measures the segmentation branch alone).
     ``metric_workers`` processes compute the video metrics (None: one per CPU).
+    ``records_per_batch`` records go to an actor together (Ray Data's batch size);
+    ``expression_batch_size`` expressions of one record go through the language model and the
+    mask decoder as one padded batch (lower it when memory is short). ``dtype``: the compute
+    precision (``auto``: bfloat16 on a GPU that has it, else float16; float32 on CPU).
+    ``compile_decoder``: ``torch.compile`` SAM-2's mask decoder and MBA in each actor.
     """
 
     num_key_frames: int = 5
@@ -216,9 +221,15 @@ class EvalConfig(StrictModel):
     use_gpu: bool | None = None
     threads_per_actor: int = 1
     metric_workers: int | None = None
+    records_per_batch: int = 1
+    expression_batch_size: int = 16
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compile_decoder: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":
+        if self.records_per_batch < 1 or self.expression_batch_size < 1:
+            raise ValueError("eval.records_per_batch and eval.expression_batch_size must be >= 1")
         if self.num_actors < 0:
             raise ValueError("eval.num_actors must be >= 0 (0 predicts in the calling process, without Ray)")
         if self.num_key_frames < 1 or self.max_new_tokens < 1 or self.threads_per_actor < 1:

@@ -293,6 +293,9 @@ class RecordPredictor:
             key_frame_sampling=self.settings.key_frame_sampling,
             max_new_tokens=self.settings.max_new_tokens,
             device=device,
+            expression_batch_size=self.settings.expression_batch_size,
+            dtype=self.settings.dtype,
+            compile_decoder=self.settings.compile_decoder,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -318,27 +321,29 @@ def predict_record(
         return _bad_shard(key, record, err), None
     media_input = frames[0] if len(frames) == 1 else np.stack(frames)  # (H, W, 3) or (T, H, W, 3)
     height, width = frames[0].shape[:2]
+    asked = [(referent, index, expression) for referent in record.referents
+             for index, expression in enumerate(referent.expressions)]
+    # One call for the whole record: its frames are encoded once and its sentences batched.
+    answered = predictor.segment_expressions(media_input, [e for _, _, e in asked], generate=generate)
     predictions, figure = [], None
-    for referent in record.referents:
-        for index, expression in enumerate(referent.expressions):
-            prediction = predictor.segment(media_input, expression, generate=generate)
-            video = _first_mask(prediction.masks, len(frames), height, width)  # (T, H, W)
-            try:  # the ground truth is decoded only here, for the drift sums and the figure
-                drift = _drift_entry(prediction, referent, height, width)
-                if visual and figure is None:
-                    figure = _visual(record, referent, frames, video, prediction, expression)
-            except BadRecordError as err:
-                return _bad_shard(key, record, err), None
-            predictions.append({
-                "ref_id": referent.ref_id,
-                "sent_index": index,
-                "expression": expression,
-                "answer": prediction.answer,
-                "num_masks": len(prediction.masks),
-                "key_frames": list(prediction.key_frames),
-                "masks": [encode_mask(m) for m in video],
-                "drift": drift,
-            })
+    for (referent, index, expression), prediction in zip(asked, answered, strict=True):
+        video = _first_mask(prediction.masks, len(frames), height, width)  # (T, H, W)
+        try:  # the ground truth is decoded only here, for the drift sums and the figure
+            drift = _drift_entry(prediction, referent, height, width)
+            if visual and figure is None:
+                figure = _visual(record, referent, frames, video, prediction, expression)
+        except BadRecordError as err:
+            return _bad_shard(key, record, err), None
+        predictions.append({
+            "ref_id": referent.ref_id,
+            "sent_index": index,
+            "expression": expression,
+            "answer": prediction.answer,
+            "num_masks": len(prediction.masks),
+            "key_frames": list(prediction.key_frames),
+            "masks": [encode_mask(m) for m in video],
+            "drift": drift,
+        })
     shard = {
         "version": SHARD_VERSION,
         "key": key,
@@ -470,7 +475,7 @@ def predict_rows(
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # one row per block: balanced actors
     dataset = dataset.map_batches(
         RecordPredictor,
-        batch_size=1,
+        batch_size=settings.records_per_batch,
         compute=ray.data.ActorPoolStrategy(size=settings.num_actors),
         fn_constructor_kwargs=constructor,
         num_cpus=settings.cpus_per_actor,
@@ -664,6 +669,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalConfig:
         "max_samples": args.max_samples, "visual_samples": args.visual_samples,
         "max_new_tokens": args.max_new_tokens, "threads_per_actor": args.threads_per_actor,
         "generate": False if args.teacher_force else None,
+        "records_per_batch": args.records_per_batch, "expression_batch_size": args.expression_batch_size,
+        "dtype": args.dtype, "compile_decoder": args.compile_decoder,
     }
     return EvalConfig.model_validate(settings.model_dump() | {k: v for k, v in flags.items() if v is not None})
 
@@ -697,6 +704,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--teacher-force", action="store_true",
                         help='answer "It is [SEG]." instead of generating (untrained models, branch checks)')
+    parser.add_argument("--records-per-batch", type=int, help="records sent to an actor together (default 1)")
+    parser.add_argument("--expression-batch-size", type=int,
+                        help="expressions of a record batched through the language model and decoder (default 16)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="compute precision (default auto: bfloat16 on GPU, float16 where it lacks bf16, "
+                             "float32 on CPU)")
+    parser.add_argument("--compile-decoder", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the SAM-2 mask decoder and MBA in each actor")
     parser.add_argument("--restart", action="store_true", help="discard earlier predictions in --out")
     parser.add_argument("--zip", action="store_true",
                         help="also write submission.zip for the benchmark server (video datasets)")

@@ -56,15 +56,21 @@ class SalmaPyfuncModel(mlflow.pyfunc.PythonModel):
         from salma.data.masks import encode_mask
 
         generate = bool((params or {}).get("generate", True))
-        rows = []
-        for index, row in model_input.reset_index(drop=True).iterrows():
-            media = _media_of(row, index)
-            prediction = self.predictor.segment(media, str(row["expression"]), generate=generate)
-            masks = []
-            if prediction.masks:
-                first = np.asarray(prediction.masks[0], dtype=bool)
-                masks = [encode_mask(m) for m in (first[None] if first.ndim == 2 else first)]
-            rows.append({"answer": prediction.answer, "num_masks": len(prediction.masks), "masks": json.dumps(masks)})
+        table = model_input.reset_index(drop=True)
+        # Rows about the same picture are segmented together: it is decoded and encoded once.
+        groups: dict[str, list[int]] = {}
+        for index, row in table.iterrows():
+            groups.setdefault(_media_key(row, index), []).append(index)
+        rows: list[dict[str, Any]] = [{} for _ in range(len(table))]
+        for indices in groups.values():
+            media = _media_of(table.iloc[indices[0]], indices[0])
+            expressions = [str(table.iloc[i]["expression"]) for i in indices]
+            for i, prediction in zip(indices, self.predictor.segment_expressions(media, expressions, generate=generate)):
+                masks = []
+                if prediction.masks:
+                    first = np.asarray(prediction.masks[0], dtype=bool)
+                    masks = [encode_mask(m) for m in (first[None] if first.ndim == 2 else first)]
+                rows[i] = {"answer": prediction.answer, "num_masks": len(prediction.masks), "masks": json.dumps(masks)}
         return pd.DataFrame(rows, columns=["answer", "num_masks", "masks"])
 
 
@@ -77,6 +83,23 @@ def _media_of(row: pd.Series, index: int) -> np.ndarray:
     if _given(frames):
         return np.stack([_decode(f, f"row {index}: frame {t}") for t, f in enumerate(frames)])
     raise ValueError(f"row {index}: give an image (bytes of an image file) or frames (a list of them)")
+
+
+def _media_key(row: pd.Series, index: int) -> str:
+    """A digest of the row's picture (the image's bytes, or every frame's), equal for rows
+    about the same picture."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    image, frames = row.get("image"), row.get("frames")
+    parts = [image] if _given(image) else list(frames) if _given(frames) else None
+    if parts is None:
+        raise ValueError(f"row {index}: give an image (bytes of an image file) or frames (a list of them)")
+    digest.update(b"image" if _given(image) else b"frames")
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else bytes(part)
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()
 
 
 def _given(value: Any) -> bool:

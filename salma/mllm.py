@@ -178,21 +178,55 @@ class SalmaMLLM(nn.Module):
     def forward(
         self,
         *,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor | None,
+        pixel_values: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> MLLMOutput:
+        """Token ids (+ ``pixel_values``, encoded by the vision tower here), or ``inputs_embeds``
+        from ``embed`` (the image features already in place). ``logits_to_keep=n`` computes the
+        logits of the last n positions only (0: all; inference reads hidden states, not logits,
+        and the output head over a long prompt is a large matrix product)."""
         if pixel_values is not None and pixel_values.shape[0] == 0:
             pixel_values = None
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             pixel_values=pixel_values,
+            inputs_embeds=inputs_embeds,
+            logits_to_keep=logits_to_keep,
             output_hidden_states=True,
             use_cache=False,
             return_dict=True,
         )
         return MLLMOutput(logits=out.logits, hidden_states=out.hidden_states[-1])
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(tiles, 3, S, S) → (tiles, tokens per tile, D): the vision tower and projector, as the
+        model's own forward runs them on ``pixel_values``."""
+        return self.model.model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+
+    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
+        """(B, L) ids → (B, L, D) input embeddings with ``image_features`` (tiles, tokens, D)
+        scattered into the image-token positions of *every* row, the same operations as the
+        model's forward: B prompts about one image share one run of the vision tower."""
+        embeds = self.model.get_input_embeddings()(input_ids)
+        if image_features is None:
+            return embeds
+        is_image = input_ids == self.model.config.image_token_id  # (B, L)
+        per_row = image_features.shape[0] * image_features.shape[1]
+        counts = is_image.sum(dim=1)
+        if bool((counts != per_row).any()):
+            raise ValueError(
+                f"every prompt must hold {per_row} image tokens (one per image feature), got {counts.tolist()}"
+            )
+        features = image_features.to(embeds.device, embeds.dtype).expand(input_ids.shape[0], -1, -1, -1)
+        return embeds.masked_scatter(is_image[..., None], features)
 
     def apply_lora(self, *, r: int, alpha: int, dropout: float, target_modules: list[str] | None) -> None:
         """Wrap the language model's linear layers with PEFT LoRA adapters (in place).

@@ -9,11 +9,18 @@ are decoded like images — language-conditioned, with MBA — and SAM-2's memor
 those masks, propagates every object to all other frames. Masks are upsampled to the original
 resolution and thresholded at probability 0.5 (logit 0).
 
+A record's expressions are answered together (``segment_expressions``): the frames are encoded
+once (``salma.record_features.RecordFeatures``), the prompts go through the language model as one
+padded batch whose generation steps also give the ``[SEG]`` hidden states, and a video's tracker
+follows every object in one pass. ``salma.per_expression_predictor`` keeps the earlier
+one-expression-at-a-time path as the reference the tests compare against.
+
 The Ray Data inference actor (``pipelines.infer``) wraps this same class.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from salma.conversation import Round, encode_rounds, referring_round
-from salma.data.examples import ImageGeometry, mllm_tiles, tokens_per_image
-from salma.image_transforms import resize_square, to_normalized_tensor
+from salma.data.examples import ImageGeometry
 from salma.model import SalmaModel
+from salma.record_features import RecordFeatures
 from salma.tokenizer import IM_END, SEG_TOKEN
 
 logger = logging.getLogger(__name__)
@@ -40,6 +47,35 @@ class Prediction:
     prior: np.ndarray | None = None  # (K, h, w) pre-pass probability per key frame
     mba_energy: np.ndarray | None = None  # (S, K, h, w) energy of the MBA update
     language_change: np.ndarray | None = None  # (S, K, h, w) squared norm of the feature change
+    key_logits: np.ndarray | None = None  # (S, K, 4h, 4w) low-resolution mask logits on the key frames
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The compute precision: float32 on CPU; on a GPU bfloat16 where it supports it, else
+    float16; a name from ``DTYPES`` (or a ``torch.dtype``) overrides."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def compile_decoder_and_mba(model: SalmaModel) -> None:
+    """``torch.compile`` SAM-2's mask decoder and the MBA block in place (``nn.Module.compile``:
+    parameter names, hence export and loading, are unchanged). The first call of each new input
+    shape pays the compilation."""
+    model.sam.sam.sam_mask_decoder.compile(dynamic=True)
+    if model.mba is not None:
+        model.mba.compile(dynamic=True)
 
 
 def key_frame_indices(num_frames: int, k: int, sampling: str = "uniform") -> list[int]:
@@ -61,9 +97,20 @@ class SalmaPredictor:
         key_frame_sampling: str = "uniform",
         max_new_tokens: int = 32,
         device: str | torch.device = "cpu",
+        expression_batch_size: int = 16,
+        dtype: str | torch.dtype | None = None,
+        compile_decoder: bool = False,
+        batch_decoder: bool = False,
     ):
+        if expression_batch_size < 1:
+            raise ValueError(f"expression_batch_size={expression_batch_size} must be >= 1")
         self.model = model.eval().to(device)
         self.device = torch.device(device)
+        self.expression_batch_size = expression_batch_size
+        self.batch_decoder = batch_decoder
+        self.dtype = resolve_dtype(dtype, self.device)
+        if compile_decoder:
+            compile_decoder_and_mba(self.model)
         self.tokenizer = model.tokenizer
         self.geometry = ImageGeometry.from_config(model.config)
         self.num_key_frames = num_key_frames
@@ -105,7 +152,7 @@ class SalmaPredictor:
     def predict(self, frames: np.ndarray | list[np.ndarray], text: str) -> Prediction:
         """Free-form instruction (``"Please segment the red circle."``); the answer decides how
         many masks come back."""
-        return self._run(_as_frames(frames), Round(prefix=text.strip()))
+        return self._run(_as_frames(frames), [Round(prefix=text.strip())], None)[0]
 
     def segment(self, frames: np.ndarray | list[np.ndarray], expression: str, *, generate: bool = True) -> Prediction:
         """A referring expression, asked with the first training template (benchmark evaluation).
@@ -114,92 +161,212 @@ class SalmaPredictor:
         decoding, which guarantees exactly one mask: useful to measure the segmentation branch
         alone; the benchmark convention (and the default) is to generate.
         """
+        return self.segment_expressions(frames, [expression], generate=generate)[0]
+
+    def segment_expressions(
+        self, frames: np.ndarray | list[np.ndarray], expressions: list[str], *, generate: bool = True
+    ) -> list[Prediction]:
+        """Every expression about one image or video → one ``Prediction`` each, in order.
+
+        The record is encoded once (``RecordFeatures``: InternVL's vision tower, SAM-2's encoder
+        and pre-pass on the key frames); the expressions go through the language model and the
+        mask decoder in batches of ``expression_batch_size``, and a video's tracker follows every
+        object of every expression in one pass over the frames. Same results as asking
+        ``segment`` once per expression, up to float rounding (docs/inference.md).
+        """
         frames = _as_frames(frames)
         media = "video" if len(frames) > 1 else "image"
-        question = referring_round(expression, media=media, rng=None, answer=False)
-        forced = None if generate else referring_round(expression, media=media, rng=None).answer
-        return self._run(frames, question, forced_answer=forced)
+        questions = [referring_round(e, media=media, rng=None, answer=False) for e in expressions]
+        forced = None if generate else [referring_round(e, media=media, rng=None).answer for e in expressions]
+        return self._run(frames, questions, forced)
 
     # ------------------------------------------------------------------ internals
     @torch.no_grad()
-    def _run(self, frames: list[np.ndarray], question: Round, forced_answer: str | None = None) -> Prediction:
-        model = self.model
-        num_frames = len(frames)
-        media = "video" if num_frames > 1 else "image"
-        keys = key_frame_indices(num_frames, self.num_key_frames, self.key_frame_sampling) if media == "video" else [0]
-        key_images = [frames[i] for i in keys]
-        tiles = mllm_tiles(key_images, media, self.geometry)
-        encoded = encode_rounds(self.tokenizer, [question], tokens_per_image=tokens_per_image(len(tiles), media, self.geometry))
-        prompt = torch.tensor([encoded.input_ids], device=self.device)
-        pixel_values = to_normalized_tensor(tiles).to(self.device)
-        if forced_answer is None:
-            generated = self._generate(prompt, pixel_values)
-        else:
-            generated = self.tokenizer(forced_answer + IM_END, add_special_tokens=False).input_ids
-        answer = self.tokenizer.decode(generated, skip_special_tokens=False)
-        full = torch.cat([prompt, torch.tensor([generated], dtype=torch.long, device=self.device)], dim=1)
-        out = model.mllm(input_ids=full, attention_mask=torch.ones_like(full), pixel_values=pixel_values)
-        seg_hidden = model.seg_hidden_states(out.hidden_states, full)  # (S, D)
-        height, width = frames[0].shape[:2]
-        if seg_hidden.shape[0] == 0:
-            return Prediction(answer=answer, masks=[], key_frames=keys)
-        num_segs = seg_hidden.shape[0]
-        prompts = model.seg_projector(seg_hidden)  # (S, C)
-        expr = torch.tensor(encoded.expression_positions[0] or [-1], device=self.device)
-        language, language_mask = model.language_tokens(
-            prompts, out.hidden_states, torch.zeros(num_segs, dtype=torch.long, device=self.device),
-            expr[None].expand(num_segs, -1),
-        )
-        sam_frames = to_normalized_tensor([resize_square(f, self.geometry.sam_size) for f in key_images]).to(self.device)
-        features = model.encode_frames(sam_frames)
-        priors = model.frame_priors(features)
-        k = len(keys)
-        pair_obj = torch.arange(num_segs, device=self.device).repeat_interleave(k)  # (S*K,)
-        pair_frame = torch.arange(k, device=self.device).repeat(num_segs)
-        seg = model.segment(
-            features, priors, language, language_mask, pair_obj, pair_frame, suppress_no_object=self.suppress_no_object
-        )
-        key_logits = seg.mask_logits.view(num_segs, k, *seg.mask_logits.shape[-2:])  # (S, K, 4h, 4w)
-        if media == "image":
-            masks = [self._to_original(key_logits[s], height, width)[0] for s in range(num_segs)]
-        else:
-            masks = self._track(frames, keys, key_logits, height, width)
-        fh, fw = features.image_embed.shape[-2:]
-        return Prediction(
-            answer=answer,
-            masks=masks,
-            key_frames=keys,
-            prior=None if priors is None else torch.sigmoid(priors[:, 0]).cpu().numpy(),
-            mba_energy=None if seg.mba_energy is None else seg.mba_energy.view(num_segs, k, fh, fw).cpu().numpy(),
-            language_change=seg.language_change.view(num_segs, k, fh, fw).cpu().numpy(),
-        )
+    def _run(self, frames: list[np.ndarray], questions: list[Round], forced: list[str] | None) -> list[Prediction]:
+        if not questions:
+            return []
+        with self._precision():
+            num_frames = len(frames)
+            media = "video" if num_frames > 1 else "image"
+            keys = key_frame_indices(num_frames, self.num_key_frames, self.key_frame_sampling) if media == "video" else [0]
+            record = RecordFeatures.encode(self.model, frames, keys, self.geometry, self.device)
+            predictions: list[Prediction] = []
+            key_logits: list[torch.Tensor] = []  # (S_i, K, 4h, 4w) per prediction
+            size = self.expression_batch_size
+            for start in range(0, len(questions), size):
+                chunk = questions[start : start + size]
+                answers = self._language(record, chunk, None if forced is None else forced[start : start + size])
+                groups = [answers] if self.batch_decoder else [[a] for a in answers]
+                for group in groups:
+                    logits, decoded = self._decode(record, group)
+                    key_logits.extend(logits)
+                    predictions.extend(decoded)
+            if media == "video":
+                self._track(record, predictions, key_logits)
+            return predictions
 
-    def _generate(self, prompt: torch.Tensor, pixel_values: torch.Tensor) -> list[int]:
-        """Greedy decoding until ``<|im_end|>`` or ``max_new_tokens``."""
+    def _language(
+        self, record: RecordFeatures, questions: list[Round], forced: list[str] | None
+    ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """One language-model pass for a batch of questions about the record. Per question:
+        (answer, its [SEG] hidden states (S, D), the last-layer states of its expression tokens
+        (E, D))."""
+        encoded = [
+            encode_rounds(self.tokenizer, [q], tokens_per_image=record.tokens_per_image) for q in questions
+        ]
+        prompts = [e.input_ids for e in encoded]
+        expression_positions = [e.expression_positions[0] for e in encoded]
+        if forced is None:
+            return self._generate(record, prompts, expression_positions)
+        answers = [self.tokenizer(a + IM_END, add_special_tokens=False).input_ids for a in forced]
+        # Teacher forcing: prompt + answer in one forward, right-padded (padding sits after every
+        # real token, so the causal attention of the real tokens never reaches it).
+        rows = [p + a for p, a in zip(prompts, answers)]
+        ids, mask = _pad(rows, self.tokenizer.pad_token_id, left=False, device=self.device)
+        out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, record.image_features), attention_mask=mask,
+                              logits_to_keep=1)
+        results = []
+        for i, (row, positions, answer) in enumerate(zip(rows, expression_positions, answers)):
+            seg_at = [j for j, token in enumerate(row) if token == self.seg_token_id]
+            results.append((
+                self.tokenizer.decode(answer, skip_special_tokens=False),
+                out.hidden_states[i, seg_at],
+                out.hidden_states[i, positions],
+            ))
+        return results
+
+    def _generate(
+        self, record: RecordFeatures, prompts: list[list[int]], expression_positions: list[list[int]]
+    ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """Greedy decoding of a batch of prompts (left-padded) until ``<|im_end|>`` or
+        ``max_new_tokens``; the [SEG] hidden states come from the generation's own steps: the
+        state *at* a generated token is computed on the step that feeds it back, one step after
+        it was chosen. A [SEG] chosen on the very last step was never fed back; only then is its
+        row run once more, teacher-forced."""
         eos = self.tokenizer.convert_tokens_to_ids(IM_END)
+        ids, mask = _pad(prompts, self.tokenizer.pad_token_id, left=True, device=self.device)
         out = self.model.mllm.model.generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            pixel_values=pixel_values,
+            inputs_embeds=self.model.mllm.embed(ids, record.image_features),
+            attention_mask=mask,
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
             eos_token_id=eos,
             pad_token_id=self.tokenizer.pad_token_id,
+            suppress_tokens=[self.model.mllm.image_token_id],  # a generated image placeholder has no image
+            output_hidden_states=True,
+            return_dict_in_generate=True,
         )
-        return out[0, prompt.shape[1] :].tolist()
+        new_tokens = out.sequences[:, -len(out.hidden_states) :] if out.sequences.shape[1] > ids.shape[1] else out.sequences
+        prefill = out.hidden_states[0][-1]  # (B, L, D) last layer over the prompts
+        steps = [h[-1][:, 0] for h in out.hidden_states[1:]]  # step j: (B, D), the state at generated token j - 1
+        results = []
+        for i, (prompt, positions) in enumerate(zip(prompts, expression_positions)):
+            tokens = new_tokens[i].tolist()
+            if eos in tokens:
+                tokens = tokens[: tokens.index(eos) + 1]
+            offset = ids.shape[1] - len(prompt)  # left padding
+            prompt_segs = [offset + j for j, t in enumerate(prompt) if t == self.seg_token_id]
+            seg_states = [prefill[i, j] for j in prompt_segs]
+            for j, token in enumerate(tokens):
+                if token != self.seg_token_id:
+                    continue
+                if j < len(steps):
+                    seg_states.append(steps[j][i])
+                else:  # chosen on the last step: never fed back
+                    seg_states.append(self._state_after(record, prompt + tokens))
+            hidden = torch.stack(seg_states) if seg_states else prefill.new_zeros(0, prefill.shape[-1])
+            results.append((
+                self.tokenizer.decode(tokens, skip_special_tokens=False),
+                hidden,
+                prefill[i, [offset + p for p in positions]],
+            ))
+        return results
+
+    def _state_after(self, record: RecordFeatures, row: list[int]) -> torch.Tensor:
+        """The last-layer state at the last token of ``row`` (one teacher-forced forward)."""
+        ids = torch.tensor([row], device=self.device)
+        out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, record.image_features),
+                              attention_mask=torch.ones_like(ids), logits_to_keep=1)
+        return out.hidden_states[0, -1]
+
+    def _decode(
+        self, record: RecordFeatures, answers: list[tuple[str, torch.Tensor, torch.Tensor]]
+    ) -> tuple[list[torch.Tensor], list[Prediction]]:
+        """Every [SEG] of a batch of answers on every key frame, in one decoder batch. Returns the
+        (S_i, K, 4h, 4w) key-frame logits and the prediction of each answer (image masks filled
+        in; a video's masks come from the tracker)."""
+        model, device, k = self.model, self.device, len(record.keys)
+        counts = [seg.shape[0] for _, seg, _ in answers]
+        total = sum(counts)
+        fh, fw = record.sam.image_embed.shape[-2:]
+        prior = None if record.priors is None else torch.sigmoid(record.priors[:, 0]).float().cpu().numpy()
+        if total == 0:
+            empty = record.sam.image_embed.new_zeros(0, k, 4 * fh, 4 * fw)
+            return [empty] * len(answers), [
+                Prediction(answer=a, masks=[], key_frames=list(record.keys)) for a, _, _ in answers
+            ]
+        seg_hidden = torch.cat([seg for _, seg, _ in answers])  # (S, D)
+        prompts = model.seg_projector(seg_hidden)  # (S, C)
+        width = max(1, max(expr.shape[0] for _, _, expr in answers))
+        hidden = seg_hidden.new_zeros(len(answers), width, seg_hidden.shape[-1])  # (B, E, D)
+        positions = torch.full((len(answers), width), -1, dtype=torch.long, device=device)
+        for i, (_, _, expr) in enumerate(answers):
+            hidden[i, : expr.shape[0]] = expr
+            positions[i, : expr.shape[0]] = torch.arange(expr.shape[0], device=device)
+        owner = torch.repeat_interleave(torch.arange(len(answers), device=device), torch.tensor(counts, device=device))
+        language, language_mask = model.language_tokens(prompts, hidden, owner, positions[owner])
+        pair_obj = torch.arange(total, device=device).repeat_interleave(k)  # (S*K,)
+        pair_frame = torch.arange(k, device=device).repeat(total)
+        seg = model.segment(
+            record.sam, record.priors, language, language_mask, pair_obj, pair_frame,
+            suppress_no_object=self.suppress_no_object,
+        )
+        logits = seg.mask_logits.view(total, k, *seg.mask_logits.shape[-2:])  # (S, K, 4h, 4w)
+        energy = None if seg.mba_energy is None else seg.mba_energy.view(total, k, fh, fw).float().cpu().numpy()
+        change = seg.language_change.view(total, k, fh, fw).float().cpu().numpy()
+        per_answer, predictions, start = [], [], 0
+        for (answer, _, _), n in zip(answers, counts):
+            mine = logits[start : start + n]
+            masks = [self._to_original(mine[s], record.height, record.width)[0] for s in range(n)] if record.media == "image" else []
+            per_answer.append(mine)
+            predictions.append(Prediction(
+                answer=answer,
+                masks=masks,
+                key_frames=list(record.keys),
+                prior=prior if n else None,
+                mba_energy=None if energy is None or not n else energy[start : start + n],
+                language_change=change[start : start + n] if n else None,
+                key_logits=mine.float().cpu().numpy(),
+            ))
+            start += n
+        return per_answer, predictions
 
     def _to_original(self, logits: torch.Tensor, height: int, width: int) -> np.ndarray:
         """(K, 4h, 4w) low-res logits → (K, H, W) bool at the original size."""
         up = F.interpolate(logits[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)
         return (up[:, 0] > 0).cpu().numpy()
 
-    def _track(self, frames, keys, key_logits, height, width) -> list[np.ndarray]:
-        """Seed SAM-2's video tracker with the key-frame masks and propagate to every frame."""
+    def _track(self, record: RecordFeatures, predictions: list[Prediction], key_logits: list[torch.Tensor]) -> None:
+        """Seed SAM-2's tracker with the key-frame masks of every [SEG] of every prediction and
+        propagate them all in one pass over the frames (each frame is encoded once, the key
+        frames not at all: their features come from ``record``); fills each prediction's masks."""
+        counts = [logits.shape[0] for logits in key_logits]
+        if sum(counts) == 0:
+            return
         sam = self.model.sam.sam
-        images = to_normalized_tensor([resize_square(f, self.geometry.sam_size) for f in frames]).to(self.device)
-        state = init_tracking_state(sam, images, height, width)
-        video = propagate_key_masks(sam, state, keys, key_logits > 0)
-        return list(video)
+        state = init_tracking_state(sam, record.sam_images, record.height, record.width,
+                                    pinned=record.tracker_features())
+        video = propagate_key_masks(sam, state, record.keys, torch.cat(key_logits) > 0)  # (S, T, H, W)
+        start = 0
+        for prediction, n in zip(predictions, counts):
+            prediction.masks = list(video[start : start + n])
+            start += n
+
+    def _precision(self):
+        """Autocast to ``self.dtype`` (weights stay float32); nothing in float32."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
 @torch.no_grad()
@@ -218,10 +385,34 @@ def propagate_key_masks(sam, state: dict, keys: list[int], key_masks: torch.Tens
     return video
 
 
+class _PinnedFeaturesState(dict):
+    """A tracking state whose feature cache always holds some frames.
+
+    SAM-2's video predictor caches the backbone output of the last frame it encoded and *replaces*
+    ``state["cached_features"]`` with a one-entry dict on every miss. The frames in ``pinned``
+    (the key frames, already encoded by ``RecordFeatures``) are merged back into every
+    replacement, so the tracker never encodes them; other frames keep the package's behaviour
+    (each is encoded when propagation reaches it).
+    """
+
+    def __init__(self, *args, pinned: dict[int, tuple[torch.Tensor, dict]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pinned = pinned
+
+    def __setitem__(self, key, value):
+        if key == "cached_features":
+            value = {**value, **self.pinned}
+        super().__setitem__(key, value)
+
+
 @torch.no_grad()
-def init_tracking_state(sam, images: torch.Tensor, height: int, width: int) -> dict:
+def init_tracking_state(
+    sam, images: torch.Tensor, height: int, width: int, *, pinned: dict[int, tuple[torch.Tensor, dict]] | None = None
+) -> dict:
     """``SAM2VideoPredictor.init_state`` for frames already in memory (the package only reads a
-    JPEG folder or an mp4). Same keys as sam2 1.1.0's ``init_state``; a test compares them."""
+    JPEG folder or an mp4). Same keys as sam2 1.1.0's ``init_state``; a test compares them.
+    ``pinned``: frame index → ``(image, backbone_out)`` the tracker uses instead of encoding
+    those frames (``_PinnedFeaturesState``)."""
     device = images.device
     state = {
         "images": images,
@@ -243,8 +434,25 @@ def init_tracking_state(sam, images: torch.Tensor, height: int, width: int) -> d
         "temp_output_dict_per_obj": {},
         "frames_tracked_per_obj": {},
     }
-    sam._get_image_feature(state, frame_idx=0, batch_size=1)
+    if pinned is not None:
+        state = _PinnedFeaturesState(state, pinned=pinned)
+        state["cached_features"] = {}
+        return state
+    sam._get_image_feature(state, frame_idx=0, batch_size=1)  # as init_state does: frame 0 cached
     return state
+
+
+def _pad(rows: list[list[int]], pad_id: int, *, left: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows → (B, L) ids and attention mask, padded on the left (generation: every row ends
+    where the next token goes) or on the right (teacher forcing)."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), length), dtype=torch.long, device=device)
+    for i, row in enumerate(rows):
+        span = slice(length - len(row), length) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long, device=device)
+        mask[i, span] = 1
+    return ids, mask
 
 
 def _as_frames(frames: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:

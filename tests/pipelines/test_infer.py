@@ -205,3 +205,22 @@ def test_output_paths_refuse_ids_that_are_not_plain_names(tmp_path):
         with pytest.raises(OutputFolderError, match="refusing to write"):
             inside_out(tmp_path, "video", bad)
     assert inside_out(tmp_path, "video", "0_1") == tmp_path / "video" / "0_1"
+
+
+def test_batching_and_precision_flags_reach_the_actors_predictor(exported_model):
+    import argparse
+
+    import torch
+
+    from pipelines.infer import RecordPredictor, settings_from_args
+
+    args = argparse.Namespace(**{k: None for k in (
+        "config", "num_actors", "cpus_per_actor", "gpu", "num_key_frames", "key_frame_sampling", "max_samples",
+        "visual_samples", "max_new_tokens", "threads_per_actor", "records_per_batch", "compile_decoder")},
+        teacher_force=False, expression_batch_size=3, dtype="bfloat16")
+    settings = settings_from_args(args)
+    assert (settings.expression_batch_size, settings.dtype, settings.records_per_batch) == (3, "bfloat16", 1)
+    actor = RecordPredictor(model=str(exported_model), settings=settings.model_dump())
+    assert actor.predictor.expression_batch_size == 3 and actor.predictor.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="records_per_batch"):
+        EvalConfig(records_per_batch=0)
