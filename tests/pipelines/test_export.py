@@ -112,3 +112,17 @@ def test_export_writes_the_training_dtype_and_the_runs_scores_into_the_model_car
     assert "checkpoint_000002" in card
     # A CPU run trains in fp32 (precision auto), and the export keeps it.
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_pyfunc_rows_about_one_picture_share_a_key():
+    import pandas as pd
+
+    from pipelines.mlflow_model import _media_key
+
+    rows = pd.DataFrame({"expression": ["a", "b", "c"], "image": [b"png-one", b"png-one", b"png-two"]})
+    keys = [_media_key(row, i) for i, row in rows.iterrows()]
+    assert keys[0] == keys[1] != keys[2]
+    video = pd.Series({"expression": "a", "frames": [b"png-one"]})
+    assert _media_key(video, 0) != keys[0]  # an image and a one-frame video are not grouped
+    with pytest.raises(ValueError, match="row 4"):
+        _media_key(pd.Series({"expression": "a"}), 4)
