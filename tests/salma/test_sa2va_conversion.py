@@ -49,17 +49,30 @@ def test_sam2_weights_land_in_the_packages_names(sa2va_release, sa2va_export):
     assert not any(k.startswith(("mba.", "expression_projector.")) for k in ours)
 
 
-def test_converted_sa2va_gives_the_masks_of_its_original_tensors(sa2va_release, sa2va_export):
+def test_converted_sa2va_gives_the_masks_of_its_original_tensors(sa2va_release, sa2va_export, monkeypatch):
     """Reference: the MLLM forward of the original tensors (``original_forward``), the [SEG]
     hidden state through ``text_hidden_fcs``, and the original SAM-2 tensors (``g_weight``
     renamed back to the package's ``gamma``, as Sa2VA's conversion script renamed it) decoding
     that prompt in the same SAM-2 decode path; against the converted folder's prediction."""
     predictor = SalmaPredictor.from_pretrained(str(sa2va_export))
+    # What the predictor feeds the MLLM: the tiles' pixels (encoded once per record) and the token
+    # ids of prompt + answer (embedded with those image features).
     seen = {}
-    hook = predictor.model.mllm.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    mllm = predictor.model.mllm
+    image_features, embed = mllm.image_features, mllm.embed
+
+    def features_of(pixel_values):
+        seen["pixel_values"] = pixel_values
+        return image_features(pixel_values)
+
+    def embedded(input_ids, features):
+        seen["input_ids"] = input_ids
+        return embed(input_ids, features)
+
+    monkeypatch.setattr(mllm, "image_features", features_of)
+    monkeypatch.setattr(mllm, "embed", embedded)
     image = np.random.default_rng(5).integers(0, 255, (60, 80, 3), dtype=np.uint8)
     prediction = predictor.segment(image, "the red circle", generate=False)
-    hook.remove()
     ids, pixels = seen["input_ids"], seen["pixel_values"]
     assert (ids == SA2VA_SEG_ID).sum() == 1 and len(prediction.masks) == 1
 
