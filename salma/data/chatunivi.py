@@ -19,7 +19,7 @@ from pathlib import Path
 
 from salma.data.annotation_files import load_json_file, require_list
 from salma.data.conversation_json import entry_id, image_or_text_record, parse_conversation
-from salma.data.confinement import OutsideRootError, confined_path
+from salma.data.confinement import confined_or_reported
 from salma.data.decode import probe_video
 from salma.data.errors import BadRecordError, BadRecordReporter, OnBad
 from salma.data.record import SampleRecord
@@ -70,10 +70,9 @@ def read_chatunivi(
         if not isinstance(video, str) or not video:
             reporter.report(annotation_path, "malformed entry", sample_id=sample_id, detail="'video' is not a path")
             continue
-        try:
-            path = confined_path(videos_dir, video, allow_outside_root=allow_outside_root)
-        except OutsideRootError as exc:
-            reporter.report(annotation_path, "path outside the dataset root", sample_id=sample_id, detail=str(exc))
+        path = confined_or_reported(reporter, annotation_path, videos_dir, video, sample_id=sample_id,
+                                    allow_outside_root=allow_outside_root)
+        if path is None:
             continue
         try:
             count, height, width = probe_video(path)

@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from salma.data.errors import BadRecordReporter
 
 _SEPARATORS = ("/", "\\", "\x00")
 
@@ -75,6 +79,24 @@ def confined_path(folder: Path, relative: object, *, allow_outside_root: bool = 
     if not resolves_inside(path, folder):
         raise OutsideRootError(f"{relative!r} resolves (through a symlink) outside {folder}, or is a symlink loop")
     return path
+
+
+def confined_or_reported(
+    reporter: "BadRecordReporter",
+    annotation_file: str | Path,
+    folder: Path,
+    relative: object,
+    *,
+    sample_id: str,
+    allow_outside_root: bool = False,
+) -> Path | None:
+    """``confined_path``, or None after reporting the record as "path outside the dataset root"
+    against ``annotation_file`` (the file that named the path)."""
+    try:
+        return confined_path(folder, relative, allow_outside_root=allow_outside_root)
+    except OutsideRootError as exc:
+        reporter.report(annotation_file, "path outside the dataset root", sample_id=sample_id, detail=str(exc))
+        return None
 
 
 def resolves_inside(path: Path, folder: Path) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from salma.data.confinement import OutsideRootError, confined_path, unpaired_surrogate
+from salma.data.confinement import confined_or_reported, unpaired_surrogate
 from salma.data.decode import probe_image_size
 from salma.data.errors import BadRecordError, BadRecordReporter
 from salma.data.record import SampleRecord, Turn
@@ -89,10 +89,9 @@ def image_or_text_record(
     if not isinstance(image, str) or not image:
         reporter.report(annotation_path, "malformed entry", sample_id=sample_id, detail="'image' is not a path")
         return None
-    try:
-        path = confined_path(image_folder, image, allow_outside_root=allow_outside_root)
-    except OutsideRootError as exc:
-        reporter.report(annotation_path, "path outside the dataset root", sample_id=sample_id, detail=str(exc))
+    path = confined_or_reported(reporter, annotation_path, image_folder, image, sample_id=sample_id,
+                                allow_outside_root=allow_outside_root)
+    if path is None:
         return None
     try:
         height, width = probe_image_size(path, missing_reason="missing image file")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from salma.data.annotation_files import load_json_file, require_list
-from salma.data.confinement import OutsideRootError, confined_path, unpaired_surrogate
+from salma.data.confinement import confined_or_reported, unpaired_surrogate
 from salma.data.decode import probe_image_size
 from salma.data.errors import BadRecordError, BadRecordReporter, OnBad
 from salma.data.masks import RLE, MaskSizeError, segmentation_to_rle
@@ -94,10 +94,9 @@ def _record(
     if unpaired_surrogate(caption) is not None:
         reporter.report(annotation_path, "text is not valid Unicode", sample_id=sample_id, detail="caption")
         return None
-    try:
-        path = confined_path(images_dir, file_name, allow_outside_root=allow_outside_root)
-    except OutsideRootError as exc:
-        reporter.report(annotation_path, "path outside the dataset root", sample_id=sample_id, detail=str(exc))
+    path = confined_or_reported(reporter, annotation_path, images_dir, file_name, sample_id=sample_id,
+                                allow_outside_root=allow_outside_root)
+    if path is None:
         return None
     try:
         height, width = probe_image_size(path, missing_reason="missing image file")

@@ -35,7 +35,7 @@ from salma.data.annotation_files import load_json_file, load_pickle_file, requir
 from salma.data.clutter import CLUTTER_FILE, attach_clutter, load_clutter
 from salma.data.distractors import load_distractors
 from salma.data.errors import BadRecordReporter, DatasetFormatError, OnBad
-from salma.data.confinement import OutsideRootError, confined_path
+from salma.data.confinement import confined_or_reported
 from salma.data.masks import RLE, MaskSizeError, PolygonError, check_image_size, merge_rles, refer_mask_rle, rle_area
 from salma.data.record import Referent, SampleRecord
 from salma.data.video_expressions import clean_expression, expression_problem
@@ -108,10 +108,9 @@ def read_refcoco(
         except ValueError as exc:
             reporter.report(instances_path, "invalid image size", sample_id=str(image_id), detail=str(exc))
             continue
-        try:
-            path = confined_path(images_dir, image.get("file_name"), allow_outside_root=allow_outside_root)
-        except OutsideRootError as exc:
-            reporter.report(instances_path, "path outside the dataset root", sample_id=str(image_id), detail=str(exc))
+        path = confined_or_reported(reporter, instances_path, images_dir, image.get("file_name"),
+                                    sample_id=str(image_id), allow_outside_root=allow_outside_root)
+        if path is None:
             continue
         if check_files and not path.is_file():
             reporter.report(path, "missing image file", sample_id=str(image_id))
