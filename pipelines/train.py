@@ -188,10 +188,22 @@ def prepare_data(cfg: ExperimentConfig) -> ExperimentConfig:
     synthetic = data.synthetic.model_copy(update={"out": cfg.absolute(data.synthetic.out)})
     data = data.model_copy(update={"sources": sources, "eval_sources": eval_sources, "synthetic": synthetic})
     sam_pretrain = cfg.sam_pretrain.model_copy(update={"out": cfg.absolute(cfg.sam_pretrain.out)})
-    cfg = cfg.model_copy(update={"data": data, "workdir": cfg.absolute(cfg.workdir), "sam_pretrain": sam_pretrain})
+    cfg = cfg.model_copy(update={
+        "data": data, "workdir": cfg.absolute(cfg.workdir), "sam_pretrain": sam_pretrain, "model": _local_init_from(cfg),
+    })
     ensure_synthetic(cfg)
     mixture = read_mixture(data.sources)  # fails fast: a source that does not parse or has no records
     return ensure_sam_pretrained(cfg, mixture)
+
+
+def _local_init_from(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``cfg.model`` with a ``model.init_from`` that names a folder under the launch directory made
+    absolute (workers change directory); a hub id (``owner/name`` with no such folder) stays as
+    it is."""
+    init_from = cfg.model.get("init_from")
+    if not init_from or not Path(init_from).expanduser().is_dir():
+        return cfg.model
+    return {**cfg.model, "init_from": cfg.absolute(init_from)}
 
 
 def _gpus_available(cfg: ExperimentConfig) -> bool:

@@ -84,13 +84,16 @@ def with_absolute_data_paths(sweep: Sweep) -> Sweep:
     trial's folder (and the synthetic data would be written once per trial). This is what
     ``salma train`` does on its driver (``prepare_data``): relative paths mean the same in both,
     the synthetic data is written once, and a source that does not parse fails before any trial
-    starts. With ``sam_pretrain.enabled`` the SAM-2 checkpoint is pre-trained here, once, and
+    starts (a local ``model.init_from`` folder is made absolute too). With ``sam_pretrain.enabled``
+    the SAM-2 checkpoint is pre-trained here, once, and
     every trial finds it in the cache. ``sweep.yaml`` records the absolute paths, so ``--resume``
     works from anywhere."""
     from pipelines.train import prepare_data
 
     prepared = prepare_data(ExperimentConfig.model_validate(sweep.experiment))
     paths = {"data": prepared.data.model_dump(mode="json")}
+    if "init_from" in prepared.model:
+        paths["model"] = {**sweep.experiment.get("model", {}), "init_from": prepared.model["init_from"]}
     if prepared.sam_pretrain.enabled:
         paths["sam_pretrain"] = prepared.sam_pretrain.model_dump(mode="json")
     return replace(sweep, experiment={**sweep.experiment, **paths}, source={**sweep.source, **paths})

@@ -134,16 +134,26 @@ def test_the_sweep_writes_its_statistics_from_the_trial_folders(tmp_path):
 def test_the_drift_sweep_pairs_five_seeds_of_the_prior_arms():
     from pathlib import Path
 
+    from pipelines.config import ExperimentConfig
+    from pipelines.config_yaml import read_config_file
     from pipelines.tune import load_sweep
 
-    sweep = load_sweep(Path(__file__).resolve().parents[2] / "experiments/ablations/drift.yaml")
+    folder = Path(__file__).resolve().parents[2] / "experiments/ablations"
+    sweep = load_sweep(folder / "drift.yaml")
     labels = [c.label for c in sweep.configurations]
     assert labels == ["baseline", "uniform", "learned", "oracle"] and len(sweep.settings.seeds) >= 5
     resolved = {c.label: sweep.trial_config(c.overrides, 0) for c in sweep.configurations}
     assert not resolved["baseline"].model_config_resolved.mba.enabled
     assert [resolved[a].model_config_resolved.mba.prior for a in labels[1:]] == ["uniform", "learned", "oracle"]
     cfg = resolved["learned"]
-    assert cfg.sam_pretrain.enabled and cfg.data.synthetic.clutter.eval_images >= 1000
+    assert cfg.data.synthetic.clutter.eval_images >= 1000
     assert {s.split for s in cfg.data.sources} == {"clutter_train"}
+    # every arm starts from the export of drift_base.yaml: a Sa2VA-style model (no MBA) trained on
+    # the same data with SAM-2 pre-trained first
+    assert all(c.model_config_resolved.init_from == "data/drift_base" for c in resolved.values())
+    assert not cfg.sam_pretrain.enabled
+    base = ExperimentConfig.model_validate(read_config_file(folder / "drift_base.yaml"))
+    assert not base.model_config_resolved.mba.enabled and base.sam_pretrain.enabled
+    assert base.data.model_dump(exclude={"cpus_per_task"}) == cfg.data.model_dump(exclude={"cpus_per_task"})
     assert sweep.settings.drift_probe and sweep.settings.stats.reference == "baseline"
     assert sweep.settings.stats.control_source == "control_img"

@@ -180,6 +180,27 @@ def test_sam_pretraining_runs_once_on_the_driver_and_trials_reuse_it(synthetic_d
     assert checkpoint.stat().st_mtime_ns == written  # reused, not trained again
 
 
+def test_a_local_init_from_folder_is_resolved_on_the_driver_and_a_hub_id_is_kept(synthetic_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exports" / "base").mkdir(parents=True)
+    root = str(synthetic_data / "refer" / "refcoco")
+    experiment = {"model": {"preset": "tiny", "init_from": "exports/base", "mllm": {"tokenizer": None}},
+                  "train": {"num_workers": 1},
+                  "data": {"sources": [{"name": "r", "format": "refcoco", "root": root}],
+                           "eval_sources": [{"name": "v", "format": "refcoco", "root": root, "split": "val"}]}}
+    sweep = with_absolute_data_paths(build_sweep({"search_space": {"model.mba.use_film": [False, True]}}, experiment,
+                                                 default_name="s", where="s.yaml"))
+    monkeypatch.chdir("/")  # a trial's working directory
+    cfg = sweep.trial_config(sweep.configurations[1].overrides, 0)
+    assert cfg.model_config_resolved.init_from == str(tmp_path / "exports" / "base")
+    assert cfg.model_config_resolved.mba.use_film  # the variant's override still applies
+    monkeypatch.chdir(tmp_path)
+    experiment["model"]["init_from"] = "owner/name"  # no such folder here: a hub id, left as it is
+    sweep = with_absolute_data_paths(build_sweep({"search_space": {"model.mba.use_film": [False]}}, experiment,
+                                                 default_name="s", where="s.yaml"))
+    assert sweep.trial_config(sweep.configurations[0].overrides, 0).model_config_resolved.init_from == "owner/name"
+
+
 def _film_on_off(**settings):
     """A FiLM off/on sweep over seeds 0 and 1, 8 steps per trial, and its two labels."""
     sweep = build_sweep({"search_space": {"model.mba.use_film": [False, True]}, "seeds": [0, 1], **settings},
