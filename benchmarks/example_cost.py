@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     model.set_schedule(500, 1000)  # past the warm-ups: every loss term at full weight
     rows, measured = [], []
     for frames, objects in KINDS:
-        ms = ms_per_sample(model, config, tokenizer=built.tokenizer, frames=frames, objects=objects, batch_size=args.batch_size,
-                           repeats=args.repeats)
+        ms = ms_per_sample(model, config, tokenizer=built.tokenizer, frames=frames, objects=objects,
+                           batch_size=args.batch_size, repeats=args.repeats)
         kind = "text" if objects == 0 else ("image" if frames == 1 else f"{frames}-frame video")
         print(f"{kind:>14} {objects} objects: {ms:6.1f} ms/sample", flush=True)
         sam_frames = frames if objects else 0

@@ -19,12 +19,12 @@ from collections.abc import Sequence
 import torch
 
 from pipelines.config import SourceConfig
+from salma.builder import BuiltSalma
 from salma.data.errors import BadRecordError
 from salma.data.examples import ImageGeometry, collate
 from salma.data.sampling import SamplingOptions, sample_example
 from salma.data.sources import read_source
 from salma.drift_measures import aggregate, probe_batch
-from salma.builder import BuiltSalma
 
 logger = logging.getLogger(__name__)
 

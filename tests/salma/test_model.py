@@ -182,7 +182,8 @@ def test_the_object_presence_loss_trains_the_presence_head_when_weighted():
     assert config.loss.object_weight == 1.0  # the tiny preset turns it on (its SAM-2 is from scratch)
     head_grads = {}
     for weight in (0.0, 1.0):
-        weighted = config.model_copy(update={"loss": config.loss.model_copy(update={"object_weight": weight, "track_weight": 0.0})})
+        loss = config.loss.model_copy(update={"object_weight": weight, "track_weight": 0.0})
+        weighted = config.model_copy(update={"loss": loss})
         model = build_salma(weighted).model
         torch.manual_seed(0)
         batch = random_batch(weighted, batch_size=2, num_frames=2)

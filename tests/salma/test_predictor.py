@@ -129,3 +129,5 @@ def test_the_module_carries_neither_tokenizer_nor_config(built, model):
     assert model.seg_token_id == built.tokenizer.convert_tokens_to_ids("[SEG]")
     predictor = SalmaPredictor(built)
     assert predictor.tokenizer is built.tokenizer and predictor.config is built.config
+    from_config = SalmaPredictor.from_config(tiny_salma_config())  # the README's way in
+    assert from_config.config == built.config and from_config.tokenizer.get_vocab() == built.tokenizer.get_vocab()

@@ -92,7 +92,8 @@ def test_arms_share_their_initialisation():
     """Sweep arms are paired: with the same seed, MBA on or off leaves every shared weight equal."""
     with_mba = build_salma(tiny_salma_config()).model.state_dict()
     config = tiny_salma_config()
-    baseline = build_salma(config.model_copy(update={"mba": config.mba.model_copy(update={"enabled": False})})).model.state_dict()
+    baseline_config = config.model_copy(update={"mba": config.mba.model_copy(update={"enabled": False})})
+    baseline = build_salma(baseline_config).model.state_dict()
     shared = set(with_mba) & set(baseline)
     assert len(shared) == len(baseline) and any(k.startswith("mba.") for k in with_mba)
     assert all(torch.equal(with_mba[k], baseline[k]) for k in shared)

@@ -115,7 +115,8 @@ def test_a_few_steps_train_the_decoder_and_the_checkpoint_loads_strictly(synthet
 
     path = save_sam2_checkpoint(sam, tmp_path / "sam2.pt")
     assert not (tmp_path / "sam2.pt.partial").exists()
-    loaded = build_salma(config.model_copy(update={"sam": config.sam.model_copy(update={"checkpoint": str(path)})})).model.sam
+    with_checkpoint = config.model_copy(update={"sam": config.sam.model_copy(update={"checkpoint": str(path)})})
+    loaded = build_salma(with_checkpoint).model.sam
     for key, value in sam.sam.state_dict().items():
         assert torch.equal(loaded.sam.state_dict()[key], value), key
 
