@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    sam = build_salma(resolve_model_config({"preset": "tiny"})).sam
+    sam = build_salma(resolve_model_config({"preset": "tiny"})).model.sam
     size = sam.image_size
     images, masks, centres = two_squares(64, size, seed=0)
     val_images, val_masks, val_centres = two_squares(32, size, seed=1)

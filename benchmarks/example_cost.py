@@ -33,9 +33,9 @@ from salma.testing import random_batch, tiny_salma_config
 KINDS = [(1, 0), (1, 1), (1, 2), (1, 3), (3, 1), (3, 2), (3, 3)]  # (frames, objects)
 
 
-def ms_per_sample(model, config, *, frames: int, objects: int, batch_size: int, repeats: int) -> float:
+def ms_per_sample(model, config, *, tokenizer, frames: int, objects: int, batch_size: int, repeats: int) -> float:
     batch = random_batch(config, batch_size=batch_size, num_frames=frames, num_objects=objects, seed=1,
-                         tokenizer=model.tokenizer)
+                         tokenizer=tokenizer)
     times = []
     for _ in range(repeats + 2):  # the first two warm up
         start = time.perf_counter()
@@ -82,13 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(1)
     config = tiny_salma_config()
-    model = build_salma(config)
+    built = build_salma(config)
+    model = built.model
     model.train()
     model.set_schedule(500, 1000)  # past the warm-ups: every loss term at full weight
     rows, measured = [], []
     for frames, objects in KINDS:
-        ms = ms_per_sample(model, config, frames=frames, objects=objects, batch_size=args.batch_size,
-                           repeats=args.repeats)
+        ms = ms_per_sample(model, config, tokenizer=built.tokenizer, frames=frames, objects=objects,
+                           batch_size=args.batch_size, repeats=args.repeats)
         kind = "text" if objects == 0 else ("image" if frames == 1 else f"{frames}-frame video")
         print(f"{kind:>14} {objects} objects: {ms:6.1f} ms/sample", flush=True)
         sam_frames = frames if objects else 0

@@ -107,10 +107,9 @@ def measure(args, *, checkpointing: bool, flops: int | None) -> dict:
         if use_gpu:
             torch.cuda.set_device(0)
             torch.cuda.reset_peak_memory_stats()
-        engine, _, trainable, _ = build_engine(cfg, setup)
-        model_config = engine.module.config
-        batch = random_batch(model_config, batch_size=args.batch_size, num_frames=args.frames,
-                             num_objects=args.objects, tokenizer=engine.module.tokenizer)  # fmt: skip
+        engine, _, trainable, _, tokenizer = build_engine(cfg, setup)
+        batch = random_batch(cfg.model_config_resolved, batch_size=args.batch_size, num_frames=args.frames,
+                             num_objects=args.objects, tokenizer=tokenizer)  # fmt: skip
         batches = repeat(batch)
         if flops is None and not checkpointing:
             flops = step_flops(engine, batch, cfg, dtype)

@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
 
     config = resolve_model_config({"preset": "tiny", **json.loads(args.delta)})
-    model = build_salma(config)
-    tokenizer, geometry = model.tokenizer, ImageGeometry.from_config(config)
+    built = build_salma(config)
+    model, tokenizer, geometry = built.model, built.tokenizer, ImageGeometry.from_config(config)
     options = SamplingOptions(num_frames=1, max_objects=3)
     rng = random.Random(0)
     by_kind: dict[str, list[dict]] = {}

@@ -119,11 +119,11 @@ def record_mode(args) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     started = time.perf_counter()
-    model = build_salma(record_config(args.size))
-    predictor = SalmaPredictor(model, num_key_frames=args.key_frames, max_new_tokens=8)
+    built = build_salma(record_config(args.size))
+    predictor = SalmaPredictor(built, num_key_frames=args.key_frames, max_new_tokens=8)
     answer = referring_round("x", media="image", rng=None).answer + IM_END
-    forced = LogitsProcessorList([ForcedAnswer(model.tokenizer(answer, add_special_tokens=False).input_ids)])
-    inner = model.mllm.model
+    forced = LogitsProcessorList([ForcedAnswer(built.tokenizer(answer, add_special_tokens=False).input_ids)])
+    inner = built.model.mllm.model
     inner.generate = functools.partial(type(inner).generate, inner, logits_processor=forced)
     print(f"size {args.size}: model built in {time.perf_counter() - started:.0f} s; {args.threads} threads; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")

@@ -29,16 +29,16 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def one_image_batch(model, num_objects: int):
+def one_image_batch(built, num_objects: int):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, size=(448, 448, 3), dtype=np.uint8)
     masks = np.zeros((num_objects, 1, 448, 448), dtype=bool)
     masks[:, :, 100:300, 100:300] = True
     rounds = [referring_round("the red circle on the left", media="image", rng=None) for _ in range(num_objects)]
-    geometry = ImageGeometry.from_config(model.config)
+    geometry = ImageGeometry.from_config(built.config)
     example = encode_example(frames=[image], masks=masks, rounds=rounds, media="image",
-                             tokenizer=model.tokenizer, geometry=geometry)
-    return collate([example], pad_token_id=model.tokenizer.pad_token_id)
+                             tokenizer=built.tokenizer, geometry=geometry)
+    return collate([example], pad_token_id=built.tokenizer.pad_token_id)
 
 
 @torch.no_grad()
@@ -71,9 +71,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"building salma-1b with random weights (threads={args.threads}) ...", flush=True)
-    model = build_salma(salma_1b_config()).eval()
+    built = build_salma(salma_1b_config())
+    model = built.model.eval()
     mba = model.mba
-    batch = one_image_batch(model, num_objects=1)
+    batch = one_image_batch(built, num_objects=1)
     forward_components(model, batch, mba)  # warm-up
     forward_components(model, batch, None)
     runs = {"salma": [], "baseline": []}
@@ -94,7 +95,7 @@ def main(argv=None) -> None:
     print(f"\noverhead, end to end: SALMA/baseline - 1 = {overhead * 100:.2f}%")
     print(f"overhead, added components (pre-pass + MBA + decode difference) / baseline = "
           f"{added / med['baseline']['total'] * 100:.2f}% (target <= 1%, aim <= 0.5%)")
-    five = one_image_batch(model, num_objects=5)
+    five = one_image_batch(built, num_objects=5)
     before = model.sam.prepass_calls, model.sam.prepass_frames
     forward_components(model, five, mba)
     calls = model.sam.prepass_calls - before[0]

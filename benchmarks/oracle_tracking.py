@@ -40,7 +40,7 @@ def load_sam(spec: str):
     if spec == "random" or spec.endswith(".pt"):
         config = resolve_model_config({"preset": "tiny"})
         config.sam.checkpoint = None if spec == "random" else spec
-        return build_salma(config).sam
+        return build_salma(config).model.sam
     return SalmaPredictor.from_pretrained(spec).model.sam
 
 

@@ -114,8 +114,8 @@ def bare_worker(config_file: str, result_file: str, ray_address: str) -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", rank=rank, world_size=world)
     setup = resolve_distributed_setup(cfg.train, gpus_available=False)
-    engine, _, _, _ = build_engine(cfg, setup)
-    batches = worker_batches(cfg, rank=rank, world_size=world, start_step=0, tokenizer=engine.module.tokenizer)
+    engine, _, _, _, tokenizer = build_engine(cfg, setup)
+    batches = worker_batches(cfg, rank=rank, world_size=world, start_step=0, tokenizer=tokenizer)
     first_end = None
     steps = cfg.train.max_steps
     for step in range(steps):

@@ -19,12 +19,12 @@ from collections.abc import Sequence
 import torch
 
 from pipelines.config import SourceConfig
+from salma.builder import BuiltSalma
 from salma.data.errors import BadRecordError
 from salma.data.examples import ImageGeometry, collate
 from salma.data.sampling import SamplingOptions, sample_example
 from salma.data.sources import read_source
 from salma.drift_measures import aggregate, probe_batch
-from salma.model import SalmaModel
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +33,20 @@ PROBE_FILE = "drift_probe.json"
 
 
 def probe_sources(
-    model: SalmaModel,
+    built: BuiltSalma,
     sources: Sequence[SourceConfig],
     *,
     num_frames: int,
     batch_size: int = 8,
     max_records: int | None = None,
 ) -> tuple[dict[str, float], dict[str, list[dict[str, float]]]]:
-    """(metrics, rows per source) of the clutter-annotated ``sources``; see the module docstring."""
+    """(metrics, rows per source) of the clutter-annotated ``sources``; see the module docstring.
+    ``built`` (``build_salma``, ``load_exported``) gives the model and the tokenizer and config
+    that encode the probed examples."""
     if batch_size < 2:
         raise ValueError(f"batch_size={batch_size} must be >= 2: the language swap needs another sample")
-    geometry = ImageGeometry.from_config(model.config)
+    model, tokenizer = built.model, built.tokenizer
+    geometry = ImageGeometry.from_config(built.config)
     options = SamplingOptions(num_frames=num_frames, max_objects=1)
     metrics: dict[str, float] = {}
     rows_of: dict[str, list[dict[str, float]]] = {}
@@ -61,12 +64,12 @@ def probe_sources(
             for index, record in enumerate(records):
                 rng = random.Random(f"{_SEED}:{source.name}:{index}")
                 try:
-                    examples.append(sample_example(record, rng=rng, options=options, tokenizer=model.tokenizer, geometry=geometry))
+                    examples.append(sample_example(record, rng=rng, options=options, tokenizer=tokenizer, geometry=geometry))
                 except BadRecordError as err:
                     logger.warning("drift probe: skipped %s: %s", err.path, err.reason)
             rows: list[dict[str, float]] = []
             for chunk in _chunks(examples, batch_size):
-                batch = collate(chunk, pad_token_id=model.tokenizer.pad_token_id)
+                batch = collate(chunk, pad_token_id=tokenizer.pad_token_id)
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(_SEED)
                     rows.extend(probe_batch(model, batch))

@@ -577,19 +577,19 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Infer + evaluate a model on several sources; returns the flat metric dict that was logged.
 
-    model: an exported folder, a preset name, or an in-memory ``SalmaModel`` (predicted afresh
+    model: an exported folder, a preset name, or an in-memory ``BuiltSalma`` (predicted afresh
     every call; folders and presets resume). sources: ``SourceConfig``s or tuples
     ``(name, format, root, split[, options])``. Predictions go to ``out_dir/<name>/``, the combined
     tables to ``out_dir``. Logs to MLflow when ``run_id`` or ``tracking_uri`` is given (onto
     ``run_id``, or a new evaluation run; see ``TrackingTarget``). Uses the Ray cluster already
     initialised in this process (``num_actors=0``: no Ray at all).
     """
-    from salma.model import SalmaModel
+    from salma.builder import BuiltSalma
 
     settings = (settings or EvalConfig()).model_copy(update={"num_actors": num_actors})
     settings = EvalConfig.model_validate(settings.model_dump())
     out = Path(out_dir).expanduser().resolve()
-    in_memory = isinstance(model, SalmaModel)
+    in_memory = isinstance(model, BuiltSalma)
     shipped = model
     if in_memory and num_actors > 0:
         import ray

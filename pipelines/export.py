@@ -32,21 +32,22 @@ import torch
 from pipelines import console
 from pipelines.checkpoint import META_FILE, InvalidCheckpointError, find_latest_checkpoint, load_model_state, read_checkpoint
 from pipelines.config_errors import ConfigError
-from salma.builder import build_salma
+from salma.builder import BuiltSalma, build_salma
 from salma.config import SalmaConfig
 from salma.export import check_weights, export_model
-from salma.model import SalmaModel
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def load_checkpoint_model(path: str | Path) -> SalmaModel:
-    """Rebuild the model a checkpoint was trained as and load its trained weights strictly."""
+def load_checkpoint_model(path: str | Path) -> BuiltSalma:
+    """Rebuild the model a checkpoint was trained as (with its tokenizer and config) and load its
+    trained weights strictly."""
     info = read_checkpoint(path)
     config = SalmaConfig.model_validate(info.config["model"])
-    model = build_salma(config)
+    built = build_salma(config)
+    model = built.model
     state = load_model_state(path)
     own = model.state_dict()
     # Every trained parameter must be there; frozen ones may be present (they come from the
@@ -57,7 +58,7 @@ def load_checkpoint_model(path: str | Path) -> SalmaModel:
     except ValueError as err:
         raise InvalidCheckpointError(str(err)) from None
     model.load_state_dict(state, strict=False)
-    return model
+    return built
 
 
 def training_dtype(checkpoint: str | Path) -> torch.dtype:
@@ -103,10 +104,10 @@ def export_checkpoint(
         if latest is None:
             raise InvalidCheckpointError(f"{checkpoint} is neither a checkpoint nor a run folder with one")
         checkpoint = Path(latest.path)
-    model = load_checkpoint_model(checkpoint)
+    built = load_checkpoint_model(checkpoint)
     step = read_checkpoint(checkpoint).step
     out = export_model(
-        model, out_dir, dtype=training_dtype(checkpoint) if dtype == "auto" else DTYPES[dtype], scores=scores,
+        built, out_dir, dtype=training_dtype(checkpoint) if dtype == "auto" else DTYPES[dtype], scores=scores,
         source=f"Exported by `salma export` from the training checkpoint `{checkpoint.name}` (step {step}) of run "
         f"`{checkpoint.parent.name}`.",
     )  # fmt: skip

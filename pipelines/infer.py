@@ -199,32 +199,36 @@ class ShippedModel:
     state: dict[str, Any]
 
     @classmethod
-    def of(cls, model) -> "ShippedModel":
-        return cls(model.config.model_dump(mode="json"), {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    def of(cls, built) -> "ShippedModel":
+        """``built``: a ``salma.builder.BuiltSalma``, whose config rebuilds the architecture."""
+        state = {k: v.detach().cpu() for k, v in built.model.state_dict().items()}
+        return cls(built.config.model_dump(mode="json"), state)
 
     def build(self):
         from salma.builder import build_salma
         from salma.config import SalmaConfig
 
-        model = build_salma(SalmaConfig.model_validate(self.config))
-        model.load_state_dict(self.state, strict=True)
-        return model
+        built = build_salma(SalmaConfig.model_validate(self.config))
+        built.model.load_state_dict(self.state, strict=True)
+        return built
 
 
 def load_model(model: Any):
-    """A ``SalmaModel`` from: a model, a ``ShippedModel`` (or a Ray object reference to one), an
-    exported folder, or a preset name (``tiny``: random weights seeded by the preset's seed,
-    identical in every actor)."""
+    """A ``salma.builder.BuiltSalma`` (model, tokenizer, config) from: a built model, a
+    ``ShippedModel`` (or a Ray object reference to one), an exported folder, or a preset name
+    (``tiny``: random weights seeded by the preset's seed, identical in every actor)."""
+    from salma.builder import BuiltSalma
     from salma.config import preset_config
-    from salma.model import SalmaModel
 
-    if isinstance(model, SalmaModel):
+    if isinstance(model, BuiltSalma):
         return model
     if not isinstance(model, (str, os.PathLike, ShippedModel)):
         import ray
 
         if not isinstance(model, ray.ObjectRef):
-            raise TypeError(f"model must be a SalmaModel, a folder or a preset name, got {type(model).__name__}")
+            raise TypeError(
+                f"model must be a BuiltSalma (salma.build_salma), a folder or a preset name, got {type(model).__name__}"
+            )
         model = ray.get(model)
     if isinstance(model, ShippedModel):
         return model.build()
@@ -467,9 +471,9 @@ def predict_rows(
         return
     import ray
 
-    from salma.model import SalmaModel
+    from salma.builder import BuiltSalma
 
-    if isinstance(model, SalmaModel):
+    if isinstance(model, BuiltSalma):
         constructor["model"] = ray.put(ShippedModel.of(model))  # one copy in the object store
     console.quiet_ray_data()
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # one row per block: balanced actors
@@ -533,7 +537,7 @@ def infer(
 ) -> InferSummary:
     """Predict every sentence of ``source`` and write the output folder (module docstring).
 
-    model: an exported folder, a preset name, or an in-memory ``SalmaModel`` (shipped to the
+    model: an exported folder, a preset name, or an in-memory ``BuiltSalma`` (shipped to the
     actors as config + weights; with ``num_actors=0`` it is used as is, and switched to eval
     mode). ``resume=False`` discards earlier outputs in ``out_dir``. Uses the Ray cluster already
     initialised in this process, else ``ray.init(address)``. Raises ``InferenceError`` when more

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 import ray.train
@@ -301,6 +301,7 @@ class _Worker:
     scheduler: Any
     trainable: list[str]
     reshaped_scalars: list[str]
+    tokenizer: Any  # the model's, from build_salma: the data and the held-out batch encode with it
     tracker: tracking.Tracker
     staging_root: str
     local_run_dir: str | None
@@ -323,7 +324,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start_step, data_position = _restore(worker, loop_config)
         batches = worker_batches(
             cfg, rank=worker.rank, world_size=worker.world_size, start_step=start_step,
-            tokenizer=worker.engine.module.tokenizer, start_position=data_position,
+            tokenizer=worker.tokenizer, start_position=data_position,
         )
         try:
             _run_steps(worker, batches, start_step)
@@ -366,7 +367,7 @@ def _process_group(setup: DistributedSetup) -> Iterator[None]:
 def _setup_worker(
     cfg: ExperimentConfig, setup: DistributedSetup, loop_config: dict[str, Any], *, rank: int, world_size: int
 ) -> _Worker:
-    engine, scheduler, trainable, reshaped = build_engine(cfg, setup)
+    engine, scheduler, trainable, reshaped, tokenizer = build_engine(cfg, setup)
     local_run_dir = loop_config["local_run_dir"]
     if cfg.train.num_workers == 0:
         staging_root = os.path.join(local_run_dir, ".staging")
@@ -383,19 +384,27 @@ def _setup_worker(
     )
     return _Worker(
         cfg=cfg, setup=setup, rank=rank, world_size=world_size, engine=engine, scheduler=scheduler,
-        trainable=trainable, reshaped_scalars=reshaped, tracker=tracker, staging_root=staging_root,
-        local_run_dir=local_run_dir, fault=FaultInjection.from_env(),
-        held_out=HeldOutBatch.from_config(cfg, tokenizer=engine.module.tokenizer),
+        trainable=trainable, reshaped_scalars=reshaped, tokenizer=tokenizer, tracker=tracker,
+        staging_root=staging_root, local_run_dir=local_run_dir, fault=FaultInjection.from_env(),
+        held_out=HeldOutBatch.from_config(cfg, tokenizer=tokenizer),
         progress=loop_config.get("progress") if rank == 0 else None,
     )
 
 
-def build_engine(cfg: ExperimentConfig, setup: DistributedSetup) -> tuple[Any, Any, list[str], list[str]]:
-    """``build_salma`` → DeepSpeed engine with AdamW and the warm-up + cosine schedule.
+class TrainEngine(NamedTuple):
+    """What ``build_engine`` returns. The engine wraps the module only; the tokenizer
+    ``build_salma`` built it with stays here, with the worker (the resolved model config is
+    ``cfg.model_config_resolved``)."""
 
-    Returns the engine, the LR scheduler, the names of the trained parameters and the names of
-    0-dim parameters stored as 1-element vectors (see ``_vectorise_scalar_parameters``).
-    """
+    engine: Any
+    scheduler: Any
+    trainable: list[str]  # the names of the trained parameters
+    reshaped_scalars: list[str]  # 0-dim parameters stored as 1-element vectors (``_vectorise_scalar_parameters``)
+    tokenizer: Any
+
+
+def build_engine(cfg: ExperimentConfig, setup: DistributedSetup) -> TrainEngine:
+    """``build_salma`` → DeepSpeed engine with AdamW and the warm-up + cosine schedule."""
     use_environment_extensions()  # before DeepSpeed loads a compiled op: the install's build
     import deepspeed
 
@@ -403,7 +412,8 @@ def build_engine(cfg: ExperimentConfig, setup: DistributedSetup) -> tuple[Any, A
 
     if setup.use_gpu:
         torch.cuda.set_device(ray.train.torch.get_device())
-    model = build_salma(cfg.model_config_resolved)
+    built = build_salma(cfg.model_config_resolved)
+    model = built.model
     reshaped = _vectorise_scalar_parameters(model)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     engine, _, _, scheduler = deepspeed.initialize(
@@ -418,7 +428,7 @@ def build_engine(cfg: ExperimentConfig, setup: DistributedSetup) -> tuple[Any, A
         ),
     )
     engine.train()
-    return engine, scheduler, trainable, reshaped
+    return TrainEngine(engine, scheduler, trainable, reshaped, built.tokenizer)
 
 
 def _learning_rates(scheduler: Any) -> dict[str, float]:

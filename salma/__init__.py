@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "build_salma": "salma.builder",
+    "BuiltSalma": "salma.builder",
     "SalmaConfig": "salma.config",
     "resolve_model_config": "salma.config",
     "preset_config": "salma.config",
@@ -24,7 +25,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from salma.batch import SalmaBatch
-    from salma.builder import build_salma
+    from salma.builder import BuiltSalma, build_salma
     from salma.config import SalmaConfig, preset_config, resolve_model_config
     from salma.model import SalmaModel
     from salma.predictor import SalmaPredictor

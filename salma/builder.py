@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import InternVLForConditionalGeneration
+from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerBase
 
 from salma.checkpoint_layout import require_native_internvl
 from salma.config import SalmaConfig, SamConfig
@@ -19,6 +20,21 @@ from salma.sam_adapter import SamAdapter, build_sam2_model
 from salma.tokenizer import IMG_CONTEXT, SEG_TOKEN, load_tokenizer, tokenizer_name
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltSalma:
+    """A built model and what it was built from.
+
+    ``SalmaModel`` holds parameters and the forward only. The tokenizer (prompts in, answers out)
+    and the resolved config (image geometry, what an export records) belong to whoever builds
+    and runs the model: ``build_salma`` and ``load_exported`` return them together, and the
+    predictor, the export and the pipelines take them from here.
+    """
+
+    model: SalmaModel
+    tokenizer: PreTrainedTokenizerBase
+    config: SalmaConfig
 
 
 def build_internvl(
@@ -92,9 +108,9 @@ def build_sam(config: SamConfig, *, load_checkpoint: bool = True) -> SamAdapter:
     return SamAdapter(sam=sam_model)
 
 
-def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> SalmaModel:
-    """Build the model a config describes. ``device="meta"`` builds the architecture without
-    allocating weights (parameter counting at full size)."""
+def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> BuiltSalma:
+    """Build the model a config describes, with its tokenizer and that config. ``device="meta"``
+    builds the architecture without allocating weights (parameter counting at full size)."""
     torch.manual_seed(config.seed)
     init = None if config.init_from is None else init_from_folder(config.init_from)
     mllm_path = str(init / MLLM_DIR) if init is not None else config.mllm.path
@@ -129,15 +145,13 @@ def build_salma(config: SalmaConfig, *, device: str | torch.device = "cpu") -> S
         prior_source=config.mba.prior,
         loss=config.loss.model_copy(),
         freeze_sam_encoder=config.freeze.sam_encoder,
-        tokenizer=tokenizer,
-        config=config,
     )
     if init is not None and str(device) != "meta":
-        load_init_weights(model, init)
+        load_init_weights(model, init, sam=config.sam)
     if str(device) not in ("cpu", "meta"):
         model.to(device)
     apply_training_recipe(model, config)
-    return model
+    return BuiltSalma(model=model, tokenizer=tokenizer, config=config)
 
 
 def apply_training_recipe(model: SalmaModel, config: SalmaConfig) -> None:

@@ -24,14 +24,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from salma.config import SalmaConfig
+from salma.config import SalmaConfig, SamConfig
 from salma.hub import resolve_model_folder
 from salma.model import SalmaModel
+
+if TYPE_CHECKING:  # salma.builder imports this module
+    from salma.builder import BuiltSalma
 
 logger = logging.getLogger(__name__)
 
@@ -112,14 +115,16 @@ def write_export_config(out: Path, config: SalmaConfig, *, dtype: torch.dtype) -
 
 
 def export_model(
-    model: SalmaModel,
+    built: BuiltSalma,
     out_dir: str | Path,
     *,
     dtype: torch.dtype | None = None,
     scores: dict[str, float] | None = None,
     source: str | None = None,
 ) -> Path:
-    """Merge LoRA and write the self-contained folder described in the module docstring.
+    """Merge LoRA and write the self-contained folder described in the module docstring: the
+    model's weights, the tokenizer it was built with and its config (``export_config``), all
+    from ``built`` (``build_salma``, ``load_exported``).
 
     ``dtype``: the dtype of the written weights (the training dtype; default: the parameters'
     own). ``scores`` (e.g. ``{"eval/refcoco_val/ciou": 73.2}``) and ``source`` (what was
@@ -127,6 +132,7 @@ def export_model(
     """
     from salma.model_card import write_model_card
 
+    model = built.model
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merged = model.mllm.merge_lora() if model.mllm.has_lora else 0
@@ -134,9 +140,9 @@ def export_model(
     dtype = dtype or next(model.parameters()).dtype
     mllm_dir = out / MLLM_DIR
     _save_mllm(model, mllm_dir, dtype)
-    model.tokenizer.save_pretrained(mllm_dir)
+    built.tokenizer.save_pretrained(mllm_dir)
     save_file(_non_mllm_state(model, dtype), str(out / WEIGHTS_FILE))
-    config = export_config(model.config)
+    config = export_config(built.config)
     write_export_config(out, config, dtype=dtype)
     write_model_card(out / MODEL_CARD_FILE, config=config, dtype=dtype, scores=scores or {}, source=source)
     return out
@@ -205,18 +211,20 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not a readable JSON file ({err})") from None
 
 
-def load_exported(folder: str | Path, *, device: str = "cpu") -> SalmaModel:
-    """Rebuild the model from an exported folder and load every weight strictly."""
+def load_exported(folder: str | Path, *, device: str = "cpu") -> BuiltSalma:
+    """Rebuild the model from an exported folder and load every weight strictly; with the
+    folder's tokenizer and its config (whose ``mllm`` paths name the folder's own)."""
     from salma.builder import build_salma
 
     folder = Path(folder)
     config = read_export_config(folder)
     config.mllm.path = str(folder / MLLM_DIR)
     config.mllm.tokenizer = str(folder / MLLM_DIR)
-    model = build_salma(config)  # loads the MLLM strictly (see build_internvl)
-    expected = {k for k in model.state_dict() if not k.startswith("mllm.")}
-    load_weights(model, folder / WEIGHTS_FILE, expected=expected)
-    return model.to(device)
+    built = build_salma(config)  # loads the MLLM strictly (see build_internvl)
+    expected = {k for k in built.model.state_dict() if not k.startswith("mllm.")}
+    load_weights(built.model, folder / WEIGHTS_FILE, expected=expected)
+    built.model.to(device)
+    return built
 
 
 # ------------------------------------------------------------------------------------ init_from
@@ -227,14 +235,15 @@ def init_from_folder(name_or_path: str | Path) -> Path:
     return folder
 
 
-def load_init_weights(model: SalmaModel, folder: str | Path) -> list[str]:
+def load_init_weights(model: SalmaModel, folder: str | Path, *, sam: SamConfig) -> list[str]:
     """Load an export's non-MLLM weights (SAM-2, projectors, MBA) into ``model``, whose MLLM the
-    builder already loaded from the export's ``mllm`` folder. Strict, except that parameters in
-    ``INIT_FROM_MAY_START_FRESH`` the export lacks keep their initialisation; returns their
-    names (also logged)."""
+    builder already loaded from the export's ``mllm`` folder; ``sam`` is the SAM-2 config the
+    model was built with, which must be the export's architecture. Strict, except that
+    parameters in ``INIT_FROM_MAY_START_FRESH`` the export lacks keep their initialisation;
+    returns their names (also logged)."""
     folder = Path(folder)
     exported = read_export_config(folder)
-    ours = model.config.sam
+    ours = sam
     different = [
         f"sam.{name}: export {getattr(exported.sam, name)!r}, config {getattr(ours, name)!r}"
         for name in ("version", "hiera", "image_size", "overrides")

@@ -55,6 +55,11 @@ def shuffled_frames(frame_sample_index: torch.Tensor, num_frames: int) -> torch.
 
 
 class SalmaModel(nn.Module):
+    """Parameters and the forward only. What it needs of the tokenizer (the ``[SEG]`` id) and of
+    the config (the loss weights, the MBA language tokens) comes in as plain arguments; the
+    tokenizer and the resolved config themselves belong to whoever built the model
+    (``salma.builder.BuiltSalma``)."""
+
     def __init__(
         self,
         *,
@@ -67,8 +72,6 @@ class SalmaModel(nn.Module):
         prior_source: PriorSource = "learned",
         loss: LossConfig,
         freeze_sam_encoder: bool,
-        tokenizer=None,
-        config=None,
     ):
         super().__init__()
         self.mllm = mllm
@@ -91,10 +94,6 @@ class SalmaModel(nn.Module):
         self.loss = loss
         self.freeze_sam_encoder = freeze_sam_encoder
         self.aux_scale = 1.0
-        # Not modules: the tokenizer and the resolved config travel with the model for the
-        # predictor and for export.
-        self.tokenizer = tokenizer
-        self.config = config
 
     # ----------------------------------------------------------------- schedules
     def set_schedule(self, step: int, total_steps: int) -> dict[str, float]:

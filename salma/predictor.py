@@ -24,6 +24,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from salma.data.examples import ImageGeometry
 from salma.model import SalmaModel
 from salma.record_features import RecordFeatures
 from salma.tokenizer import IM_END, SEG_TOKEN
+
+if TYPE_CHECKING:
+    from salma.builder import BuiltSalma
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +93,13 @@ def key_frame_indices(num_frames: int, k: int, sampling: str = "uniform") -> lis
 
 
 class SalmaPredictor:
+    """Owns what inference needs besides the module: ``built`` (``build_salma``,
+    ``load_exported``) gives the model, the tokenizer that encodes prompts and decodes answers,
+    and the resolved config (image geometry, SAM-2 options)."""
+
     def __init__(
         self,
-        model: SalmaModel,
+        built: BuiltSalma,
         *,
         num_key_frames: int = 5,
         key_frame_sampling: str = "uniform",
@@ -104,20 +112,21 @@ class SalmaPredictor:
     ):
         if expression_batch_size < 1:
             raise ValueError(f"expression_batch_size={expression_batch_size} must be >= 1")
-        self.model = model.eval().to(device)
+        self.model = built.model.eval().to(device)
         self.device = torch.device(device)
         self.expression_batch_size = expression_batch_size
         self.batch_decoder = batch_decoder
         self.dtype = resolve_dtype(dtype, self.device)
         if compile_decoder:
             compile_decoder_and_mba(self.model)
-        self.tokenizer = model.tokenizer
-        self.geometry = ImageGeometry.from_config(model.config)
+        self.tokenizer = built.tokenizer
+        self.config = built.config
+        self.geometry = ImageGeometry.from_config(built.config)
         self.num_key_frames = num_key_frames
         self.key_frame_sampling = key_frame_sampling
         self.max_new_tokens = max_new_tokens
         self.seg_token_id = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
-        self.suppress_no_object = model.config.sam.suppress_no_object
+        self.suppress_no_object = built.config.sam.suppress_no_object
 
     # ------------------------------------------------------------------ construction
     @classmethod

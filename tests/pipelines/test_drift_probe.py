@@ -34,17 +34,17 @@ def sources(tmp_path_factory):
 
 
 def test_probe_measures_the_clutter_splits_the_same_way_every_time(sources):
-    model = build_salma(tiny_salma_config())
-    metrics, rows = probe_sources(model, sources, num_frames=2, batch_size=2)
+    built = build_salma(tiny_salma_config())
+    metrics, rows = probe_sources(built, sources, num_frames=2, batch_size=2)
     assert set(rows) == {"lure_img", "control_vid"}  # val has no clutter annotations
     assert len(rows["lure_img"]) == 3 and len(rows["control_vid"]) == 2
     assert metrics["eval/lure_img/probe/n"] == 3.0
     assert 0 <= metrics["eval/lure_img/probe/floor_ciou"] <= 100
     assert math.isfinite(metrics["eval/control_vid/probe/seg_attention_clutter"])
-    again, rows_again = probe_sources(model, sources, num_frames=2, batch_size=2)
-    assert rows_again == rows and model.training  # deterministic; the model's mode is restored
+    again, rows_again = probe_sources(built, sources, num_frames=2, batch_size=2)
+    assert rows_again == rows and built.model.training  # deterministic; the model's mode is restored
     with pytest.raises(ValueError, match="batch_size"):
-        probe_sources(model, sources, num_frames=2, batch_size=1)
+        probe_sources(built, sources, num_frames=2, batch_size=1)
 
 
 def test_synthetic_data_is_rewritten_when_the_clutter_sizes_change(tmp_path, monkeypatch):

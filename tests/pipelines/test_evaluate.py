@@ -200,10 +200,10 @@ def mba_model():
     from salma.builder import build_salma
     from salma.testing import tiny_salma_config
 
-    model = build_salma(tiny_salma_config())
+    built = build_salma(tiny_salma_config())
     with torch.no_grad():
-        model.mba.gamma.fill_(0.5)  # MBA acts, so the update-energy share has energy to measure
-    return model
+        built.model.mba.gamma.fill_(0.5)  # MBA acts, so the update-energy share has energy to measure
+    return built
 
 
 @pytest.mark.ray

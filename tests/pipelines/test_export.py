@@ -22,9 +22,9 @@ def trained(ray_cluster, tiny_experiment, tmp_path_factory):
 
 
 def test_checkpoint_weights_load_into_the_model(trained):
-    model = load_checkpoint_model(trained.checkpoint_path)
+    built = load_checkpoint_model(trained.checkpoint_path)
     state = load_model_state(trained.checkpoint_path)
-    own = model.state_dict()
+    own = built.model.state_dict()
     assert all(torch.equal(own[k], v.reshape(own[k].shape)) for k, v in state.items())
 
 

@@ -31,10 +31,10 @@ def exported_model(tmp_path_factory) -> Path:
     from salma.export import export_model
     from salma.testing import tiny_salma_config
 
-    model = build_salma(tiny_salma_config())
+    built = build_salma(tiny_salma_config())
     with torch.no_grad():
-        model.mba.gamma.fill_(0.5)
-    return export_model(model, tmp_path_factory.mktemp("model") / "tiny")
+        built.model.mba.gamma.fill_(0.5)
+    return export_model(built, tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")

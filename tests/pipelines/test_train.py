@@ -50,7 +50,7 @@ def test_tiny_run_writes_a_loadable_checkpoint_and_tracks_every_loss_term(refere
     assert info.reshaped_scalars == ["mba.gamma"]
     from salma.builder import build_salma
 
-    model = build_salma(cfg.model_config_resolved)
+    model = build_salma(cfg.model_config_resolved).model
     model.load_state_dict(load_model_state(result.checkpoint_path))  # strict: every key, every shape
 
     client = _mlflow(cfg)

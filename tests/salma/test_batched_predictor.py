@@ -31,13 +31,14 @@ SPLITS = [("refcoco", "refer/refcoco", "val"), ("mevis", "mevis", "valid_u")]
 @pytest.fixture(scope="module")
 def predictor():
     torch.manual_seed(0)
-    model = build_salma(tiny_salma_config())
+    built = build_salma(tiny_salma_config())
+    model = built.model
     with torch.no_grad():
         model.mba.gamma.fill_(0.5)  # MBA acts on the features
     # Random weights rarely choose [SEG]; a small bias (applied by generate in both paths) makes
     # the generated answers carry none, one or several.
     model.mllm.model.generation_config.sequence_bias = {(model.seg_token_id,): 0.1}
-    return SalmaPredictor(model, num_key_frames=3, max_new_tokens=12)
+    return SalmaPredictor(built, num_key_frames=3, max_new_tokens=12)
 
 
 def _records(root, fmt, folder, split):

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from salma.builder import build_salma
-from salma.config import tiny_config
 from salma.data.examples import ImageGeometry, collate
 from salma.data.refcoco import read_refcoco
 from salma.data.sampling import SamplingOptions, sample_example
@@ -52,8 +51,8 @@ def clutter_batch(tmp_path_factory):
     write_synthetic(out, seed=5, num_images=2, num_videos=2, clutter=ClutterCounts(
         train_images=0, eval_images=3, train_videos=0, eval_videos=0))
     records = read_refcoco(out / "refer" / "refcoco", "lure") + read_refcoco(out / "refer" / "refcoco", "control")
-    model = build_salma(tiny_salma_config())
-    tokenizer, geometry = model.tokenizer, ImageGeometry.from_config(tiny_config())
+    built = build_salma(tiny_salma_config())
+    model, tokenizer, geometry = built.model, built.tokenizer, ImageGeometry.from_config(built.config)
     options = SamplingOptions(num_frames=1, max_objects=1)
     examples = [sample_example(r, rng=random.Random(i), options=options, tokenizer=tokenizer, geometry=geometry)
                 for i, r in enumerate(records)]

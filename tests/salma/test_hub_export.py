@@ -25,11 +25,11 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     torch.manual_seed(0)
-    model = build_salma(tiny_salma_config())
-    out = export_model(model, tmp_path_factory.mktemp("hub") / "salma-tiny", dtype=torch.bfloat16,
+    built = build_salma(tiny_salma_config())
+    out = export_model(built, tmp_path_factory.mktemp("hub") / "salma-tiny", dtype=torch.bfloat16,
                        scores={"eval/refcoco_val/ciou": 61.25, "eval/mevis_valid_u/jf": 40.5},
                        source="A test export.")  # fmt: skip
-    return model, out
+    return built.model, out
 
 
 def _hub_cache(cache, repo_id: str, folder) -> None:
@@ -53,7 +53,7 @@ def test_the_export_is_a_hub_folder_in_the_training_dtype(exported):
     assert "| refcoco_val | ciou | 61.25 |" in card and "| mevis_valid_u | jf | 40.50 |" in card
     assert '"mba": {' in card and "A test export." in card
     reloaded = load_exported(out)
-    own = reloaded.state_dict()
+    own = reloaded.model.state_dict()
     for key, value in model.state_dict().items():  # the in-memory model is untouched by the export
         assert torch.equal(own[key], value.to(torch.bfloat16).to(value.dtype)), key
     assert next(model.parameters()).dtype == torch.float32

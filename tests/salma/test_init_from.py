@@ -30,17 +30,17 @@ def test_the_fresh_list_is_mba_and_the_expression_projector():
 
 
 def test_salma_starts_from_the_sa2va_baseline_with_mba_fresh_and_logged(sa2va_export, caplog):
-    baseline = load_exported(sa2va_export)
+    baseline = load_exported(sa2va_export).model
     with caplog.at_level(logging.INFO, logger="salma.export"):
-        model = build_salma(_config(sa2va_export))
-    own = model.state_dict()
+        built = build_salma(_config(sa2va_export))
+    own = built.model.state_dict()
     fresh = sorted(k for k in own if k.startswith(INIT_FROM_MAY_START_FRESH))
     assert fresh and any(k.startswith("mba.") for k in fresh) and any(k.startswith("expression_projector.") for k in fresh)
     message = next(r.getMessage() for r in caplog.records if "init_from" in r.getMessage())
     assert f"{len(fresh)} start fresh" in message and all(k in message for k in fresh)
     for key, value in baseline.state_dict().items():  # everything the baseline has, loaded
         assert torch.equal(own[key], value), key
-    assert model.tokenizer.convert_tokens_to_ids("[SEG]") == 151674
+    assert built.tokenizer.convert_tokens_to_ids("[SEG]") == 151674 == built.model.seg_token_id
 
 
 def test_an_export_with_mba_does_not_load_into_a_model_without_it(sa2va_export, tmp_path):
@@ -50,7 +50,7 @@ def test_an_export_with_mba_does_not_load_into_a_model_without_it(sa2va_export, 
     with pytest.raises(ValueError, match=r"do not match the model: 0 missing .* unexpected"):
         build_salma(_config(tmp_path / "salma", mba={"enabled": False}))
     again = build_salma(_config(tmp_path / "salma"))  # the same configuration: nothing starts fresh
-    assert all(torch.equal(again.state_dict()[k], v) for k, v in salma.state_dict().items())
+    assert all(torch.equal(again.model.state_dict()[k], v) for k, v in salma.model.state_dict().items())
 
 
 def test_the_sam2_architecture_must_be_the_exports(sa2va_export):

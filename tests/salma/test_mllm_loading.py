@@ -97,9 +97,9 @@ def test_a_separate_head_stays_separate_through_build_lora_merge_and_export(tmp_
     InternVL2.5-1B's trained head (and the export then carried no head at all)."""
     stored = _native_folder(tmp_path / "mllm", tie_flag=True)
     head, embed = stored["lm_head.weight"], stored["model.language_model.embed_tokens.weight"]
-    model = build_salma(_salma_config(tmp_path / "mllm", lora={"enabled": True, "r": 4, "alpha": 8}))
-    internvl = model.mllm.model
-    assert len(model.tokenizer) == 151674 + 5  # the SALMA tokens made the resize happen
+    built = build_salma(_salma_config(tmp_path / "mllm", lora={"enabled": True, "r": 4, "alpha": 8}))
+    internvl = built.model.mllm.model
+    assert len(built.tokenizer) == 151674 + 5  # the SALMA tokens made the resize happen
     new_head = internvl.get_output_embeddings().weight
     assert new_head.data_ptr() != internvl.get_input_embeddings().weight.data_ptr()
     assert torch.equal(new_head[:151674], head)
@@ -110,9 +110,9 @@ def test_a_separate_head_stays_separate_through_build_lora_merge_and_export(tmp_
         reference = torch.nn.functional.linear(internvl(input_ids=ids, output_hidden_states=True).hidden_states[-1][0], head)
     assert torch.allclose(logits, reference, atol=1e-5)
 
-    out = export_model(model, tmp_path / "export")  # merges LoRA
+    out = export_model(built, tmp_path / "export")  # merges LoRA
     assert "language_model.lm_head.weight" in stored_tensors(out / "mllm")
-    reloaded = load_exported(out).mllm.model
+    reloaded = load_exported(out).model.mllm.model
     assert torch.equal(reloaded.get_output_embeddings().weight, new_head)
     assert reloaded.get_output_embeddings().weight.data_ptr() != reloaded.get_input_embeddings().weight.data_ptr()
 

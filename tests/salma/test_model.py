@@ -12,8 +12,18 @@ from salma.testing import random_batch, tiny_salma_config
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
+def tiny_built():
     return build_salma(tiny_salma_config())
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_built):
+    return tiny_built.model
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tiny_built):
+    return tiny_built.config
 
 
 def test_import_salma_keeps_platform_packages_out():
@@ -26,8 +36,8 @@ def test_import_salma_keeps_platform_packages_out():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_forward_returns_every_term_and_all_parameters_get_gradients(tiny_model):
-    batch = random_batch(tiny_model.config, batch_size=2, num_frames=2)
+def test_forward_returns_every_term_and_all_parameters_get_gradients(tiny_model, tiny_cfg):
+    batch = random_batch(tiny_cfg, batch_size=2, num_frames=2)
     tiny_model.zero_grad()
     tiny_model.set_schedule(5, 10)
     out = tiny_model(batch)
@@ -43,29 +53,29 @@ def _memory_grads(model) -> float:
     return sum(float(p.grad.abs().sum()) for p in memory if p.grad is not None)
 
 
-def test_track_term_trains_sam2s_memory_path_on_video_objects_only(tiny_model):
+def test_track_term_trains_sam2s_memory_path_on_video_objects_only(tiny_model, tiny_cfg):
     assert tiny_model.loss.track_weight == 1.0  # on in the tiny preset
-    video = random_batch(tiny_model.config, batch_size=2, num_frames=3)
+    video = random_batch(tiny_cfg, batch_size=2, num_frames=3)
     tiny_model.zero_grad()
     out = tiny_model(video)
     assert out["track"] > 0
     out["track"].backward()
     assert _memory_grads(tiny_model) > 0
-    image = random_batch(tiny_model.config, batch_size=2, num_frames=1)
+    image = random_batch(tiny_cfg, batch_size=2, num_frames=1)
     assert tiny_model(image)["track"].item() == 0.0
 
 
 def test_without_the_track_term_the_memory_path_gets_no_gradient():
     config = resolve_model_config({"preset": "tiny", "loss": {"track_weight": 0.0}})
-    model = build_salma(config)
+    model = build_salma(config).model
     out = model(random_batch(config, batch_size=2, num_frames=3))
     assert out["track"].item() == 0.0
     out["total"].backward()
     assert _memory_grads(model) == 0.0
 
 
-def test_text_only_batch_still_gives_every_parameter_a_gradient(tiny_model):
-    batch = random_batch(tiny_model.config, batch_size=2, num_frames=1, num_objects=0)
+def test_text_only_batch_still_gives_every_parameter_a_gradient(tiny_model, tiny_cfg):
+    batch = random_batch(tiny_cfg, batch_size=2, num_frames=1, num_objects=0)
     assert batch.num_objects == 0
     tiny_model.zero_grad()
     out = tiny_model(batch)
@@ -75,8 +85,8 @@ def test_text_only_batch_still_gives_every_parameter_a_gradient(tiny_model):
     assert missing == []
 
 
-def test_prepass_runs_once_per_frame_whatever_the_number_of_objects(tiny_model):
-    batch = random_batch(tiny_model.config, batch_size=1, num_frames=1, num_objects=5)
+def test_prepass_runs_once_per_frame_whatever_the_number_of_objects(tiny_model, tiny_cfg):
+    batch = random_batch(tiny_cfg, batch_size=1, num_frames=1, num_objects=5)
     assert batch.num_objects == 5 and batch.pair_object_index.numel() == 5
     calls, frames = tiny_model.sam.prepass_calls, tiny_model.sam.prepass_frames
     with torch.no_grad():
@@ -87,7 +97,7 @@ def test_prepass_runs_once_per_frame_whatever_the_number_of_objects(tiny_model):
 
 def test_baseline_is_the_same_class_with_mba_off():
     config = resolve_model_config({"preset": "tiny", "mba": {"enabled": False}})
-    model = build_salma(config)
+    model = build_salma(config).model
     assert model.mba is None and model.expression_projector is None
     out = model(random_batch(config))
     out["total"].backward()
@@ -103,7 +113,7 @@ def test_gamma_and_aux_schedules_follow_the_global_step(tiny_model):
 
 def test_seg_only_language_uses_a_single_token():
     config = resolve_model_config({"preset": "tiny", "mba": {"language_tokens": "seg_only"}})
-    model = build_salma(config)
+    model = build_salma(config).model
     assert model.expression_projector is None
     batch = random_batch(config)
     language, mask = model.language_tokens(
@@ -113,9 +123,9 @@ def test_seg_only_language_uses_a_single_token():
     assert language.shape[1] == 1 and mask.all()
 
 
-def test_expression_tokens_are_gathered_at_the_expression_positions(tiny_model):
-    batch = random_batch(tiny_model.config, batch_size=2, num_frames=1)
-    tok = tiny_model.tokenizer
+def test_expression_tokens_are_gathered_at_the_expression_positions(tiny_built):
+    batch = random_batch(tiny_built.config, batch_size=2, num_frames=1, tokenizer=tiny_built.tokenizer)
+    tok = tiny_built.tokenizer
     for o in range(batch.num_objects):
         b = int(batch.seg_sample_index[o])
         pos = batch.expr_positions[o][batch.expr_positions[o] >= 0]
@@ -149,8 +159,8 @@ def test_salma_1b_architecture_matches_published_sizes():
 def test_min_loss_selection_trains_the_iou_head_and_reaches_every_parameter():
     config = tiny_salma_config()
     config.loss.mask_selection = "min_loss"
-    model = build_salma(config)
-    batch = random_batch(model.config, batch_size=2, num_frames=2)
+    model = build_salma(config).model
+    batch = random_batch(config, batch_size=2, num_frames=2)
     model.set_schedule(5, 10)
     out = model(batch)
     assert out["iou"].item() > 0
@@ -161,9 +171,9 @@ def test_min_loss_selection_trains_the_iou_head_and_reaches_every_parameter():
     assert any(p.grad.abs().sum() > 0 for p in iou_head.parameters())
 
 
-def test_predicted_iou_selection_leaves_the_iou_term_at_zero(tiny_model):
+def test_predicted_iou_selection_leaves_the_iou_term_at_zero(tiny_model, tiny_cfg):
     assert tiny_model.loss.mask_selection == "predicted_iou"
-    out = tiny_model(random_batch(tiny_model.config, batch_size=1, num_frames=1))
+    out = tiny_model(random_batch(tiny_cfg, batch_size=1, num_frames=1))
     assert out["iou"].item() == 0.0
 
 
@@ -172,9 +182,11 @@ def test_the_object_presence_loss_trains_the_presence_head_when_weighted():
     assert config.loss.object_weight == 1.0  # the tiny preset turns it on (its SAM-2 is from scratch)
     head_grads = {}
     for weight in (0.0, 1.0):
-        model = build_salma(config.model_copy(update={"loss": config.loss.model_copy(update={"object_weight": weight, "track_weight": 0.0})}))
+        loss = config.loss.model_copy(update={"object_weight": weight, "track_weight": 0.0})
+        weighted = config.model_copy(update={"loss": loss})
+        model = build_salma(weighted).model
         torch.manual_seed(0)
-        batch = random_batch(model.config, batch_size=2, num_frames=2)
+        batch = random_batch(weighted, batch_size=2, num_frames=2)
         out = model(batch)
         assert (out["object"].item() > 0) == (weight > 0)
         out["total"].backward()

@@ -8,8 +8,9 @@ from salma.testing import random_batch, tiny_salma_config
 
 
 def test_mllm_wrapper_logits_equal_the_raw_transformers_model():
-    model = build_salma(tiny_salma_config()).eval()
-    batch = random_batch(model.config, batch_size=2, num_frames=2)
+    built = build_salma(tiny_salma_config())
+    model = built.model.eval()
+    batch = random_batch(built.config, batch_size=2, num_frames=2, tokenizer=built.tokenizer)
     with torch.no_grad():
         ours = model.mllm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values)
         raw = model.mllm.model(
@@ -20,7 +21,7 @@ def test_mllm_wrapper_logits_equal_the_raw_transformers_model():
 
 def test_sam_adapter_without_language_matches_the_sam2_package():
     """No language, MBA off: our decode equals SAM2Base._forward_sam_heads on the same weights."""
-    model = build_salma(resolve_model_config({"preset": "tiny", "mba": {"enabled": False}})).eval()
+    model = build_salma(resolve_model_config({"preset": "tiny", "mba": {"enabled": False}})).model.eval()
     sam = model.sam.sam
     images = torch.randn(3, 3, sam.image_size, sam.image_size)
     with torch.no_grad():
@@ -40,7 +41,7 @@ def test_sam_adapter_without_language_matches_the_sam2_package():
 
 
 def test_prior_is_the_best_mask_resized_to_the_feature_map_and_detached():
-    model = build_salma(tiny_salma_config())
+    model = build_salma(tiny_salma_config()).model
     images = torch.randn(2, 3, model.sam.image_size, model.sam.image_size)
     features = model.sam.encode(images)
     prior = model.sam.prior(features)
@@ -54,7 +55,7 @@ def test_sam_adapter_track_matches_the_packages_video_predictor():
     from salma.predictor import init_tracking_state
 
     torch.manual_seed(0)
-    model = build_salma(tiny_salma_config())
+    model = build_salma(tiny_salma_config()).model
     adapter = model.sam.eval()
     size = adapter.image_size
     frames = torch.randn(3, 3, size, size)

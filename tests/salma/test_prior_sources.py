@@ -13,12 +13,12 @@ from salma.testing import random_batch, tiny_salma_config
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_salma(tiny_salma_config()).eval()
+    return build_salma(tiny_salma_config()).model.eval()
 
 
 @pytest.fixture(scope="module")
 def features(model):
-    batch = random_batch(model.config, batch_size=3, num_frames=2)
+    batch = random_batch(tiny_salma_config(), batch_size=3, num_frames=2)
     with torch.no_grad():
         return batch, model.encode_frames(batch.sam_pixel_values)
 
@@ -79,7 +79,7 @@ def test_shuffled_takes_another_samples_prior(model, features):
 
 def test_oracle_trains_through_the_forward(model):
     model.prior_source = "oracle"
-    batch = random_batch(model.config, batch_size=2, num_frames=1)
+    batch = random_batch(tiny_salma_config(), batch_size=2, num_frames=1)
     f, s = batch.sam_pixel_values.shape[0], batch.sam_pixel_values.shape[-1]
     batch.frame_object_masks = torch.zeros(f, s, s, dtype=torch.bool)
     batch.frame_object_masks[:, 16:80, 16:80] = True
@@ -90,9 +90,10 @@ def test_oracle_trains_through_the_forward(model):
 
 def test_arms_share_their_initialisation():
     """Sweep arms are paired: with the same seed, MBA on or off leaves every shared weight equal."""
-    with_mba = build_salma(tiny_salma_config()).state_dict()
+    with_mba = build_salma(tiny_salma_config()).model.state_dict()
     config = tiny_salma_config()
-    baseline = build_salma(config.model_copy(update={"mba": config.mba.model_copy(update={"enabled": False})})).state_dict()
+    baseline_config = config.model_copy(update={"mba": config.mba.model_copy(update={"enabled": False})})
+    baseline = build_salma(baseline_config).model.state_dict()
     shared = set(with_mba) & set(baseline)
     assert len(shared) == len(baseline) and any(k.startswith("mba.") for k in with_mba)
     assert all(torch.equal(with_mba[k], baseline[k]) for k in shared)

@@ -101,7 +101,7 @@ def test_no_masks_at_all_is_a_clear_error():
 
 def test_a_few_steps_train_the_decoder_and_the_checkpoint_loads_strictly(synthetic_data, tmp_path):
     config = resolve_model_config({"preset": "tiny"})
-    sam = build_salma(config).sam
+    sam = build_salma(config).model.sam
     records = read_source("refcoco", synthetic_data / "refer" / "refcoco", "train")
     data = instance_set(records, image_size=sam.image_size)
     before = {k: v.clone() for k, v in sam.sam.sam_mask_decoder.state_dict().items()}
@@ -115,13 +115,14 @@ def test_a_few_steps_train_the_decoder_and_the_checkpoint_loads_strictly(synthet
 
     path = save_sam2_checkpoint(sam, tmp_path / "sam2.pt")
     assert not (tmp_path / "sam2.pt.partial").exists()
-    loaded = build_salma(config.model_copy(update={"sam": config.sam.model_copy(update={"checkpoint": str(path)})})).sam
+    with_checkpoint = config.model_copy(update={"sam": config.sam.model_copy(update={"checkpoint": str(path)})})
+    loaded = build_salma(with_checkpoint).model.sam
     for key, value in sam.sam.state_dict().items():
         assert torch.equal(loaded.sam.state_dict()[key], value), key
 
 
 def test_the_best_candidate_rule_also_runs(synthetic_data):
-    sam = build_salma(resolve_model_config({"preset": "tiny"})).sam
+    sam = build_salma(resolve_model_config({"preset": "tiny"})).model.sam
     records = read_source("refcoco", synthetic_data / "refer" / "refcoco", "train")
     data = instance_set(records, image_size=sam.image_size)
     rows = pretrain_sam(
@@ -162,7 +163,7 @@ def test_track_set_skips_an_undecodable_video_through_on_bad(synthetic_data, tmp
 
 
 def test_video_steps_train_the_memory_modules_and_the_presence_head(synthetic_data):
-    sam = build_salma(resolve_model_config({"preset": "tiny"})).sam
+    sam = build_salma(resolve_model_config({"preset": "tiny"})).model.sam
     records = _video_records(synthetic_data)
     data = instance_set(records, image_size=sam.image_size)
     tracks = track_set(records, image_size=sam.image_size)
@@ -184,7 +185,7 @@ def test_video_steps_train_the_memory_modules_and_the_presence_head(synthetic_da
 
 
 def test_video_steps_without_clips_is_an_error(synthetic_data):
-    sam = build_salma(resolve_model_config({"preset": "tiny"})).sam
+    sam = build_salma(resolve_model_config({"preset": "tiny"})).model.sam
     data = instance_set(_video_records(synthetic_data), image_size=sam.image_size)
     with pytest.raises(ValueError, match="needs a TrackSet"):
         pretrain_sam(sam, data, PretrainOptions(steps=1, video_steps=2), normalize=to_normalized_tensor)

@@ -65,8 +65,9 @@ def test_reading_training_examples_and_a_training_forward(toy_root):
         "model": {"preset": "tiny"},
         "data": {"eval_sources": [{"name": "toy", "format": "toy_boxes", "root": str(toy_root), "split": "val"}]},
     })
-    model = build_salma(cfg.model_config_resolved)
-    held_out = HeldOutBatch.from_config(cfg, tokenizer=model.tokenizer)
+    built = build_salma(cfg.model_config_resolved)
+    model = built.model
+    held_out = HeldOutBatch.from_config(cfg, tokenizer=built.tokenizer)
     assert held_out is not None and held_out.batch.gt_masks.shape[0] >= 3  # one referent or more per image
     terms = model(held_out.batch)
     assert torch.isfinite(terms["total"]) and terms["total"] > 0
