@@ -24,7 +24,6 @@ lines naming the file or key and how to fix it, and ``salma`` exits with status 
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from collections.abc import Iterator
 

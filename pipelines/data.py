@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.config import DataConfig, ExperimentConfig, SourceConfig
+from pipelines.config import ExperimentConfig, SourceConfig
 from salma.batch import SalmaBatch
 from salma.data.errors import BadRecordError, DatasetFormatError
 from salma.data.examples import ImageGeometry, collate, example_from_bytes, example_to_bytes

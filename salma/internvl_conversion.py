@@ -395,7 +395,7 @@ class ConversionSummary:
             f"  wrote   {self.written_tensors} tensors, {self.written_parameters:,} parameters ({dtypes}), "
             f"{len(self.outputs)} files, {sum(self.outputs.values()) / 2**20:.1f} MiB",
             f"  split   {splits}",
-            f"  checked every source tensor mapped, every target written once, shapes and dtypes kept",
+            "  checked every source tensor mapped, every target written once, shapes and dtypes kept",
             f"  output head: {self.output_head}",
             *[f"  {note}" for note in self.notes],
         ]

@@ -98,7 +98,7 @@ def test_the_crd_check_finds_a_misspelt_field_a_bad_type_and_a_bad_enum(crd_sche
     obj["spec"]["authOptions"]["mode"] = "password"
     errors, _ = _check_ray_object(obj, crd_schemas)
     assert errors == [
-        f"RayCluster.spec.authOptions.mode: 'password' is not one of ['disabled', 'token']",
+        "RayCluster.spec.authOptions.mode: 'password' is not one of ['disabled', 'token']",
         f"RayCluster.spec.headGroupSpec.rayStartParam: not a field of KubeRay {KUBERAY_VERSION}",
         "RayCluster.spec.workerGroupSpecs[0].replicas: str where the schema wants integer",
     ]
