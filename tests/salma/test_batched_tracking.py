@@ -20,7 +20,7 @@ import torch
 from salma.batched_tracking import propagate_batched, propagate_key_masks_batched, unbatchable_settings
 from salma.builder import build_salma
 from salma.image_transforms import resize_square, to_normalized_tensor
-from salma.predictor import init_tracking_state, propagate_key_masks
+from salma.predictor import SalmaPredictor, init_tracking_state, propagate_key_masks
 from salma.testing import random_sample, tiny_salma_config
 
 LOGIT_TOLERANCE = 1e-6  # observed: at most ~1e-7 (float32 rounding of batched products)
@@ -28,8 +28,13 @@ NUM_FRAMES, HEIGHT, WIDTH = 7, 72, 100
 
 
 @pytest.fixture(scope="module")
-def sam():
-    return build_salma(tiny_salma_config()).sam.sam.eval()
+def model():
+    return build_salma(tiny_salma_config())
+
+
+@pytest.fixture(scope="module")
+def sam(model):
+    return model.sam.sam.eval()
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +161,19 @@ def test_key_masks_must_match_the_key_frames(sam, images):
     with pytest.raises(ValueError, match="ascending"):
         propagate_key_masks_batched(sam, init_tracking_state(sam, images, HEIGHT, WIDTH), [3, 0],
                                     _seeds(sam, 2, [3, 0]))
+
+
+def test_predictor_tracks_all_objects_in_one_batch_and_falls_back_where_the_batch_would_differ(model, monkeypatch):
+    frames, _, expressions = random_sample(np.random.default_rng(1), num_frames=5, num_objects=2,
+                                           height=HEIGHT, width=WIDTH)
+    predictor = SalmaPredictor(model, num_key_frames=2)
+    modules = {"memory_attention": model.sam.sam.memory_attention}
+    with _counting(modules) as batched:
+        together = predictor.segment_expressions(np.stack(frames), expressions, generate=False)
+    assert batched["memory_attention"] == [2] * 3  # frames 1-3 tracked, both objects at once
+    monkeypatch.setattr(model.sam.sam, "non_overlap_masks_for_mem_enc", True)
+    with _counting(modules) as per_object:
+        apart = predictor.segment_expressions(np.stack(frames), expressions, generate=False)
+    assert per_object["memory_attention"] == [1] * 6
+    for a, b in zip(together, apart):
+        assert len(a.masks) == len(b.masks) == 1 and np.array_equal(a.masks[0], b.masks[0])
