@@ -15,7 +15,7 @@ package's ``_get_image_feature``), in the order ``add_new_mask`` then ``propagat
 them.
 
 Objects never interact in the package's per-object tracking, so the batch changes nothing but
-float rounding of batched kernels; ``unbatchable_settings`` names the SAM-2 settings under which
+float rounding of batched kernels (about 1e-7 on the logits in float32 on CPU); ``unbatchable_settings`` names the SAM-2 settings under which
 that no longer holds (memory-encoder non-overlap couples the objects of a batch), and the
 predictor falls back to the per-object path there.
 """
@@ -29,13 +29,14 @@ import torch.nn.functional as F
 
 def unbatchable_settings(sam) -> list[str]:
     """The settings of the SAM-2 video predictor ``sam`` under which tracking the objects as one
-    batch would not give the per-object result (empty: batched tracking is exact)."""
+    batch would not give the per-object result (empty: the batch gives it up to float rounding)."""
     reasons = []
     if getattr(sam, "non_overlap_masks_for_mem_enc", False):
         # _encode_new_memory applies non-overlap across the batch dimension: with a batch of one
         # object per call (the package's tracker) it is a no-op, with S objects it is not.
         reasons.append("non_overlap_masks_for_mem_enc=True")
     if getattr(sam, "clear_non_cond_mem_around_input", False):
+        # The package clears memories around each input frame object by object; not mirrored here.
         reasons.append("clear_non_cond_mem_around_input=True")
     return reasons
 
