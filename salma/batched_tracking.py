@@ -15,9 +15,10 @@ package's ``_get_image_feature``), in the order ``add_new_mask`` then ``propagat
 them.
 
 Objects never interact in the package's per-object tracking, so the batch changes nothing but
-float rounding of batched kernels (about 1e-7 on the logits in float32 on CPU); ``unbatchable_settings`` names the SAM-2 settings under which
-that no longer holds (memory-encoder non-overlap couples the objects of a batch), and the
-predictor falls back to the per-object path there.
+float rounding of batched kernels (about 1e-7 on the logits in float32 on CPU);
+``unbatchable_settings`` names the SAM-2 settings under which that no longer holds
+(memory-encoder non-overlap couples the objects of a batch), and the predictor falls back to the
+per-object path there.
 """
 
 from __future__ import annotations
