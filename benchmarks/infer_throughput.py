@@ -6,15 +6,21 @@ InternVL2.5-1B + SAM-2.1 Hiera-L at 1024 px; ``mid``: the same widths with a qua
 InternVL layers, at most 6 tiles, and SAM-2.1 Hiera-T at 512 px; ``small``: 2 InternVL layers
 each and at most 2 tiles, else as ``mid``: for machines where the larger sizes take too long) and, in one run, predicts an image record with ``--sentences`` sentences and a video
 record of ``--frames`` frames with ``--expressions`` expressions, first the per-expression way
-(``salma.per_expression_predictor``), then with ``SalmaPredictor.segment_expressions``. It
-prints sentences/s and frames/s (a frame of one expression, as below) of both and their ratio.
+(``salma.per_expression_predictor``, whose video tracker is the ``sam2`` package's per-object
+``propagate_in_video``), then with ``SalmaPredictor.segment_expressions`` (all objects of the
+record tracked as one batch per frame, ``salma.batched_tracking``). It prints sentences/s and
+frames/s (a frame of one expression, as below) of both and their ratio, the seconds each path
+spent in SAM-2's tracker, and how many mask pixels differ between the paths (float rounding of
+batched kernels can flip a pixel whose logit is within ~1e-7 of 0). ``--records video`` runs the
+video record alone.
 Answers are generated, with a logits processor that forces the answer a trained model gives
 ("It is [SEG]."): random weights would otherwise never emit ``[SEG]``, and the generation steps
 and the mask branch run exactly as they would. ``--old-expressions N`` runs the per-expression
 path on only the first N expressions of the video (its cost per expression does not depend on
-the others) and reports its rate over those.
+the others) and reports its rate over those; the speed-up is the ratio of the two rates, so the
+per-expression figure for all expressions is extrapolated from those N.
 
-    .venv/bin/python benchmarks/infer_throughput.py --mode record --size mid [--threads 2]
+    .venv/bin/python benchmarks/infer_throughput.py --mode record --size mid [--threads 2] [--records video]
 
 ``--mode actors``: batch-inference throughput on the synthetic MeViS video set, 1 vs 2 CPU
 actors, in one run.
@@ -110,6 +116,8 @@ def record_mode(args) -> None:
     import torch
     from transformers import LogitsProcessorList
 
+    import salma.per_expression_predictor as per_expression_predictor
+    import salma.predictor as predictor_module
     from salma.builder import build_salma
     from salma.conversation import referring_round
     from salma.per_expression_predictor import segment_per_expression
@@ -134,30 +142,59 @@ def record_mode(args) -> None:
              "first", "last", "big", "thin"]
     sentences = [f"the {words[i % len(words)]} object next to the {words[(i + 5) % len(words)]} one"
                  for i in range(max(args.sentences, args.expressions))]
-    rows = []
-    for name, media, asked, old_count in [
+    tracking = {"old": 0.0, "new": 0.0}  # seconds in SAM-2's tracker, per path
+    _time_calls(per_expression_predictor, "propagate_key_masks", tracking, "old")
+    _time_calls(predictor_module, "propagate_key_masks_batched", tracking, "new")
+    records = [
         ("image", image, sentences[: args.sentences], args.sentences),
         ("video", video, sentences[: args.expressions], args.old_expressions or args.expressions),
-    ]:
+    ]
+    rows = []
+    for name, media, asked, old_count in [r for r in records if r[0] in args.records]:
         frames = 1 if media.ndim == 3 else len(media)
+        tracking.update(old=0.0, new=0.0)
         t0 = time.perf_counter()
         old = [segment_per_expression(predictor, media, e) for e in asked[:old_count]]
         old_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         new = predictor.segment_expressions(media, asked)
         new_s = time.perf_counter() - t0
-        same = all(np.array_equal(a, b) for p, q in zip(new, old) for a, b in zip(p.masks, q.masks))
+        pairs = [(a, b) for p, q in zip(new, old) for a, b in zip(p.masks, q.masks)]
+        differ = sum(int((a != b).sum()) for a, b in pairs)
+        pixels = sum(a.size for a, _ in pairs)
         masks = sum(len(p.masks) for p in new)
-        rows.append((name, frames, len(asked), old_count, old_s, new_s, same, masks))
-        print(f"{name}: old {old_s:.1f} s for {old_count}, new {new_s:.1f} s for {len(asked)}", flush=True)
+        rows.append((name, frames, len(asked), old_count, old_s, new_s, differ, pixels, masks, dict(tracking)))
+        print(f"{name}: old {old_s:.1f} s for {old_count} (tracking {tracking['old']:.1f} s), "
+              f"new {new_s:.1f} s for {len(asked)} (tracking {tracking['new']:.1f} s); "
+              f"load average {os.getloadavg()[0]:.2f}", flush=True)
     print(f"{'record':>6} {'frames':>6} {'expr':>4} {'old s':>8} {'old sent/s':>10} {'old frames/s':>12} "
-          f"{'new s':>8} {'new sent/s':>10} {'new frames/s':>12} {'speed-up':>8} {'masks equal':>11}")
-    for name, frames, n, old_n, old_s, new_s, same, masks in rows:
+          f"{'new s':>8} {'new sent/s':>10} {'new frames/s':>12} {'speed-up':>8} {'pixels differing':>16}")
+    for name, frames, n, old_n, old_s, new_s, differ, pixels, masks, _ in rows:
         old_rate, new_rate = old_n / old_s, n / new_s
-        print(f"{name:>6} {frames:>6} {n:>4} {old_s:>8.1f} {old_rate:>10.3f} {old_rate * frames:>12.2f} "
-              f"{new_s:>8.1f} {new_rate:>10.3f} {new_rate * frames:>12.2f} {new_rate / old_rate:>7.1f}x {same!s:>11}")
-    print(f"old path on {rows[-1][3]} of {rows[-1][2]} video expressions; masks per new record: "
-          f"{[r[-1] for r in rows]}; load average after: {os.getloadavg()[0]:.2f}")
+        print(f"{name:>6} {frames:>6} {n:>4} {old_s:>8.1f} {old_rate:>10.4f} {old_rate * frames:>12.3f} "
+              f"{new_s:>8.1f} {new_rate:>10.4f} {new_rate * frames:>12.3f} {new_rate / old_rate:>7.1f}x "
+              f"{f'{differ} of {pixels}':>16}")
+    for name, _, n, old_n, old_s, new_s, _, _, _, spent in rows:
+        if name == "video":
+            print(f"video tracking: old {spent['old']:.1f} s for {old_n} expressions "
+                  f"({spent['old'] / old_n:.1f} s each, {spent['old'] / old_s:.0%} of the old path), "
+                  f"new {spent['new']:.1f} s for {n} ({spent['new'] / n:.1f} s each, {spent['new'] / new_s:.0%} "
+                  f"of the new path); old path on {old_n} of {n} expressions")
+    print(f"masks per new record: {[r[8] for r in rows]}; load average after: {os.getloadavg()[0]:.2f}")
+
+
+def _time_calls(module, name: str, totals: dict, key: str) -> None:
+    """Wrap ``module.name`` so that the seconds spent in it add up in ``totals[key]``."""
+    function = getattr(module, name)
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            totals[key] += time.perf_counter() - started
+
+    setattr(module, name, timed)
 
 
 def main(argv=None) -> None:
@@ -168,6 +205,8 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=30, help="record mode: frames of the video record")
     parser.add_argument("--expressions", type=int, default=14, help="record mode: expressions of the video record")
     parser.add_argument("--old-expressions", type=int, help="record mode: per-expression path on the first N only")
+    parser.add_argument("--records", nargs="+", choices=("image", "video"), default=["image", "video"],
+                        help="record mode: which records to run")
     parser.add_argument("--threads", type=int, default=2, help="record mode: torch threads")
     parser.add_argument("--videos", type=int, default=160, help="synthetic MeViS train videos (valid_u gets a quarter)")
     parser.add_argument("--key-frames", type=int, default=5)

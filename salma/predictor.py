@@ -12,8 +12,9 @@ resolution and thresholded at probability 0.5 (logit 0).
 A record's expressions are answered together (``segment_expressions``): the frames are encoded
 once (``salma.record_features.RecordFeatures``), the prompts go through the language model as one
 padded batch whose generation steps also give the ``[SEG]`` hidden states, and a video's tracker
-follows every object in one pass. ``salma.per_expression_predictor`` keeps the earlier
-one-expression-at-a-time path as the reference the tests compare against.
+follows every object in one pass, all objects as one batch per frame (``salma.batched_tracking``).
+``salma.per_expression_predictor`` keeps the earlier one-expression-at-a-time path as the
+reference the tests compare against.
 
 The Ray Data inference actor (``pipelines.infer``) wraps this same class.
 """
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from salma.batched_tracking import propagate_key_masks_batched, unbatchable_settings
 from salma.conversation import Round, encode_rounds, referring_round
 from salma.data.examples import ImageGeometry
 from salma.model import SalmaModel
@@ -357,15 +359,23 @@ class SalmaPredictor:
 
     def _track(self, record: RecordFeatures, predictions: list[Prediction], key_logits: list[torch.Tensor]) -> None:
         """Seed SAM-2's tracker with the key-frame masks of every [SEG] of every prediction and
-        propagate them all in one pass over the frames (each frame is encoded once, the key
-        frames not at all: their features come from ``record``); fills each prediction's masks."""
+        propagate them all in one pass over the frames, all objects as one batch per frame
+        (``salma.batched_tracking``; each frame is encoded once, the key frames not at all: their
+        features come from ``record``); fills each prediction's masks. Under the SAM-2 settings
+        that couple the objects of a batch, the package's per-object tracker runs instead."""
         counts = [logits.shape[0] for logits in key_logits]
         if sum(counts) == 0:
             return
         sam = self.model.sam.sam
         state = init_tracking_state(sam, record.sam_images, record.height, record.width,
                                     pinned=record.tracker_features())
-        video = propagate_key_masks(sam, state, record.keys, torch.cat(key_logits) > 0)  # (S, T, H, W)
+        seeds = torch.cat(key_logits) > 0  # (S, K, 4h, 4w)
+        unbatchable = unbatchable_settings(sam)
+        if unbatchable:
+            logger.info("SAM-2 tracks object by object: %s couples the objects of a batch", ", ".join(unbatchable))
+            video = propagate_key_masks(sam, state, record.keys, seeds)  # (S, T, H, W)
+        else:
+            video = propagate_key_masks_batched(sam, state, record.keys, seeds)
         start = 0
         for prediction, n in zip(predictions, counts):
             prediction.masks = list(video[start : start + n])
@@ -383,7 +393,12 @@ def propagate_key_masks(sam, state: dict, keys: list[int], key_masks: torch.Tens
     """Seed SAM-2's tracker in ``state`` with the masks ``key_masks`` (S, K, h, w) bool of S
     objects on the ascending key frames ``keys`` (``add_new_mask``) and propagate them with the
     package's ``propagate_in_video``: forwards from the first key frame, then backwards from it
-    when it is not frame 0. Returns (S, T, video height, video width) bool."""
+    when it is not frame 0. Returns (S, T, video height, video width) bool.
+
+    The package tracks object by object; ``salma.batched_tracking.propagate_key_masks_batched``
+    gives the same masks with one batch of S objects per frame (what ``SalmaPredictor`` uses).
+    This per-object path stays as the reference the tests compare against and for the SAM-2
+    settings the batch cannot reproduce."""
     for s in range(key_masks.shape[0]):
         for j, t in enumerate(keys):
             sam.add_new_mask(state, frame_idx=t, obj_id=s, mask=key_masks[s, j])
