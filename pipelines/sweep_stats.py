@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from salma.drift_measures import aggregate
+from salma.drift_measures import measure as probe_measure
+from salma.drift_measures import row_columns
 
 CONFIDENCE = 0.95
 
@@ -94,8 +95,9 @@ def paired_bootstrap(
     """(low, high, p) of the bootstrap of ``mean over seeds of measure(arm_s) − measure(ref_s)``.
 
     ``arm`` and ``reference``: per seed (same order, paired), either a float (resampled with its
-    seed only) or a sequence of per-object rows, paired by index, which are also resampled within
-    the seed; ``measure`` maps a resampled row list to the split value.
+    seed only) or per-object rows as columns (``salma.drift_measures.row_columns``: field → array),
+    paired by index, which are also resampled within the seed; ``measure`` maps resampled columns
+    to the split value.
     """
     rng = np.random.default_rng(seed)
     n = len(arm)
@@ -110,8 +112,9 @@ def paired_bootstrap(
             if isinstance(a, (int, float)):
                 diffs.append(float(a) - float(r))
                 continue
-            rows = rng.integers(len(a), size=len(a))
-            diffs.append(measure([a[i] for i in rows]) - measure([r[i] for i in rows]))
+            count = len(next(iter(a.values())))
+            rows = rng.integers(count, size=count)
+            diffs.append(measure({k: v[rows] for k, v in a.items()}) - measure({k: v[rows] for k, v in r.items()}))
         out[b] = np.nanmean(diffs) if np.isfinite(diffs).any() else math.nan
     out = out[np.isfinite(out)]
     if len(out) == 0:
@@ -161,10 +164,10 @@ def sweep_statistics(
 
         def sample(trial: TrialData) -> Any:
             rows_of = trial.rows.get(split)
-            return list(rows_of) if measure_name is not None and rows_of else value(trial)
+            return row_columns(rows_of) if measure_name is not None and rows_of else value(trial)
 
-        def measure(rows_: list, _name: str | None = measure_name) -> float:
-            return float(aggregate(rows_)[_name])
+        def measure(columns: dict, _name: str | None = measure_name) -> float:
+            return probe_measure(columns, _name)
 
         for arm in arms:
             mine = {s: t for (a, s), t in counted.items() if a == arm and math.isfinite(value(t))}

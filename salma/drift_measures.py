@@ -34,6 +34,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -145,23 +146,42 @@ def _language_update(model, image_embed, priors, language, language_mask, batch)
     return (true - swapped).pow(2).sum(dim=1)
 
 
+# name -> (numerator, denominator, scale) of a split-level ratio Σ num / Σ den, or (column, None,
+# None) of a mean over objects (NaNs left out)
+MEASURES: dict[str, tuple[str, str | None, float | None]] = {
+    "ciou": ("intersection", "union", 100.0),
+    "floor_ciou": ("floor_intersection", "floor_union", 100.0),
+    "lure_share": ("pred_on_clutter", "pred_area", 1.0),
+    "clutter_fp": ("pred_on_clutter", "clutter_area", 1.0),
+    "seg_attention_clutter": ("seg_attention_clutter", None, None),
+    "language_update_clutter": ("language_update_clutter", None, None),
+}
+
+
 def aggregate(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     """Split-level measures from ``probe_batch`` rows: ``ciou`` and ``floor_ciou`` (Σ I / Σ U, in
     %), ``lure_share`` (Σ predicted on clutter / Σ predicted), ``clutter_fp`` (Σ predicted on clutter
     / Σ clutter area), the two ratios' means over objects, and ``n`` (objects)."""
-    def ratio(num: str, den: str, scale: float = 1.0) -> float:
-        d = sum(r[den] for r in rows)
-        return scale * sum(r[num] for r in rows) / d if d > 0 else math.nan
+    columns = row_columns(rows)
+    return {**{name: measure(columns, name) for name in MEASURES}, "n": float(len(rows))}
 
-    return {
-        "ciou": ratio("intersection", "union", 100.0),
-        "floor_ciou": ratio("floor_intersection", "floor_union", 100.0),
-        "lure_share": ratio("pred_on_clutter", "pred_area"),
-        "clutter_fp": ratio("pred_on_clutter", "clutter_area"),
-        "seg_attention_clutter": _nanmean([r["seg_attention_clutter"] for r in rows]),
-        "language_update_clutter": _nanmean([r["language_update_clutter"] for r in rows]),
-        "n": float(len(rows)),
-    }
+
+def row_columns(rows: Sequence[dict[str, float]]) -> dict[str, np.ndarray]:
+    """``probe_batch`` rows as one float64 array per field: what ``measure`` reads, and what a
+    bootstrap resamples cheaply (thousands of replicates over a thousand objects)."""
+    fields = {field for num, den, _ in MEASURES.values() for field in (num, den) if field is not None}
+    return {field: np.array([r[field] for r in rows], dtype=np.float64) for field in sorted(fields)}
+
+
+def measure(columns: dict[str, np.ndarray], name: str) -> float:
+    """One measure of ``MEASURES`` from ``row_columns`` (NaN when its denominator is 0 or every
+    value is NaN)."""
+    num, den, scale = MEASURES[name]
+    if den is not None:
+        d = columns[den].sum()
+        return float(scale * columns[num].sum() / d) if d > 0 else math.nan
+    values = columns[num][~np.isnan(columns[num])]
+    return float(values.mean()) if values.size else math.nan
 
 
 def _nanmean(values: Sequence[float]) -> float:

@@ -21,6 +21,7 @@ from pipelines.sweep_stats import (
     stats_plot,
     sweep_statistics,
 )
+from salma.drift_measures import row_columns
 
 
 def test_mean_ci_by_hand():
@@ -50,9 +51,9 @@ def _rows(on_clutter: list[float]) -> list[dict[str, float]]:
 def test_paired_bootstrap_on_constant_and_row_level_differences():
     low, high, p = paired_bootstrap([1.5, 2.5, 3.5], [0.5, 1.5, 2.5], None, replicates=200, seed=0)
     assert (low, high, p) == pytest.approx((1.0, 1.0, 0.0))
-    share = lambda rows: sum(r["pred_on_clutter"] for r in rows) / sum(r["pred_area"] for r in rows)  # noqa: E731
-    arm = [_rows([3.0, 4.0, 5.0, 2.0]) for _ in range(4)]
-    ref = [_rows([1.0, 1.0, 2.0, 0.0]) for _ in range(4)]
+    share = lambda c: c["pred_on_clutter"].sum() / c["pred_area"].sum()  # noqa: E731
+    arm = [row_columns(_rows([3.0, 4.0, 5.0, 2.0])) for _ in range(4)]
+    ref = [row_columns(_rows([1.0, 1.0, 2.0, 0.0])) for _ in range(4)]
     low, high, p = paired_bootstrap(arm, ref, share, replicates=500, seed=1)
     assert 0 < low <= 0.25 <= high and p < 0.01  # the true difference: (14 - 4) / 40 = 0.25
     same = paired_bootstrap(ref, ref, share, replicates=200, seed=1)
