@@ -28,8 +28,13 @@ NUM_FRAMES, HEIGHT, WIDTH = 7, 72, 100
 
 
 @pytest.fixture(scope="module")
-def model():
+def built():
     return build_salma(tiny_salma_config())
+
+
+@pytest.fixture(scope="module")
+def model(built):
+    return built.model
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +168,11 @@ def test_key_masks_must_match_the_key_frames(sam, images):
                                     _seeds(sam, 2, [3, 0]))
 
 
-def test_predictor_tracks_all_objects_in_one_batch_and_falls_back_where_the_batch_would_differ(model, monkeypatch):
+def test_predictor_tracks_all_objects_in_one_batch_and_falls_back_where_the_batch_would_differ(built, monkeypatch):
+    model = built.model
     frames, _, expressions = random_sample(np.random.default_rng(1), num_frames=5, num_objects=2,
                                            height=HEIGHT, width=WIDTH)
-    predictor = SalmaPredictor(model, num_key_frames=2)
+    predictor = SalmaPredictor(built, num_key_frames=2)
     modules = {"memory_attention": model.sam.sam.memory_attention}
     with _counting(modules) as batched:
         together = predictor.segment_expressions(np.stack(frames), expressions, generate=False)
