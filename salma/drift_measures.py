@@ -180,10 +180,11 @@ def measure(columns: dict[str, np.ndarray], name: str) -> float:
     if den is not None:
         d = columns[den].sum()
         return float(scale * columns[num].sum() / d) if d > 0 else math.nan
-    values = columns[num][~np.isnan(columns[num])]
-    return float(values.mean()) if values.size else math.nan
+    return _nanmean(columns[num])
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else math.nan
+def _nanmean(values: Sequence[float] | np.ndarray) -> float:
+    """The mean of the values that are not NaN; NaN when there are none."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else math.nan
