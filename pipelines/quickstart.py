@@ -7,12 +7,14 @@
    Data batch inference),
 4. logs everything to MLflow (SQLite under the run folder's workdir) — the evaluation scores as
    metrics of the training run, at its final step — and prints a results table, the time of each
-   phase, the folders it wrote, the run id and how to open the UI.
+   phase, the folders it wrote, the run id and how to open the UI; the scores and phase times also
+   go to ``<run folder>/quickstart.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -24,6 +26,8 @@ from pipelines.local_ray import start_local_ray
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
+# What ``quickstart`` returns, also written into the run folder (benchmarks/quickstart_budget.py).
+SUMMARY_FILE = "quickstart.json"
 
 
 def results_table(metrics: dict[str, float], sources: list[str]) -> str:
@@ -88,11 +92,13 @@ def quickstart(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | 
     )
     phases["evaluation"] = time.perf_counter() - began
     total_s = time.perf_counter() - start
+    record = {"metrics": metrics, "run_id": result.run_id, "phases_s": phases, "total_s": total_s,
+              "export_dir": str(export_dir), "run_dir": str(result.run_dir)}
+    (Path(result.run_dir) / SUMMARY_FILE).write_text(json.dumps(record, indent=1) + "\n")
     print("\n" + results_table(metrics, [s.name for s in sources]))
     print("\n" + summary(phases, total_s, run_dir=result.run_dir, export_dir=export_dir, eval_dir=eval_dir,
                           run_id=result.run_id, uri=uri, model_uri=model_uri))
-    return {"metrics": metrics, "run_id": result.run_id, "phases_s": phases, "total_s": total_s,
-            "export_dir": str(export_dir)}
+    return record
 
 
 def summary(phases: dict[str, float], total_s: float, *, run_dir: str, export_dir: Path, eval_dir: Path,

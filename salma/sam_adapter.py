@@ -156,6 +156,8 @@ class SamAdapter(nn.Module):
                     mask_inputs=first_masks[:, None].float() if t == 0 else None,
                     output_dict=memory,
                     num_frames=clip_frames,
+                    # The last frame's memory would serve no later frame: skip its encoder.
+                    run_mem_encoder=t < clip_frames - 1,
                 )
                 memory["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
                 if t == 0:

@@ -97,3 +97,16 @@ def test_video_steps_without_a_video_source_is_a_clear_error(tiny_experiment, tm
 def test_bad_video_settings_are_rejected(tiny_experiment, tmp_path, override):
     with pytest.raises(ValueError, match="clip_frames|video_steps"):
         tiny_experiment(tmp_path, "sam_pretrain.enabled=true", override)
+
+
+def test_a_pretraining_left_on_its_plateau_is_named_for_the_prompt_types_it_trained():
+    from pipelines.config import SamPretrainConfig
+    from pipelines.sam_pretrain import plateau_warnings
+
+    plateau = {"click_iou": 0.44, "box_iou": 0.45}
+    mixed = plateau_warnings(plateau, SamPretrainConfig(enabled=True, steps=900))
+    assert [w.split(" prompts")[0] for w in mixed] == ["the decoder does not follow click", "the decoder does not follow box"]
+    assert "sam_pretrain.steps (now 900)" in mixed[0]
+    # Boxes only: clicks were never trained, so their low IoU is no warning; a turned decoder none.
+    assert plateau_warnings({"click_iou": 0.3, "box_iou": 0.78}, SamPretrainConfig(enabled=True, box_probability=1.0)) == []
+    assert len(plateau_warnings({"click_iou": 0.3, "box_iou": 0.45}, SamPretrainConfig(enabled=True, box_probability=1.0))) == 1

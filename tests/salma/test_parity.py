@@ -61,8 +61,13 @@ def test_sam_adapter_track_matches_the_packages_video_predictor():
     frames = torch.randn(3, 3, size, size)
     first = torch.zeros(size, size, dtype=torch.bool)
     first[30:90, 40:100] = True
+    encodings = []
+    hook = adapter.sam.memory_encoder.register_forward_hook(lambda *_: encodings.append(1))
     with torch.no_grad():
         tracked = adapter.track(adapter.sam.forward_image(frames), torch.arange(3)[None], first[None])
+    hook.remove()
+    assert len(encodings) == 2, "memories of frames 0 and 1; the last frame's would serve no later frame"
+    with torch.no_grad():
         state = init_tracking_state(adapter.sam, frames, size, size)
         adapter.sam.add_new_mask(state, frame_idx=0, obj_id=0, mask=first)
         package = {t: masks[0, 0] for t, _, masks in adapter.sam.propagate_in_video(state, start_frame_idx=0)}
