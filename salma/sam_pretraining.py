@@ -509,15 +509,22 @@ def central_prompts(masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 @torch.no_grad()
-def evaluate_prompts(sam: SamAdapter, data: InstanceSet, *, normalize, batch_size: int = 32) -> dict[str, float]:
+def evaluate_prompts(
+    sam: SamAdapter, data: InstanceSet, *, normalize, batch_size: int = 32, max_masks: int | None = None
+) -> dict[str, float]:
     """Mean IoU of the highest-predicted-IoU candidate (inference's choice) against each mask,
-    prompted with a central click (``click_iou``) and with the mask's box (``box_iou``)."""
+    prompted with a central click (``click_iou``) and with the mask's box (``box_iou``);
+    ``max_masks`` scores that many masks spread evenly over the set instead of all of them."""
     was_training = sam.training
     sam.eval()
+    picked = np.arange(len(data.masks))
+    if max_masks is not None and len(picked) > max_masks:
+        picked = np.unique(np.linspace(0, len(picked) - 1, max_masks).round().astype(int))
     scores: dict[str, list[float]] = {"click_iou": [], "box_iou": []}
-    for start in range(0, len(data.masks), batch_size):
-        masks = data.masks[start : start + batch_size]  # (B, S, S)
-        pixels = normalize(data.images[data.image_index[start : start + batch_size]])
+    for start in range(0, len(picked), batch_size):
+        rows = picked[start : start + batch_size]
+        masks = data.masks[rows]  # (B, S, S)
+        pixels = normalize(data.images[data.image_index[rows]])
         click, click_labels, box, box_labels = central_prompts(masks)
         target = torch.from_numpy(masks)
         for name, coords, labels in (("click_iou", click, click_labels), ("box_iou", box, box_labels)):

@@ -112,6 +112,11 @@ def test_a_few_steps_train_the_decoder_and_the_checkpoint_loads_strictly(synthet
     assert changed
     scores = evaluate_prompts(sam, InstanceSet(data.images, data.masks[:3], data.image_index[:3]), normalize=to_normalized_tensor)
     assert set(scores) == {"click_iou", "box_iou"} and all(0.0 <= v <= 1.0 for v in scores.values())
+    # max_masks scores an even spread of the set: masks 0 and 2 of three, the mean of those two.
+    subset = InstanceSet(data.images, data.masks[[0, 2]], data.image_index[[0, 2]])
+    assert evaluate_prompts(sam, InstanceSet(data.images, data.masks[:3], data.image_index[:3]),
+                            normalize=to_normalized_tensor, max_masks=2) == pytest.approx(
+        evaluate_prompts(sam, subset, normalize=to_normalized_tensor), abs=1e-6)
 
     path = save_sam2_checkpoint(sam, tmp_path / "sam2.pt")
     assert not (tmp_path / "sam2.pt.partial").exists()
