@@ -163,6 +163,7 @@ def _pretrain(
         phase_line("SAM-2 pre-training", f"warning: {warning}")
 
 
+# How many training masks (spread over the set) the closing click and box scores use.
 SCORED_MASKS = 256
 # Held-in IoU of a prompt type below which the decoder is taken to ignore that prompt: segmenting
 # every object whatever the prompt scores about 0.44 on the synthetic data.
