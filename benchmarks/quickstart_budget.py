@@ -38,12 +38,12 @@ def run_once(config: str, overrides: list[str], seed: int) -> dict:
     command = [sys.executable, "-m", "pipelines.cli", "quickstart", "--config", config,
                f"data.seed={seed}", f"train.seed={seed}", *overrides]
     began = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)  # its output is shown on failure
     wall = time.perf_counter() - began
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
         raise SystemExit(f"seed {seed}: salma quickstart exited with {done.returncode}")
-    found = re.search(r"^run folder:\s+(\S+)", done.stdout, flags=re.M)
+    found = re.search(r"^run folder:\s+(\S+)", done.stdout, flags=re.MULTILINE)
     if not found:
         raise SystemExit(f"seed {seed}: no 'run folder:' line in the quickstart's output")
     record = json.loads((Path(found.group(1)) / SUMMARY_FILE).read_text())
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.fresh_sam:
         cfg = load_experiment(args.config, args.overrides)
-        cached = Path(cfg.absolute(cfg.sam_pretrain.out))
-        for path in (cached, cached.with_name(cached.name + ".json")):
-            path.unlink(missing_ok=True)
+        # Without its checkpoint the cached SAM-2 counts as missing (its record beside it is
+        # rewritten by the next pre-training).
+        Path(cfg.absolute(cfg.sam_pretrain.out)).unlink(missing_ok=True)
     runs = []
     for seed in args.seeds:
         run = run_once(args.config, args.overrides, seed)
