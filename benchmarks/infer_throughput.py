@@ -18,7 +18,8 @@ Answers are generated, with a logits processor that forces the answer a trained 
 and the mask branch run exactly as they would. ``--old-expressions N`` runs the per-expression
 path on only the first N expressions of the video (its cost per expression does not depend on
 the others) and reports its rate over those; the speed-up is the ratio of the two rates, so the
-per-expression figure for all expressions is extrapolated from those N.
+per-expression figure for all expressions is extrapolated from those N. ``--old-sentences N`` does
+the same for the image record.
 
     .venv/bin/python benchmarks/infer_throughput.py --mode record --size mid [--threads 2] [--records video]
 
@@ -146,7 +147,7 @@ def record_mode(args) -> None:
     _time_calls(per_expression_predictor, "propagate_key_masks", tracking, "old")
     _time_calls(predictor_module, "propagate_key_masks_batched", tracking, "new")
     records = [
-        ("image", image, sentences[: args.sentences], args.sentences),
+        ("image", image, sentences[: args.sentences], args.old_sentences or args.sentences),
         ("video", video, sentences[: args.expressions], args.old_expressions or args.expressions),
     ]
     rows = []
@@ -205,6 +206,7 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=30, help="record mode: frames of the video record")
     parser.add_argument("--expressions", type=int, default=14, help="record mode: expressions of the video record")
     parser.add_argument("--old-expressions", type=int, help="record mode: per-expression path on the first N only")
+    parser.add_argument("--old-sentences", type=int, help="record mode: per-expression path on the first N sentences only")
     parser.add_argument("--records", nargs="+", choices=("image", "video"), default=["image", "video"],
                         help="record mode: which records to run")
     parser.add_argument("--threads", type=int, default=2, help="record mode: torch threads")

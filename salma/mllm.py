@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import InternVLConfig, InternVLForConditionalGeneration
+from transformers import DynamicCache, InternVLConfig, InternVLForConditionalGeneration
 
 from salma.checkpoint_layout import CheckpointLayoutError, TensorSpec, require_native_internvl, stored_tensors
 
@@ -183,13 +183,24 @@ class SalmaMLLM(nn.Module):
         pixel_values: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        prefix: DynamicCache | None = None,
     ) -> MLLMOutput:
         """Token ids (+ ``pixel_values``, encoded by the vision tower here), or ``inputs_embeds``
         from ``embed`` (the image features already in place). ``logits_to_keep=n`` computes the
         logits of the last n positions only (0: all; inference reads hidden states, not logits,
-        and the output head over a long prompt is a large matrix product)."""
+        and the output head over a long prompt is a large matrix product).
+
+        ``prefix``: the key/value cache of tokens that come before every row (``prefix_cache``,
+        one copy per row); the rows then continue it, right-padded (``attention_mask`` covers the
+        rows only), and the states returned are those of the rows' tokens."""
         if pixel_values is not None and pixel_values.shape[0] == 0:
             pixel_values = None
+        extra = {}
+        if prefix is not None:
+            shared, (batch, length) = prefix.get_seq_length(), attention_mask.shape
+            attention_mask = torch.cat([attention_mask.new_ones(batch, shared), attention_mask], dim=1)
+            positions = torch.arange(shared, shared + length, device=attention_mask.device)
+            extra = {"cache": prefix, "position_ids": positions.expand(batch, -1)}
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -197,10 +208,25 @@ class SalmaMLLM(nn.Module):
             inputs_embeds=inputs_embeds,
             logits_to_keep=logits_to_keep,
             output_hidden_states=True,
-            use_cache=False,
+            use_cache=prefix is not None,
             return_dict=True,
+            **extra,
         )
         return MLLMOutput(logits=out.logits, hidden_states=out.hidden_states[-1])
+
+    def prefix_cache(self, inputs_embeds: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
+        """(1, P, D) embeddings of tokens that several prompts begin with → their key/value cache
+        and last-layer states (1, P, D): later passes continue from the cache (``forward``'s
+        ``prefix``, or ``generate``'s ``cache``) instead of running these tokens again."""
+        out = self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device),
+            logits_to_keep=1,
+            output_hidden_states=True,
+            use_cache=True,
+            return_dict=True,
+        )
+        return out.cache, out.hidden_states[-1]
 
     @property
     def image_token_id(self) -> int:

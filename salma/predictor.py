@@ -22,6 +22,7 @@ The Ray Data inference actor (``pipelines.infer``) wraps this same class.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from salma.batched_tracking import propagate_key_masks_batched, unbatchable_settings
 from salma.conversation import Round, encode_rounds, referring_round
@@ -201,12 +203,17 @@ class SalmaPredictor:
             media = "video" if num_frames > 1 else "image"
             keys = key_frame_indices(num_frames, self.num_key_frames, self.key_frame_sampling) if media == "video" else [0]
             record = RecordFeatures.encode(self.model, frames, keys, self.geometry, self.device)
+            encoded = [encode_rounds(self.tokenizer, [q], tokens_per_image=record.tokens_per_image) for q in questions]
+            prompts = [e.input_ids for e in encoded]
+            expression_positions = [e.expression_positions[0] for e in encoded]
+            prefix = self._shared_prefix(record, prompts)
             predictions: list[Prediction] = []
             key_logits: list[torch.Tensor] = []  # (S_i, K, 4h, 4w) per prediction
             size = self.expression_batch_size
             for start in range(0, len(questions), size):
-                chunk = questions[start : start + size]
-                answers = self._language(record, chunk, None if forced is None else forced[start : start + size])
+                chunk = slice(start, start + size)
+                answers = self._language(record, prompts[chunk], expression_positions[chunk], prefix,
+                                         None if forced is None else forced[chunk])
                 groups = [answers] if self.batch_decoder else [[a] for a in answers]
                 for group in groups:
                     logits, decoded = self._decode(record, group)
@@ -216,48 +223,87 @@ class SalmaPredictor:
                 self._track(record, predictions, key_logits)
             return predictions
 
+    def _shared_prefix(self, record: RecordFeatures, prompts: list[list[int]]) -> SharedPrefix | None:
+        """The language model's pass over what every prompt of the record begins with (the chat
+        header, the image tokens, the template's words before the expression), run once: its
+        key/value cache and last-layer states. None for a single prompt, or where the shared part
+        would not hold every image token."""
+        if len(prompts) < 2:
+            return None
+        length = 0
+        shortest = min(len(p) for p in prompts)
+        while length < shortest - 1 and all(p[length] == prompts[0][length] for p in prompts):
+            length += 1  # every prompt keeps at least one token of its own, for the first generation step
+        image_id = self.model.mllm.image_token_id
+        if any(image_id in p[length:] for p in prompts):
+            return None
+        ids = torch.tensor([prompts[0][:length]], device=self.device)
+        cache, hidden = self.model.mllm.prefix_cache(self.model.mllm.embed(ids, record.image_features))
+        return SharedPrefix(length=length, cache=cache, hidden=hidden[0])
+
     def _language(
-        self, record: RecordFeatures, questions: list[Round], forced: list[str] | None
+        self,
+        record: RecordFeatures,
+        prompts: list[list[int]],
+        expression_positions: list[list[int]],
+        prefix: SharedPrefix | None,
+        forced: list[str] | None,
     ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-        """One language-model pass for a batch of questions about the record. Per question:
-        (answer, its [SEG] hidden states (S, D), the last-layer states of its expression tokens
-        (E, D))."""
-        encoded = [
-            encode_rounds(self.tokenizer, [q], tokens_per_image=record.tokens_per_image) for q in questions
-        ]
-        prompts = [e.input_ids for e in encoded]
-        expression_positions = [e.expression_positions[0] for e in encoded]
+        """One language-model pass for a batch of prompts about the record (after ``prefix``,
+        when given). Per prompt: (answer, its [SEG] hidden states (S, D), the last-layer states
+        of its expression tokens (E, D))."""
         if forced is None:
-            return self._generate(record, prompts, expression_positions)
+            return self._generate(record, prompts, expression_positions, prefix)
         answers = [self.tokenizer(a + IM_END, add_special_tokens=False).input_ids for a in forced]
         # Teacher forcing: prompt + answer in one forward, right-padded (padding sits after every
         # real token, so the causal attention of the real tokens never reaches it).
-        rows = [p + a for p, a in zip(prompts, answers)]
+        shared = 0 if prefix is None else prefix.length
+        rows = [p[shared:] + a for p, a in zip(prompts, answers)]
         ids, mask = _pad(rows, self.tokenizer.pad_token_id, left=False, device=self.device)
-        out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, record.image_features), attention_mask=mask,
-                              logits_to_keep=1)
+        if prefix is None:
+            out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, record.image_features), attention_mask=mask,
+                                  logits_to_keep=1)
+        else:
+            out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, None), attention_mask=mask,
+                                  logits_to_keep=1, prefix=prefix.expanded(len(rows)))
         results = []
-        for i, (row, positions, answer) in enumerate(zip(rows, expression_positions, answers)):
+        for i, (row, prompt, positions, answer) in enumerate(zip(rows, prompts, expression_positions, answers)):
             seg_at = [j for j, token in enumerate(row) if token == self.seg_token_id]
             results.append((
                 self.tokenizer.decode(answer, skip_special_tokens=False),
                 out.hidden_states[i, seg_at],
-                out.hidden_states[i, positions],
+                _prompt_states(prefix, out.hidden_states[i], positions, offset=0),
             ))
         return results
 
     def _generate(
-        self, record: RecordFeatures, prompts: list[list[int]], expression_positions: list[list[int]]
+        self,
+        record: RecordFeatures,
+        prompts: list[list[int]],
+        expression_positions: list[list[int]],
+        prefix: SharedPrefix | None,
     ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         """Greedy decoding of a batch of prompts (left-padded) until ``<|im_end|>`` or
         ``max_new_tokens``; the [SEG] hidden states come from the generation's own steps: the
         state *at* a generated token is computed on the step that feeds it back, one step after
         it was chosen. A [SEG] chosen on the very last step was never fed back; only then is its
-        row run once more, teacher-forced."""
+        row run once more, teacher-forced. With a shared prefix, generation starts from its
+        cache and the padding sits between the prefix and each prompt's own tokens (positions
+        follow the attention mask, so every row sees the same positions as alone)."""
         eos = self.tokenizer.convert_tokens_to_ids(IM_END)
-        ids, mask = _pad(prompts, self.tokenizer.pad_token_id, left=True, device=self.device)
+        shared = 0 if prefix is None else prefix.length
+        ids, mask = _pad([p[shared:] for p in prompts], self.tokenizer.pad_token_id, left=True, device=self.device)
+        if prefix is None:
+            embeds, cache = self.model.mllm.embed(ids, record.image_features), {}
+        else:
+            own = self.model.mllm.embed(ids, None)
+            # generate reads the whole sequence and feeds on only what the cache lacks: the
+            # shared part of ``inputs_embeds`` is never read, zeros stand in for it.
+            embeds = torch.cat([own.new_zeros(len(prompts), shared, own.shape[-1]), own], dim=1)
+            mask = torch.cat([mask.new_ones(len(prompts), shared), mask], dim=1)
+            cache = {"cache": prefix.expanded(len(prompts))}
         out = self.model.mllm.model.generate(
-            inputs_embeds=self.model.mllm.embed(ids, record.image_features),
+            inputs_embeds=embeds,
             attention_mask=mask,
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
@@ -266,18 +312,19 @@ class SalmaPredictor:
             suppress_tokens=[self.model.mllm.image_token_id],  # a generated image placeholder has no image
             output_hidden_states=True,
             return_dict_in_generate=True,
+            **cache,
         )
         new_tokens = out.sequences[:, -len(out.hidden_states) :] if out.sequences.shape[1] > ids.shape[1] else out.sequences
-        prefill = out.hidden_states[0][-1]  # (B, L, D) last layer over the prompts
+        prefill = out.hidden_states[0][-1]  # (B, L, D) last layer over the prompts (their own tokens with a prefix)
         steps = [h[-1][:, 0] for h in out.hidden_states[1:]]  # step j: (B, D), the state at generated token j - 1
         results = []
         for i, (prompt, positions) in enumerate(zip(prompts, expression_positions)):
             tokens = new_tokens[i].tolist()
             if eos in tokens:
                 tokens = tokens[: tokens.index(eos) + 1]
-            offset = ids.shape[1] - len(prompt)  # left padding
-            prompt_segs = [offset + j for j, t in enumerate(prompt) if t == self.seg_token_id]
-            seg_states = [prefill[i, j] for j in prompt_segs]
+            offset = ids.shape[1] - (len(prompt) - shared)  # left padding
+            prompt_segs = [j for j, t in enumerate(prompt) if t == self.seg_token_id]
+            seg_states = list(_prompt_states(prefix, prefill[i], prompt_segs, offset=offset))
             for j, token in enumerate(tokens):
                 if token != self.seg_token_id:
                     continue
@@ -289,7 +336,7 @@ class SalmaPredictor:
             results.append((
                 self.tokenizer.decode(tokens, skip_special_tokens=False),
                 hidden,
-                prefill[i, [offset + p for p in positions]],
+                _prompt_states(prefix, prefill[i], positions, offset=offset),
             ))
         return results
 
@@ -464,6 +511,30 @@ def init_tracking_state(
         return state
     sam._get_image_feature(state, frame_idx=0, batch_size=1)  # as init_state does: frame 0 cached
     return state
+
+
+@dataclass
+class SharedPrefix:
+    """The language model's pass over the tokens every prompt of a record begins with."""
+
+    length: int  # tokens
+    cache: DynamicCache  # their keys and values, batch of one
+    hidden: torch.Tensor  # (length, D) their last-layer states
+
+    def expanded(self, batch: int) -> DynamicCache:
+        """A copy of the cache for ``batch`` rows (generation appends to the copy, not to this)."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+
+def _prompt_states(prefix: SharedPrefix | None, own: torch.Tensor, positions: list[int], *, offset: int) -> torch.Tensor:
+    """Last-layer states (len(positions), D) at prompt ``positions``: those inside the shared
+    prefix from its pass, the others from ``own`` ((L, D), the row's own tokens, which start at
+    ``offset`` in it, after any padding)."""
+    shared = 0 if prefix is None else prefix.length
+    rows = [prefix.hidden[j] if j < shared else own[offset + j - shared] for j in positions]
+    return torch.stack(rows) if rows else own.new_zeros(0, own.shape[-1])
 
 
 def _pad(rows: list[list[int]], pad_id: int, *, left: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -126,24 +126,52 @@ def _modules(predictor):
     }
 
 
+@contextmanager
+def _language_model_inputs(predictor):
+    """Per language-model forward, (rows, positions); and how many image-token ids were embedded."""
+    shapes, image_ids = [], []
+    image_id = predictor.model.mllm.image_token_id
+
+    def on_forward(_module, _args, kwargs, _out):
+        shapes.append(tuple(kwargs["inputs_embeds"].shape[:2]))
+
+    def on_embed(_module, args, _out):
+        image_ids.append(int((args[0] == image_id).sum()))
+
+    handles = [
+        predictor.model.mllm.language_model.register_forward_hook(on_forward, with_kwargs=True),
+        predictor.model.mllm.model.get_input_embeddings().register_forward_hook(on_embed),
+    ]
+    try:
+        yield shapes, image_ids
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @pytest.mark.parametrize("generate", [False, True], ids=["teacher_forced", "generated"])
 def test_each_encoder_runs_once_per_record_and_the_language_model_once_per_batch(predictor, synthetic_data, generate):
     _, video, expressions = next(_records(synthetic_data, "mevis", "mevis", "valid_u"))
     num_frames, k, n = len(video), 3, len(expressions)
     prepass = predictor.model.sam.prepass_calls
-    with _counting(_modules(predictor)) as new:
+    with _counting(_modules(predictor)) as new, _language_model_inputs(predictor) as (shapes, image_ids):
         out = predictor.segment_expressions(video, expressions, generate=generate)
     assert predictor.model.sam.prepass_calls - prepass == 1  # one pre-pass call for the K key frames
     assert new["vision_tower"] == 1
     # The key frames in one batch; the tracker encodes each other frame once, for every object.
     assert new["sam_encoder"] == 1 + (num_frames - k)
+    # The prefix every prompt shares (chat header, the K key frames' image tokens) goes through
+    # the language model once, as one row; then the expressions' own tokens, one row each.
+    assert shapes[0][0] == 1 and shapes[0][1] >= k * predictor.geometry.tokens_per_tile
+    assert all(rows == n for rows, _ in shapes[1:])
+    assert sum(image_ids) == k * predictor.geometry.tokens_per_tile  # embedded once, not once per expression
     if generate:
         # One decoding loop for all expressions: a prefill and one step per new token (a [SEG]
         # chosen on the last step costs one extra forward of its row).
         trailing = sum(p.answer.rstrip().endswith("[SEG]") for p in out)
-        assert new["language_model"] <= predictor.max_new_tokens + trailing
+        assert new["language_model"] <= 1 + predictor.max_new_tokens + trailing
     else:
-        assert new["language_model"] == 1
+        assert new["language_model"] == 2
     assert n >= 3 and sum(len(p.masks) for p in out) >= 1
 
 
@@ -151,8 +179,15 @@ def test_image_record_encodes_once(predictor, synthetic_data):
     _, image, expressions = next(_records(synthetic_data, "refcoco", "refer/refcoco", "val"))
     with _counting(_modules(predictor)) as counts:
         out = predictor.segment_expressions(image, expressions, generate=False)
-    assert counts == {"vision_tower": 1, "language_model": 1, "sam_encoder": 1}
+    assert counts == {"vision_tower": 1, "language_model": 2, "sam_encoder": 1}  # shared prefix + one batch
     assert [len(p.masks) for p in out] == [1] * len(expressions)
+
+
+def test_one_expression_runs_its_whole_prompt_in_one_pass(predictor, synthetic_data):
+    _, image, expressions = next(_records(synthetic_data, "refcoco", "refer/refcoco", "val"))
+    with _language_model_inputs(predictor) as (shapes, _):
+        predictor.segment_expressions(image, expressions[:1], generate=False)
+    assert len(shapes) == 1 and shapes[0][0] == 1
 
 
 def test_precision_defaults_and_overrides():
