@@ -19,7 +19,11 @@ and the mask branch run exactly as they would. ``--old-expressions N`` runs the 
 path on only the first N expressions of the video (its cost per expression does not depend on
 the others) and reports its rate over those; the speed-up is the ratio of the two rates, so the
 per-expression figure for all expressions is extrapolated from those N. ``--old-sentences N`` does
-the same for the image record.
+the same for the image record. ``--no-shared-prefix`` runs the batched path without running the
+prompts' shared prefix once (each prompt whole, in the padded batch): what the prefix buys.
+``--compile-decoder`` then compiles SAM-2's mask decoder and the MBA block (``torch.compile``,
+as ``salma infer --compile-decoder`` does), runs the batched path once to compile and once more
+timed, against its eager time.
 
     .venv/bin/python benchmarks/infer_throughput.py --mode record --size mid [--threads 2] [--records video]
 
@@ -127,6 +131,8 @@ def record_mode(args) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.no_shared_prefix:  # every prompt runs whole, as before the shared prefix
+        SalmaPredictor._shared_prefix = lambda self, record, prompts: None
     started = time.perf_counter()
     built = build_salma(record_config(args.size))
     predictor = SalmaPredictor(built, num_key_frames=args.key_frames, max_new_tokens=8)
@@ -182,6 +188,30 @@ def record_mode(args) -> None:
                   f"new {spent['new']:.1f} s for {n} ({spent['new'] / n:.1f} s each, {spent['new'] / new_s:.0%} "
                   f"of the new path); old path on {old_n} of {n} expressions")
     print(f"masks per new record: {[r[8] for r in rows]}; load average after: {os.getloadavg()[0]:.2f}")
+    if args.compile_decoder:
+        compiled_decoder(predictor, [(r[0], r[1], r[2]) for r in records if r[0] in args.records],
+                         {row[0]: row[5] for row in rows})
+
+
+def compiled_decoder(predictor, records, eager_seconds: dict[str, float]) -> None:
+    """The batched path again with SAM-2's mask decoder and MBA under ``torch.compile``: one
+    untimed call per record compiles, the next is timed against the eager figure above."""
+    import numpy as np
+
+    from salma.predictor import compile_decoder_and_mba
+
+    compile_decoder_and_mba(predictor.model)
+    for name, media, asked in records:
+        t0 = time.perf_counter()
+        warm = predictor.segment_expressions(media, asked)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        again = predictor.segment_expressions(media, asked)
+        seconds = time.perf_counter() - t0
+        same = all(np.array_equal(a, b) for p, q in zip(warm, again) for a, b in zip(p.masks, q.masks))
+        print(f"{name}: batched path with the compiled decoder {seconds:.1f} s against {eager_seconds[name]:.1f} s "
+              f"eager ({eager_seconds[name] / seconds:.2f}x); first call with compilation {first:.1f} s; "
+              f"masks of both compiled calls equal: {same}", flush=True)
 
 
 def _time_calls(module, name: str, totals: dict, key: str) -> None:
@@ -207,6 +237,10 @@ def main(argv=None) -> None:
     parser.add_argument("--expressions", type=int, default=14, help="record mode: expressions of the video record")
     parser.add_argument("--old-expressions", type=int, help="record mode: per-expression path on the first N only")
     parser.add_argument("--old-sentences", type=int, help="record mode: per-expression path on the first N sentences only")
+    parser.add_argument("--no-shared-prefix", action="store_true",
+                        help="record mode: the batched path without the shared prompt prefix (each prompt run whole)")
+    parser.add_argument("--compile-decoder", action="store_true",
+                        help="record mode: afterwards, the batched path with torch.compile'd decoder and MBA, timed")
     parser.add_argument("--records", nargs="+", choices=("image", "video"), default=["image", "video"],
                         help="record mode: which records to run")
     parser.add_argument("--threads", type=int, default=2, help="record mode: torch threads")
