@@ -4,6 +4,7 @@ recipe are checked here, on CPU (no GPU is needed to resolve a config)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pipelines.config import TrainConfig
 from pipelines.deepspeed_config import DistributedSetup, deepspeed_config, resolve_distributed_setup
@@ -23,7 +24,8 @@ def test_cpu_resolves_to_fp32_gloo_and_torch_adam():
     assert ds["gradient_clipping"] == 1.0
     assert ds["optimizer"] == {
         "type": "AdamW",
-        "params": {"lr": 4e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.05, "torch_adam": True},
+        "params": {"lr": 4e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.05, "torch_adam": True,
+                   "foreach": True},
     }
     assert "scheduler" not in ds  # the pipeline passes its own warm-up + cosine schedule
 
@@ -66,3 +68,31 @@ def test_the_cpu_comm_op_builds_on_a_cpu_machine():
     from pipelines.deepspeed_ops import build_cpu_comm_op
 
     assert build_cpu_comm_op() is True
+
+
+def test_cpu_engine_steps_with_torch_adamw_on_its_multi_tensor_path(tiny_experiment, tmp_path):
+    from pipelines.train import _process_group, build_engine
+
+    cfg = tiny_experiment(tmp_path)
+    setup = resolve_distributed_setup(cfg.train, gpus_available=False)
+    with _process_group(setup):
+        optimizer = build_engine(cfg, setup).engine.optimizer.optimizer  # inside DeepSpeed's ZeRO wrapper
+    assert type(optimizer) is torch.optim.AdamW
+    assert all(group["foreach"] for group in optimizer.param_groups)
+
+
+def test_torch_adamw_multi_tensor_path_gives_the_per_tensor_numbers_on_cpu():
+    """Why foreach is on: on CPU it is the same arithmetic as the default per-tensor loop."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(7,), (3, 5), (2, 3, 4), (1,), (16, 16)]
+    params = {mode: [torch.randn(s, generator=torch.Generator().manual_seed(i)).requires_grad_() for i, s in
+                     enumerate(shapes)] for mode in (False, True)}
+    optimizers = {mode: torch.optim.AdamW(params[mode], lr=1e-2, weight_decay=0.05, foreach=mode) for mode in params}
+    for _ in range(5):
+        grads = [torch.randn(s, generator=generator) for s in shapes]
+        for mode, optimizer in optimizers.items():
+            for p, g in zip(params[mode], grads):
+                p.grad = g.clone()
+            optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(params[False], params[True]))
+    assert not torch.equal(params[True][0], torch.randn(7, generator=torch.Generator().manual_seed(0)))  # it moved
