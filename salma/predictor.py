@@ -10,8 +10,9 @@ those masks, propagates every object to all other frames. Masks are upsampled to
 resolution and thresholded at probability 0.5 (logit 0).
 
 A record's expressions are answered together (``segment_expressions``): the frames are encoded
-once (``salma.record_features.RecordFeatures``), the prompts go through the language model as one
-padded batch whose generation steps also give the ``[SEG]`` hidden states, and a video's tracker
+once (``salma.record_features.RecordFeatures``), the language model runs the prompts' shared
+beginning (image tokens included) once and their own tokens as one padded batch continuing its
+key/value cache, whose generation steps also give the ``[SEG]`` hidden states, and a video's tracker
 follows every object in one pass, all objects as one batch per frame (``salma.batched_tracking``).
 ``salma.per_expression_predictor`` keeps the earlier one-expression-at-a-time path as the
 reference the tests compare against.
