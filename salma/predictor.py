@@ -268,7 +268,7 @@ class SalmaPredictor:
             out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, None), attention_mask=mask,
                                   logits_to_keep=1, prefix=prefix.expanded(len(rows)))
         results = []
-        for i, (row, prompt, positions, answer) in enumerate(zip(rows, prompts, expression_positions, answers)):
+        for i, (row, positions, answer) in enumerate(zip(rows, expression_positions, answers)):
             seg_at = [j for j, token in enumerate(row) if token == self.seg_token_id]
             results.append((
                 self.tokenizer.decode(answer, skip_special_tokens=False),
