@@ -184,6 +184,7 @@ class SalmaMLLM(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         prefix: DynamicCache | None = None,
+        prefix_mask: torch.Tensor | None = None,
     ) -> MLLMOutput:
         """Token ids (+ ``pixel_values``, encoded by the vision tower here), or ``inputs_embeds``
         from ``embed`` (the image features already in place). ``logits_to_keep=n`` computes the
@@ -192,15 +193,20 @@ class SalmaMLLM(nn.Module):
 
         ``prefix``: the key/value cache of tokens that come before every row (``prefix_cache``,
         one copy per row); the rows then continue it, right-padded (``attention_mask`` covers the
-        rows only), and the states returned are those of the rows' tokens."""
+        rows only), and the states returned are those of the rows' tokens. ``prefix_mask`` (B, P)
+        marks which cache positions hold tokens when the rows' prefixes differ in length (each
+        left-padded to the cache's length); every row's own tokens then continue from its own
+        prefix length. Without it every cache position is a token of every row."""
         if pixel_values is not None and pixel_values.shape[0] == 0:
             pixel_values = None
         extra = {}
         if prefix is not None:
             shared, (batch, length) = prefix.get_seq_length(), attention_mask.shape
-            attention_mask = torch.cat([attention_mask.new_ones(batch, shared), attention_mask], dim=1)
-            positions = torch.arange(shared, shared + length, device=attention_mask.device)
-            extra = {"cache": prefix, "position_ids": positions.expand(batch, -1)}
+            if prefix_mask is None:
+                prefix_mask = attention_mask.new_ones(batch, shared)
+            attention_mask = torch.cat([prefix_mask.to(attention_mask), attention_mask], dim=1)
+            positions = torch.arange(length, device=attention_mask.device) + prefix_mask.sum(dim=1, keepdim=True)
+            extra = {"cache": prefix, "position_ids": positions}
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

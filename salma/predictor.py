@@ -194,42 +194,89 @@ class SalmaPredictor:
         forced = None if generate else [referring_round(e, media=media, rng=None).answer for e in expressions]
         return self._run(frames, questions, forced)
 
-    # ------------------------------------------------------------------ internals
-    @torch.no_grad()
-    def _run(self, frames: list[np.ndarray], questions: list[Round], forced: list[str] | None) -> list[Prediction]:
-        if not questions:
-            return []
-        with self._precision():
-            num_frames = len(frames)
-            media = "video" if num_frames > 1 else "image"
-            keys = key_frame_indices(num_frames, self.num_key_frames, self.key_frame_sampling) if media == "video" else [0]
-            record = RecordFeatures.encode(self.model, frames, keys, self.geometry, self.device)
-            encoded = [encode_rounds(self.tokenizer, [q], tokens_per_image=record.tokens_per_image) for q in questions]
-            prompts = [e.input_ids for e in encoded]
-            expression_positions = [e.expression_positions[0] for e in encoded]
-            prefix = self._shared_prefix(record, prompts)
-            predictions: list[Prediction] = []
-            key_logits: list[torch.Tensor] = []  # (S_i, K, 4h, 4w) per prediction
-            size = self.expression_batch_size
-            for start in range(0, len(questions), size):
-                chunk = slice(start, start + size)
-                answers = self._language(record, prompts[chunk], expression_positions[chunk], prefix,
-                                         None if forced is None else forced[chunk])
-                groups = [answers] if self.batch_decoder else [[a] for a in answers]
-                for group in groups:
-                    logits, decoded = self._decode(record, group)
-                    key_logits.extend(logits)
-                    predictions.extend(decoded)
-            if media == "video":
-                self._track(record, predictions, key_logits)
-            return predictions
+    def segment_records(
+        self, records: list[tuple[np.ndarray | list[np.ndarray], list[str]]], *, generate: bool = True
+    ) -> list[list[Prediction]]:
+        """Several records at once: ``(frames, expressions)`` each → one list of predictions per
+        record, as ``segment_expressions`` gives for it alone (up to float rounding).
 
-    def _shared_prefix(self, record: RecordFeatures, prompts: list[list[int]]) -> SharedPrefix | None:
+        Each encoder runs once for all the records (their tiles in one batch through the vision
+        tower, their key frames in one batch through SAM-2's encoder), each record's shared prompt
+        prefix once, and the expressions of every record go through the language model together,
+        in batches of ``expression_batch_size`` rows (each row continues its own record's prefix).
+        The mask decoder and the tracker run record by record. What this buys is occupancy: on a
+        GPU, a record with few expressions leaves the language model's decoding steps mostly idle.
+        """
+        asked = []
+        for frames, expressions in records:
+            frames = _as_frames(frames)
+            media = "video" if len(frames) > 1 else "image"
+            questions = [referring_round(e, media=media, rng=None, answer=False) for e in expressions]
+            forced = None if generate else [referring_round(e, media=media, rng=None).answer for e in expressions]
+            asked.append((frames, questions, forced))
+        return self._run_records(asked)
+
+    # ------------------------------------------------------------------ internals
+    def _run(self, frames: list[np.ndarray], questions: list[Round], forced: list[str] | None) -> list[Prediction]:
+        return self._run_records([(frames, questions, forced)])[0]
+
+    @torch.no_grad()
+    def _run_records(
+        self, asked: list[tuple[list[np.ndarray], list[Round], list[str] | None]]
+    ) -> list[list[Prediction]]:
+        """Records ``(frames, questions, forced answers or None)`` → their predictions."""
+        results: list[list[Prediction]] = [[] for _ in asked]
+        todo = [i for i, (_, questions, _) in enumerate(asked) if questions]
+        if not todo:
+            return results
+        with self._precision():
+            keys = [self._keys(len(asked[i][0])) for i in todo]
+            features = RecordFeatures.encode_many(self.model, [(asked[i][0], k) for i, k in zip(todo, keys)],
+                                                  self.geometry, self.device)
+            rows: list[_Row] = []  # every (record, question), record by record
+            plain: list[list[_Row]] = []  # records whose rows carry their image tokens (no prefix)
+            for i, record in zip(todo, features):
+                _, questions, forced = asked[i]
+                encoded = [encode_rounds(self.tokenizer, [q], tokens_per_image=record.tokens_per_image) for q in questions]
+                prompts = [e.input_ids for e in encoded]
+                prefix = self._shared_prefix(record, prompts, alone=len(todo) == 1)
+                mine = [_Row(i, record, e.input_ids, e.expression_positions[0], prefix, None if forced is None else forced[q])
+                        for q, e in enumerate(encoded)]
+                if prefix is None:
+                    plain.append(mine)
+                else:
+                    rows.extend(mine)
+            key_logits: dict[int, list[torch.Tensor]] = {i: [] for i in todo}  # (S_j, K, 4h, 4w) per prediction
+            size = self.expression_batch_size
+            batches = [rows[start : start + size] for start in range(0, len(rows), size)]
+            batches += [group[start : start + size] for group in plain for start in range(0, len(group), size)]
+            for batch in batches:
+                answers = self._language(batch)
+                for record_index in dict.fromkeys(row.record_index for row in batch):
+                    own = [(row, a) for row, a in zip(batch, answers) if row.record_index == record_index]
+                    groups = [own] if self.batch_decoder else [[pair] for pair in own]
+                    for group in groups:
+                        logits, decoded = self._decode(group[0][0].record, [a for _, a in group])
+                        key_logits[record_index].extend(logits)
+                        results[record_index].extend(decoded)
+            for i, record in zip(todo, features):
+                if record.media == "video":
+                    self._track(record, results[i], key_logits[i])
+        return results
+
+    def _keys(self, num_frames: int) -> list[int]:
+        if num_frames == 1:
+            return [0]
+        return key_frame_indices(num_frames, self.num_key_frames, self.key_frame_sampling)
+
+    def _shared_prefix(self, record: RecordFeatures, prompts: list[list[int]], *, alone: bool = True) -> SharedPrefix | None:
         """The language model's pass over what every prompt of the record begins with (the chat
         header, the image tokens, the template's words before the expression), run once: its
-        key/value cache and last-layer states. None for a single prompt, or where the shared part
-        would not hold every image token."""
-        if len(prompts) < 2:
+        key/value cache and last-layer states. None where the shared part would not hold every
+        image token, and for a single prompt of a record asked ``alone`` (its one pass is then the
+        whole prompt); a record batched with others always gets one, since rows of different
+        records can only share a batch after their image tokens."""
+        if len(prompts) < 2 and alone:
             return None
         length = 0
         shortest = min(len(p) for p in prompts)
@@ -242,67 +289,57 @@ class SalmaPredictor:
         cache, hidden = self.model.mllm.prefix_cache(self.model.mllm.embed(ids, record.image_features))
         return SharedPrefix(length=length, cache=cache, hidden=hidden[0])
 
-    def _language(
-        self,
-        record: RecordFeatures,
-        prompts: list[list[int]],
-        expression_positions: list[list[int]],
-        prefix: SharedPrefix | None,
-        forced: list[str] | None,
-    ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-        """One language-model pass for a batch of prompts about the record (after ``prefix``,
-        when given). Per prompt: (answer, its [SEG] hidden states (S, D), the last-layer states
-        of its expression tokens (E, D))."""
-        if forced is None:
-            return self._generate(record, prompts, expression_positions, prefix)
-        answers = [self.tokenizer(a + IM_END, add_special_tokens=False).input_ids for a in forced]
+    def _language(self, rows: list[_Row]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """One language-model pass for a batch of rows: every row after its record's prefix, or,
+        without prefixes, whole prompts about one record. Per row: (answer, its [SEG] hidden
+        states (S, D), the last-layer states of its expression tokens (E, D)). The rows are all
+        generated or all teacher-forced (one call asks one way)."""
+        prefix = _BatchPrefix.of(rows)
+        if prefix is None and len({id(row.record) for row in rows}) > 1:
+            raise ValueError("rows of different records share a batch only after their prefixes")
+        if rows[0].forced is None:
+            return self._generate(rows, prefix)
+        answers = [self.tokenizer(row.forced + IM_END, add_special_tokens=False).input_ids for row in rows]
         # Teacher forcing: prompt + answer in one forward, right-padded (padding sits after every
         # real token, so the causal attention of the real tokens never reaches it).
-        shared = 0 if prefix is None else prefix.length
-        rows = [p[shared:] + a for p, a in zip(prompts, answers)]
-        ids, mask = _pad(rows, self.tokenizer.pad_token_id, left=False, device=self.device)
+        own = [row.own + a for row, a in zip(rows, answers)]
+        ids, mask = _pad(own, self.tokenizer.pad_token_id, left=False, device=self.device)
         if prefix is None:
-            out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, record.image_features), attention_mask=mask,
-                                  logits_to_keep=1)
+            out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, rows[0].record.image_features),
+                                  attention_mask=mask, logits_to_keep=1)
         else:
             out = self.model.mllm(inputs_embeds=self.model.mllm.embed(ids, None), attention_mask=mask,
-                                  logits_to_keep=1, prefix=prefix.expanded(len(rows)))
+                                  logits_to_keep=1, prefix=prefix.cache, prefix_mask=prefix.mask)
         results = []
-        for i, (row, positions, answer) in enumerate(zip(rows, expression_positions, answers)):
-            seg_at = [j for j, token in enumerate(row) if token == self.seg_token_id]
+        for i, (row, tokens, answer) in enumerate(zip(rows, own, answers)):
+            seg_at = [j for j, token in enumerate(tokens) if token == self.seg_token_id]
             results.append((
                 self.tokenizer.decode(answer, skip_special_tokens=False),
                 out.hidden_states[i, seg_at],
-                _prompt_states(prefix, out.hidden_states[i], positions, offset=0),
+                _prompt_states(row.prefix, out.hidden_states[i], row.positions, offset=0),
             ))
         return results
 
-    def _generate(
-        self,
-        record: RecordFeatures,
-        prompts: list[list[int]],
-        expression_positions: list[list[int]],
-        prefix: SharedPrefix | None,
-    ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-        """Greedy decoding of a batch of prompts (left-padded) until ``<|im_end|>`` or
+    def _generate(self, rows: list[_Row], prefix: _BatchPrefix | None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """Greedy decoding of a batch of rows (left-padded) until ``<|im_end|>`` or
         ``max_new_tokens``; the [SEG] hidden states come from the generation's own steps: the
         state *at* a generated token is computed on the step that feeds it back, one step after
         it was chosen. A [SEG] chosen on the very last step was never fed back; only then is its
-        row run once more, teacher-forced. With a shared prefix, generation starts from its
-        cache and the padding sits between the prefix and each prompt's own tokens (positions
-        follow the attention mask, so every row sees the same positions as alone)."""
+        row run once more, teacher-forced. With prefixes, generation starts from their cache and
+        the padding sits between each prefix and its row's own tokens (positions follow the
+        attention mask, so every row sees the same positions as alone)."""
         eos = self.tokenizer.convert_tokens_to_ids(IM_END)
-        shared = 0 if prefix is None else prefix.length
-        ids, mask = _pad([p[shared:] for p in prompts], self.tokenizer.pad_token_id, left=True, device=self.device)
+        ids, mask = _pad([row.own for row in rows], self.tokenizer.pad_token_id, left=True, device=self.device)
         if prefix is None:
-            embeds, cache = self.model.mllm.embed(ids, record.image_features), {}
+            embeds, cache = self.model.mllm.embed(ids, rows[0].record.image_features), {}
         else:
             own = self.model.mllm.embed(ids, None)
             # generate reads the whole sequence and feeds on only what the cache lacks: the
-            # shared part of ``inputs_embeds`` is never read, zeros stand in for it.
-            embeds = torch.cat([own.new_zeros(len(prompts), shared, own.shape[-1]), own], dim=1)
-            mask = torch.cat([mask.new_ones(len(prompts), shared), mask], dim=1)
-            cache = {"cache": prefix.expanded(len(prompts))}
+            # prefix part of ``inputs_embeds`` is never read, zeros stand in for it.
+            shared = prefix.mask.shape[1]
+            embeds = torch.cat([own.new_zeros(len(rows), shared, own.shape[-1]), own], dim=1)
+            mask = torch.cat([prefix.mask.to(mask), mask], dim=1)
+            cache = {"cache": prefix.cache}
         out = self.model.mllm.model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
@@ -316,28 +353,28 @@ class SalmaPredictor:
             **cache,
         )
         new_tokens = out.sequences[:, -len(out.hidden_states) :] if out.sequences.shape[1] > ids.shape[1] else out.sequences
-        prefill = out.hidden_states[0][-1]  # (B, L, D) last layer over the prompts (their own tokens with a prefix)
+        prefill = out.hidden_states[0][-1]  # (B, L, D) last layer over the rows' own tokens
         steps = [h[-1][:, 0] for h in out.hidden_states[1:]]  # step j: (B, D), the state at generated token j - 1
         results = []
-        for i, (prompt, positions) in enumerate(zip(prompts, expression_positions)):
+        for i, row in enumerate(rows):
             tokens = new_tokens[i].tolist()
             if eos in tokens:
                 tokens = tokens[: tokens.index(eos) + 1]
-            offset = ids.shape[1] - (len(prompt) - shared)  # left padding
-            prompt_segs = [j for j, t in enumerate(prompt) if t == self.seg_token_id]
-            seg_states = list(_prompt_states(prefix, prefill[i], prompt_segs, offset=offset))
+            offset = ids.shape[1] - len(row.own)  # left padding
+            prompt_segs = [j for j, t in enumerate(row.prompt) if t == self.seg_token_id]
+            seg_states = list(_prompt_states(row.prefix, prefill[i], prompt_segs, offset=offset))
             for j, token in enumerate(tokens):
                 if token != self.seg_token_id:
                     continue
                 if j < len(steps):
                     seg_states.append(steps[j][i])
                 else:  # chosen on the last step: never fed back
-                    seg_states.append(self._state_after(record, prompt + tokens))
+                    seg_states.append(self._state_after(row.record, row.prompt + tokens))
             hidden = torch.stack(seg_states) if seg_states else prefill.new_zeros(0, prefill.shape[-1])
             results.append((
                 self.tokenizer.decode(tokens, skip_special_tokens=False),
                 hidden,
-                _prompt_states(prefix, prefill[i], positions, offset=offset),
+                _prompt_states(row.prefix, prefill[i], row.positions, offset=offset),
             ))
         return results
 
@@ -527,6 +564,58 @@ class SharedPrefix:
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(batch)
         return cache
+
+
+@dataclass
+class _Row:
+    """One question about one record, as the language model sees it."""
+
+    record_index: int  # which of the records asked
+    record: RecordFeatures
+    prompt: list[int]  # the whole prompt's token ids
+    positions: list[int]  # its expression tokens' positions in the prompt
+    prefix: SharedPrefix | None  # its record's shared prefix
+    forced: str | None  # the answer to teacher-force; None: generate
+
+    @property
+    def own(self) -> list[int]:
+        """The prompt's tokens after its record's prefix."""
+        return self.prompt[0 if self.prefix is None else self.prefix.length :]
+
+
+@dataclass
+class _BatchPrefix:
+    """The prefixes of a batch of rows as one cache: row i's prefix keys and values, left-padded
+    with zeros to the longest prefix, and the (B, P) mask of the positions that hold tokens."""
+
+    cache: DynamicCache
+    mask: torch.Tensor
+
+    @classmethod
+    def of(cls, rows: list[_Row]) -> "_BatchPrefix | None":
+        """None when no row has a prefix; rows either all have one or none do."""
+        prefixes = [row.prefix for row in rows]
+        if all(p is None for p in prefixes):
+            return None
+        if any(p is None for p in prefixes):
+            raise ValueError("a batch mixes rows with and without a shared prefix")
+        distinct = list({id(p): p for p in prefixes}.values())
+        if len(distinct) == 1:  # one record: the prefix repeated, no padding
+            only = distinct[0]
+            return cls(only.expanded(len(rows)), torch.ones(len(rows), only.length, dtype=torch.long,
+                                                            device=only.hidden.device))
+        which = torch.tensor([distinct.index(p) for p in prefixes], device=distinct[0].hidden.device)
+        longest = max(p.length for p in distinct)
+        cache = DynamicCache()
+        for layer in range(len(distinct[0].cache.layers)):
+            padded = [[F.pad(getattr(p.cache.layers[layer], part), (0, 0, longest - p.length, 0)) for p in distinct]
+                      for part in ("keys", "values")]
+            keys, values = (torch.cat(part).index_select(0, which) for part in padded)
+            cache.update(keys, values, layer)
+        mask = torch.zeros(len(distinct), longest, dtype=torch.long, device=which.device)
+        for j, p in enumerate(distinct):
+            mask[j, longest - p.length :] = 1
+        return cls(cache, mask.index_select(0, which))
 
 
 def _prompt_states(prefix: SharedPrefix | None, own: torch.Tensor, positions: list[int], *, offset: int) -> torch.Tensor:

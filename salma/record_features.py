@@ -42,33 +42,57 @@ class RecordFeatures:
     sam_images: torch.Tensor | None  # (T, 3, S, S) every frame's SAM-2 input, videos only
 
     @classmethod
-    @torch.no_grad()
     def encode(
         cls, model: SalmaModel, frames: list[np.ndarray], keys: list[int], geometry: ImageGeometry, device: torch.device
     ) -> RecordFeatures:
-        media = "video" if len(frames) > 1 else "image"
-        key_images = [frames[i] for i in keys]
-        tiles = mllm_tiles(key_images, media, geometry)
-        image_features = model.mllm.image_features(to_normalized_tensor(tiles).to(device))
-        if media == "video":
-            sam_images = to_normalized_tensor([resize_square(f, geometry.sam_size) for f in frames]).to(device)
-            key_sam = sam_images[keys]
-        else:
-            sam_images = None
-            key_sam = to_normalized_tensor([resize_square(f, geometry.sam_size) for f in key_images]).to(device)
-        sam = model.encode_frames(key_sam, keep_backbone_out=media == "video")
-        height, width = frames[0].shape[:2]
-        return cls(
-            media=media,
-            keys=keys,
-            height=height,
-            width=width,
-            image_features=image_features,
-            tokens_per_image=tokens_per_image(len(tiles), media, geometry),
-            sam=sam,
-            priors=model.frame_priors(sam),
-            sam_images=sam_images,
-        )
+        return cls.encode_many(model, [(frames, keys)], geometry, device)[0]
+
+    @classmethod
+    @torch.no_grad()
+    def encode_many(
+        cls,
+        model: SalmaModel,
+        records: list[tuple[list[np.ndarray], list[int]]],
+        geometry: ImageGeometry,
+        device: torch.device,
+    ) -> list[RecordFeatures]:
+        """Several records' ``(frames, key frames)`` → their features, each encoder run once for
+        all of them: the MLLM tiles of every record in one batch through the vision tower, every
+        record's SAM-2 key frames in one batch through its image encoder (every SAM-2 input has
+        the same size, and so do the tiles). The pre-pass prior runs per record, since some of its
+        settings look at the other frames of the batch."""
+        tiles, sam_inputs, every_frame = [], [], []
+        for frames, keys in records:
+            media = "video" if len(frames) > 1 else "image"
+            tiles.append(mllm_tiles([frames[i] for i in keys], media, geometry))
+            if media == "video":
+                every_frame.append(to_normalized_tensor([resize_square(f, geometry.sam_size) for f in frames]).to(device))
+                sam_inputs.append(every_frame[-1][keys])
+            else:
+                every_frame.append(None)
+                sam_inputs.append(to_normalized_tensor([resize_square(frames[i], geometry.sam_size) for i in keys]).to(device))
+        image_features = model.mllm.image_features(to_normalized_tensor([t for ts in tiles for t in ts]).to(device))
+        any_video = any(images is not None for images in every_frame)
+        sam = model.encode_frames(torch.cat(sam_inputs), keep_backbone_out=any_video)
+        encoded, tile_start, frame_start = [], 0, 0
+        for (frames, keys), record_tiles, images in zip(records, tiles, every_frame, strict=True):
+            media = "video" if images is not None else "image"
+            mine = _frames_of(sam, slice(frame_start, frame_start + len(keys)), keep_backbone_out=media == "video")
+            height, width = frames[0].shape[:2]
+            encoded.append(cls(
+                media=media,
+                keys=keys,
+                height=height,
+                width=width,
+                image_features=image_features[tile_start : tile_start + len(record_tiles)],
+                tokens_per_image=tokens_per_image(len(record_tiles), media, geometry),
+                sam=mine,
+                priors=model.frame_priors(mine),
+                sam_images=images,
+            ))
+            tile_start += len(record_tiles)
+            frame_start += len(keys)
+        return encoded
 
     def tracker_features(self) -> dict[int, tuple[torch.Tensor, dict]]:
         """Frame index → ``(image, backbone_out)`` of each key frame, in the form SAM-2's video
@@ -85,3 +109,19 @@ class RecordFeatures:
             }
             pinned[t] = (self.sam_images[t].float().unsqueeze(0), one)
         return pinned
+
+
+def _frames_of(features: FrameFeatures, frames: slice, *, keep_backbone_out: bool) -> FrameFeatures:
+    """The features of a run of frames out of a batch encoded together (the whole batch when the
+    run covers it, so that one record alone keeps its tensors as they came)."""
+    if frames.start == 0 and frames.stop == features.image_embed.shape[0]:
+        return features if keep_backbone_out else FrameFeatures(features.image_embed, features.high_res)
+    out = features.backbone_out
+    backbone = None
+    if keep_backbone_out and out is not None:
+        backbone = {
+            "vision_features": out["vision_features"][frames],
+            "vision_pos_enc": [p[frames] for p in out["vision_pos_enc"]],
+            "backbone_fpn": [f[frames] for f in out["backbone_fpn"]],
+        }
+    return FrameFeatures(features.image_embed[frames], [h[frames] for h in features.high_res], backbone)

@@ -209,3 +209,63 @@ def test_bfloat16_autocast_runs_on_cpu(predictor, synthetic_data):
         predictor.dtype = torch.float32
     assert [len(p.masks) for p in out] == [1]
     assert out[0].masks[0].shape == video.shape[:3] and out[0].masks[0].dtype == bool
+
+
+def _mixed_records(synthetic_data):
+    """Two images of different sizes, a video, and a record with a single expression."""
+    images = list(_records(synthetic_data, "refcoco", "refer/refcoco", "val"))
+    first = images[0]
+    other = next(r for r in images[1:] if r[1].shape != first[1].shape)
+    video = next(_records(synthetic_data, "mevis", "mevis", "valid_u"))
+    single = (f"{first[0]} (first sentence only)", first[1], first[2][:1])
+    return [first, video, other, single]
+
+
+@contextmanager
+def _prefix_lengths(predictor):
+    lengths, original = [], predictor._shared_prefix
+
+    def recording(*args, **kwargs):
+        prefix = original(*args, **kwargs)
+        lengths.append(None if prefix is None else prefix.length)
+        return prefix
+
+    predictor._shared_prefix = recording
+    try:
+        yield lengths
+    finally:
+        del predictor._shared_prefix
+
+
+@pytest.mark.parametrize("generate", [False, True], ids=["teacher_forced", "generated"])
+def test_records_batched_together_give_each_records_own_masks(predictor, synthetic_data, generate):
+    records = _mixed_records(synthetic_data)
+    with _prefix_lengths(predictor) as lengths:
+        together = predictor.segment_records([(media, expressions) for _, media, expressions in records],
+                                             generate=generate)
+    assert None not in lengths and len(set(lengths)) >= 2  # every record has a prefix, of different lengths
+    assert len(together) == len(records)
+    for (sample_id, media, expressions), mine in zip(records, together):
+        _assert_same(mine, predictor.segment_expressions(media, expressions, generate=generate), f"{sample_id}")
+    assert sum(len(p.masks) for record in together for p in record) > 0
+
+
+def test_records_batched_together_share_each_encoder_and_language_model_batch(predictor, synthetic_data):
+    records = _mixed_records(synthetic_data)
+    num_frames, k = len(records[1][1]), 3
+    rows = sum(len(expressions) for _, _, expressions in records)
+    with _counting(_modules(predictor)) as counts, _language_model_inputs(predictor) as (shapes, image_ids):
+        predictor.segment_records([(media, expressions) for _, media, expressions in records], generate=False)
+    assert counts["vision_tower"] == 1  # every record's tiles in one batch
+    assert counts["sam_encoder"] == 1 + (num_frames - k)  # every key frame in one batch; the tracker the rest
+    # one prefix pass per record (one row each), then every expression of every record as one batch
+    assert [r for r, _ in shapes] == [1] * len(records) + [rows]
+    # each record's image tokens are embedded with its prefix, none with the batch
+    assert len(image_ids) == len(records) + 1 and min(image_ids[:-1]) > 0 and image_ids[-1] == 0
+    predictor.expression_batch_size = 4
+    try:
+        with _language_model_inputs(predictor) as (chunked, _):
+            predictor.segment_records([(media, expressions) for _, media, expressions in records], generate=False)
+    finally:
+        predictor.expression_batch_size = 16
+    assert [r for r, _ in chunked[len(records):]] == [4] * (rows // 4) + ([rows % 4] if rows % 4 else [])
