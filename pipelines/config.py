@@ -203,9 +203,10 @@ class EvalConfig(StrictModel):
     Ray. ``generate: false`` teacher-forces the answer "It is [SEG]." instead of decoding (the
     benchmark convention is to generate; teacher forcing measures the segmentation branch alone).
     ``metric_workers`` processes compute the video metrics (None: one per CPU).
-    ``records_per_batch`` records go to an actor together (Ray Data's batch size);
-    ``expression_batch_size`` expressions of one record go through the language model and the
-    mask decoder as one padded batch (lower it when memory is short). ``dtype``: the compute
+    ``records_per_batch`` records go to an actor together (Ray Data's batch size) and are asked
+    together: one encoder batch for all, their expressions sharing the language model's batches;
+    ``expression_batch_size`` expressions go through the language model as one padded batch
+    (lower it when memory is short). ``dtype``: the compute
     precision (``auto``: bfloat16 on a GPU that has it, else float16; float32 on CPU).
     ``compile_decoder``: ``torch.compile`` SAM-2's mask decoder and MBA in each actor.
     """

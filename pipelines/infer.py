@@ -303,32 +303,53 @@ class RecordPredictor:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shards, visuals = [], []
-        for key, record_json, visual in zip(batch["key"], batch["record"], batch["visual"], strict=True):
-            record = SampleRecord.from_json(str(record_json))
-            shard, png = predict_record(self.predictor, record, key=str(key), generate=self.settings.generate,
-                                        visual=bool(visual))
-            shards.append(json.dumps(shard, separators=(",", ":")))
-            visuals.append(png or b"")
-        return {"key": np.asarray(batch["key"], dtype=object), "shard": np.asarray(shards, dtype=object),
-                "visual_png": np.asarray(visuals, dtype=object)}
+        records = [(str(key), SampleRecord.from_json(str(record_json)), bool(visual))
+                   for key, record_json, visual in zip(batch["key"], batch["record"], batch["visual"], strict=True)]
+        answered = predict_records(self.predictor, records, generate=self.settings.generate)
+        return {"key": np.asarray(batch["key"], dtype=object),
+                "shard": np.asarray([json.dumps(shard, separators=(",", ":")) for shard, _ in answered], dtype=object),
+                "visual_png": np.asarray([png or b"" for _, png in answered], dtype=object)}
 
 
-def predict_record(
-    predictor, record: SampleRecord, *, key: str, generate: bool, visual: bool
-) -> tuple[dict, bytes | None]:
-    """Every sentence of one record → its shard: one entry per (referent, sentence), per-frame RLE."""
+def predict_records(
+    predictor, records: list[tuple[str, SampleRecord, bool]], *, generate: bool
+) -> list[tuple[dict, bytes | None]]:
+    """``(key, record, visual report wanted)`` → each record's shard and report, in order.
+
+    One record: its frames are encoded once and its sentences batched (``segment_expressions``).
+    Several (``records_per_batch`` > 1): they are asked together (``segment_records``), and
+    each shard's ``seconds`` is the batch's time shared out by frame-sentences."""
     started, started_at = time.perf_counter(), time.time()
-    try:
-        frames = load_frames(record, range(record.num_frames))
-    except BadRecordError as err:
-        return _bad_shard(key, record, err), None
-    media_input = frames[0] if len(frames) == 1 else np.stack(frames)  # (H, W, 3) or (T, H, W, 3)
+    results: list[tuple[dict, bytes | None] | None] = [None] * len(records)
+    loaded = []  # (position, key, record, visual, frames, asked)
+    for position, (key, record, visual) in enumerate(records):
+        try:
+            frames = load_frames(record, range(record.num_frames))
+        except BadRecordError as err:
+            results[position] = _bad_shard(key, record, err), None
+            continue
+        asked = [(referent, index, expression) for referent in record.referents
+                 for index, expression in enumerate(referent.expressions)]
+        loaded.append((position, key, record, visual, frames, asked))
+    if loaded:
+        media = [frames[0] if len(frames) == 1 else np.stack(frames) for *_, frames, _ in loaded]  # (H, W, 3) or (T, H, W, 3)
+        if len(loaded) == 1:
+            answers = [predictor.segment_expressions(media[0], [e for _, _, e in loaded[0][5]], generate=generate)]
+        else:
+            answers = predictor.segment_records(
+                [(m, [e for _, _, e in asked]) for m, (*_, asked) in zip(media, loaded)], generate=generate)
+        work = [len(frames) * max(1, len(asked)) for *_, frames, asked in loaded]
+        seconds = time.perf_counter() - started
+        for (position, key, record, visual, frames, asked), answered, share in zip(loaded, answers, work, strict=True):
+            results[position] = _shard(record, key, frames, asked, answered, visual=visual,
+                                       seconds=seconds * share / sum(work), started_at=started_at)
+    return results
+
+
+def _shard(record: SampleRecord, key: str, frames: list[np.ndarray], asked: list, answered: list, *, visual: bool,
+           seconds: float, started_at: float) -> tuple[dict, bytes | None]:
+    """One record's answers → its shard (and its visual report when asked for)."""
     height, width = frames[0].shape[:2]
-    asked = [(referent, index, expression) for referent in record.referents
-             for index, expression in enumerate(referent.expressions)]
-    # One call for the whole record: its frames are encoded once and its sentences batched.
-    answered = predictor.segment_expressions(media_input, [e for _, _, e in asked], generate=generate)
     predictions, figure = [], None
     for (referent, index, expression), prediction in zip(asked, answered, strict=True):
         video = _first_mask(prediction.masks, len(frames), height, width)  # (T, H, W)
@@ -357,7 +378,7 @@ def predict_record(
         "width": width,
         "frame_names": frame_names(record),
         "predictions": predictions,
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
         "started_at": started_at,  # wall clock, for throughput across actors
         "finished_at": time.time(),
         "complete": True,
@@ -460,14 +481,16 @@ def predict_rows(
     rows: list[dict[str, Any]], *, model: Any, settings: EvalConfig, use_gpu: bool
 ) -> Iterator[dict[str, Any]]:
     """Yield one output row per input row, from a Ray Data actor pool, or in this process when
-    ``settings.num_actors == 0``."""
+    ``settings.num_actors == 0``; ``settings.records_per_batch`` rows at a time either way."""
     constructor = {"model": model, "settings": settings.model_dump(), "device": "cuda" if use_gpu else "cpu",
                    "threads": settings.threads_per_actor}
     if settings.num_actors == 0:
         predictor = RecordPredictor(**constructor)
-        for row in rows:
-            out = predictor({k: np.asarray([v], dtype=object) for k, v in row.items()})
-            yield {k: v[0] for k, v in out.items()}
+        size = settings.records_per_batch
+        for start in range(0, len(rows), size):
+            batch = rows[start : start + size]
+            out = predictor({k: np.asarray([row[k] for row in batch], dtype=object) for k in batch[0]})
+            yield from ({k: v[i] for k, v in out.items()} for i in range(len(batch)))
         return
     import ray
 
@@ -708,9 +731,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--teacher-force", action="store_true",
                         help='answer "It is [SEG]." instead of generating (untrained models, branch checks)')
-    parser.add_argument("--records-per-batch", type=int, help="records sent to an actor together (default 1)")
+    parser.add_argument("--records-per-batch", type=int, help="records an actor asks together: one encoder batch, shared language-model batches (default 1)")
     parser.add_argument("--expression-batch-size", type=int,
-                        help="expressions of a record batched through the language model and decoder (default 16)")
+                        help="expressions batched through the language model (default 16)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                         help="compute precision (default auto: bfloat16 on GPU, float16 where it lacks bf16, "
                              "float32 on CPU)")

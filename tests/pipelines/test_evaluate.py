@@ -222,13 +222,15 @@ def test_infer_then_evaluate_end_to_end_logs_scores_to_mlflow(ray_cluster, synth
     assert infer_module.main([
         "--model", str(exported), "--dataset", f"mevis:{mevis}", "--split", "drift", "--out", str(tmp_path / "pred"),
         "--num-actors", "2", "--teacher-force", "--num-key-frames", "3", "--visual-samples", "1", "--zip",
+        "--records-per-batch", "2",
     ]) == 0
     with zipfile.ZipFile(tmp_path / "pred" / "submission.zip") as archive:  # MeViS: video folders at the top
         names = archive.namelist()
     pngs = sorted(p.relative_to(tmp_path / "pred" / "Annotations").as_posix()
                   for p in (tmp_path / "pred" / "Annotations").rglob("*.png"))
     assert sorted(names) == pngs and names[0].count("/") == 2
-    # The actor pool predicts exactly what the predictor does in this process.
+    # The actor pool, two records asked together, predicts exactly what the predictor does in this
+    # process for each record alone.
     in_process = infer_module.infer(
         exported, parse_dataset(f"mevis:{mevis}", split="drift"), tmp_path / "local",
         settings=EvalConfig(num_actors=0, generate=False, num_key_frames=3, visual_samples=0),

@@ -224,3 +224,15 @@ def test_batching_and_precision_flags_reach_the_actors_predictor(exported_model)
     assert actor.predictor.expression_batch_size == 3 and actor.predictor.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="records_per_batch"):
         EvalConfig(records_per_batch=0)
+
+
+@pytest.mark.parametrize(("fmt", "folder", "split"), [("mevis", "mevis", "drift"), ("refcoco", "refer/refcoco", "val")])
+def test_records_asked_together_write_what_records_asked_alone_write(exported_model, synthetic_data, tmp_path,
+                                                                     fmt, folder, split):
+    source = parse_dataset(f"{fmt}:{synthetic_data / folder}", split=split)
+    alone = infer(exported_model, source, tmp_path / "alone", settings=FAST)
+    together = infer(exported_model, source, tmp_path / "together",
+                     settings=FAST.model_copy(update={"records_per_batch": 3}))
+    assert alone.records == together.records >= 2
+    assert (tmp_path / "together" / "results.json").read_text() == (tmp_path / "alone" / "results.json").read_text()
+    assert sum(r["seconds"] for r in together.per_record) > 0
