@@ -21,6 +21,9 @@ the others) and reports its rate over those; the speed-up is the ratio of the tw
 per-expression figure for all expressions is extrapolated from those N. ``--old-sentences N`` does
 the same for the image record. ``--no-shared-prefix`` runs the batched path without running the
 prompts' shared prefix once (each prompt whole, in the padded batch): what the prefix buys.
+``--records-together N`` then asks N image records (of ``--sentences`` sentences, landscape and
+portrait) one record at a time and all at once (``SalmaPredictor.segment_records``, what
+``salma infer --records-per-batch N`` does in an actor) and prints both times.
 ``--compile-decoder`` then compiles SAM-2's mask decoder and the MBA block (``torch.compile``,
 as ``salma infer --compile-decoder`` does), runs the batched path once to compile and once more
 timed, against its eager time.
@@ -132,7 +135,7 @@ def record_mode(args) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.no_shared_prefix:  # every prompt runs whole, as before the shared prefix
-        SalmaPredictor._shared_prefix = lambda self, record, prompts: None
+        SalmaPredictor._shared_prefix = lambda self, record, prompts, alone=True: None
     started = time.perf_counter()
     built = build_salma(record_config(args.size))
     predictor = SalmaPredictor(built, num_key_frames=args.key_frames, max_new_tokens=8)
@@ -188,9 +191,30 @@ def record_mode(args) -> None:
                   f"new {spent['new']:.1f} s for {n} ({spent['new'] / n:.1f} s each, {spent['new'] / new_s:.0%} "
                   f"of the new path); old path on {old_n} of {n} expressions")
     print(f"masks per new record: {[r[8] for r in rows]}; load average after: {os.getloadavg()[0]:.2f}")
+    if args.records_together:
+        records_together(predictor, sentences[: args.sentences], args.records_together, rng)
     if args.compile_decoder:
         compiled_decoder(predictor, [(r[0], r[1], r[2]) for r in records if r[0] in args.records],
                          {row[0]: row[5] for row in rows})
+
+
+def records_together(predictor, sentences: list[str], count: int, rng) -> None:
+    """``count`` image records (landscape and portrait, so their prompts differ in length), each
+    asked alone with ``segment_expressions`` and then all together with ``segment_records``."""
+    import numpy as np
+
+    images = [rng.integers(0, 255, size=(480, 640, 3) if i % 2 == 0 else (640, 480, 3), dtype=np.uint8)
+              for i in range(count)]
+    t0 = time.perf_counter()
+    alone = [predictor.segment_expressions(image, sentences) for image in images]
+    alone_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    together = predictor.segment_records([(image, sentences) for image in images])
+    together_s = time.perf_counter() - t0
+    pairs = [(a, b) for x, y in zip(together, alone) for p, q in zip(x, y) for a, b in zip(p.masks, q.masks)]
+    differ, pixels = sum(int((a != b).sum()) for a, b in pairs), sum(a.size for a, _ in pairs)
+    print(f"{count} image records of {len(sentences)} sentences: each alone {alone_s:.1f} s, together "
+          f"{together_s:.1f} s ({alone_s / together_s:.2f}x); {differ} of {pixels} mask pixels differ", flush=True)
 
 
 def compiled_decoder(predictor, records, eager_seconds: dict[str, float]) -> None:
@@ -243,6 +267,8 @@ def main(argv=None) -> None:
                         help="record mode: afterwards, the batched path with torch.compile'd decoder and MBA, timed")
     parser.add_argument("--records", nargs="+", choices=("image", "video"), default=["image", "video"],
                         help="record mode: which records to run")
+    parser.add_argument("--records-together", type=int, default=0,
+                        help="record mode: also N image records asked alone, then together (segment_records)")
     parser.add_argument("--threads", type=int, default=2, help="record mode: torch threads")
     parser.add_argument("--videos", type=int, default=160, help="synthetic MeViS train videos (valid_u gets a quarter)")
     parser.add_argument("--key-frames", type=int, default=5)
