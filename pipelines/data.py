@@ -53,8 +53,7 @@ logger = logging.getLogger(__name__)
 MIN_ROWS_FOR_THRESHOLD = 20
 ENCODE_BATCH_ROWS = 4
 LOG_EVERY_ROWS = 200
-STREAM_EPOCHS = 4  # epochs per Ray Data stream at least ...
-STREAM_ROWS = 100_000  # ... and as many more as fit in this many rows, up to what the run needs
+STREAM_EPOCHS = 4
 
 
 class TooManyBadRecords(RuntimeError):
@@ -311,15 +310,13 @@ class WorkerBatches:
         started, last_log = time.perf_counter(), 0
         epoch, skip = divmod(self.position, self.rows_per_epoch)
         while True:
-            # One Dataset (one decode actor pool) streams several epochs: each new pool starts its
-            # actors (torch, transformers and salma imported again) and decodes ahead in a burst,
-            # both on the training's CPUs.
-            count = self._stream_epochs(epoch)
+            # One Dataset (one decode actor pool) streams STREAM_EPOCHS epochs: starting the pool
+            # costs a second or two, which once per epoch showed up as data wait.
             rows = []
-            for e in range(epoch, epoch + count):
+            for e in range(epoch, epoch + STREAM_EPOCHS):
                 rows += self._epoch_rows(e, skip if e == epoch else 0)
             logger.info("rank %d: epochs %d-%d, %d rows from position %d of epoch %d",
-                        self.rank, epoch, epoch + count - 1, len(rows), skip, epoch)
+                        self.rank, epoch, epoch + STREAM_EPOCHS - 1, len(rows), skip, epoch)
             ds = ray.data.from_items(rows).map_batches(
                 EncodeRows,
                 batch_size=ENCODE_BATCH_ROWS,
@@ -344,17 +341,7 @@ class WorkerBatches:
                     self.bad.check(self.cfg.data.max_bad_fraction)
                     continue
                 yield example_from_bytes(row["example"])
-            epoch, skip = epoch + count, 0
-
-    def _stream_epochs(self, epoch: int) -> int:
-        """Epochs the stream that starts at ``epoch`` covers: every epoch the run still needs
-        (one more for rows lost to bad records) when they fit in ``STREAM_ROWS`` rows, so that
-        a small dataset streams once for the whole run; else as many as fit, and at least
-        ``STREAM_EPOCHS``. The examples do not depend on it (each row draws from its own seed)."""
-        t = self.cfg.train
-        needed = t.max_steps * t.grad_accum * t.batch_size_per_worker - epoch * self.rows_per_epoch
-        wanted = -(-max(needed, 0) // self.rows_per_epoch) + 1
-        return max(STREAM_EPOCHS, min(wanted, STREAM_ROWS // self.rows_per_epoch))
+            epoch, skip = epoch + STREAM_EPOCHS, 0
 
     def __iter__(self) -> "WorkerBatches":
         return self

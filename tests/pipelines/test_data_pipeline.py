@@ -150,25 +150,3 @@ def test_the_pipeline_feeds_a_two_worker_ray_train_loop(ray_cluster, data_dir):
         run_config=ray.train.RunConfig(storage_path=str(data_dir / "ray_results"), name="pipeline_feed"),
     ).fit()
     assert result.error is None
-
-
-def test_a_small_dataset_streams_once_for_the_whole_run_and_the_examples_do_not_change(
-    ray_cluster, data_dir, monkeypatch
-):
-    import pipelines.data as data_module
-
-    cfg = experiment(data_dir, "train.max_steps=100")
-    tok = build_tiny_tokenizer()
-    one_stream = WorkerBatches(cfg, rank=0, world_size=1, tokenizer=tok)
-    needed_epochs = -(-100 * 2 // one_stream.rows_per_epoch)
-    assert needed_epochs > data_module.STREAM_EPOCHS
-    assert one_stream._stream_epochs(0) > needed_epochs  # the run's epochs and one more, in one stream
-    # A dataset too large for that (here: a row budget of 4 epochs) streams 4 epochs at a time,
-    # and the stream that starts after them gives the same examples.
-    monkeypatch.setattr(data_module, "STREAM_ROWS", 4 * one_stream.rows_per_epoch)
-    chunked = WorkerBatches(cfg, rank=0, world_size=1, tokenizer=tok)
-    assert chunked._stream_epochs(0) == data_module.STREAM_EPOCHS
-    crossing = (4 * one_stream.rows_per_epoch) // 2 + 3  # batches of 2 rows, past the 4th epoch
-    assert all(same(a, b) for a, b in zip(take(one_stream, crossing), take(chunked, crossing)))
-    for it in (one_stream, chunked):
-        it.close()
