@@ -58,7 +58,7 @@ from pipelines.infer import (
     add_dataset_arguments,
     default_name,
     ensure_ray,
-    infer,
+    infer_many,
     media_of,
     metric_safe,
     parse_dataset,
@@ -596,16 +596,14 @@ def evaluate_model(
 
         ensure_ray()
         shipped = ray.put(ShippedModel.of(model))  # once for every source
-    all_scores, pred_dirs = [], {}
-    for item in sources:
-        source = _as_source(item)
-        pred = out / source.name
-        infer(shipped, source, pred, settings=settings, resume=not in_memory)
-        all_scores.append(score_predictions(pred, source, workers=settings.metric_workers,
-                                            max_samples=settings.max_samples))
-        pred_dirs[source.name] = pred
-    if not all_scores:
+    jobs = [(source, out / source.name) for source in map(_as_source, sources)]
+    if not jobs:
         raise ValueError("evaluate_model needs at least one source")
+    # Every source through one actor pool: each actor loads the model once, not once per source.
+    infer_many(shipped, jobs, settings=settings, resume=not in_memory)
+    all_scores = [score_predictions(pred, source, workers=settings.metric_workers, max_samples=settings.max_samples)
+                  for source, pred in jobs]
+    pred_dirs = {source.name: pred for source, pred in jobs}
     tables = write_tables(all_scores, out)
     write_skipped(out, all_scores)
     metrics = {k: v for s in all_scores for k, v in s.metrics().items()}

@@ -306,7 +306,8 @@ class RecordPredictor:
         records = [(str(key), SampleRecord.from_json(str(record_json)), bool(visual))
                    for key, record_json, visual in zip(batch["key"], batch["record"], batch["visual"], strict=True)]
         answered = predict_records(self.predictor, records, generate=self.settings.generate)
-        return {"key": np.asarray(batch["key"], dtype=object),
+        passed = {"job": np.asarray(batch["job"])} if "job" in batch else {}  # which source (infer_many)
+        return {**passed, "key": np.asarray(batch["key"], dtype=object),
                 "shard": np.asarray([json.dumps(shard, separators=(",", ":")) for shard, _ in answered], dtype=object),
                 "visual_png": np.asarray([png or b"" for _, png in answered], dtype=object)}
 
@@ -568,15 +569,63 @@ def infer(
     so a rerun only retries those). ``overlays`` (own data): also draw every mask over its
     picture (``pipelines.own_data_outputs``).
     """
+    return infer_many(model, [(source, out_dir)], settings=settings, resume=resume, zip_annotations=zip_annotations,
+                      max_bad_fraction=max_bad_fraction, address=address, overlays=overlays)[0]
+
+
+def infer_many(
+    model: Any,
+    jobs: Sequence[tuple[SourceConfig, str | os.PathLike]],
+    *,
+    settings: EvalConfig | None = None,
+    resume: bool = True,
+    zip_annotations: bool = False,
+    max_bad_fraction: float = 0.0,
+    address: str | None = None,
+    overlays: bool = False,
+) -> list[InferSummary]:
+    """``infer`` for several ``(source, output folder)`` pairs in one pass: one actor pool
+    (each actor loads the model once) predicts the pending records of every source, and each
+    folder is written as ``infer`` writes it. The bad-record check runs per source once every
+    source is predicted; the first source over ``max_bad_fraction`` raises."""
     settings = settings or EvalConfig()
-    media = media_of(source)
     if isinstance(model, (str, os.PathLike)):
         kind, found = check_model_spec(model)
         if kind == "folder":  # the actors run in another working directory
             model = str(Path(found).resolve())
+    started = [_start_job(model, source, out_dir, settings=settings, resume=resume) for source, out_dir in jobs]
+    _predict_jobs(started, model=model, settings=settings, address=address, overlays=overlays)
+    return [_finish_job(job, zip_annotations=zip_annotations, max_bad_fraction=max_bad_fraction) for job in started]
+
+
+@dataclass
+class _Job:
+    """One source's inference: what to predict, and what came back."""
+
+    source: SourceConfig
+    out: Path
+    info: dict[str, Any]
+    records: list[SampleRecord]
+    skipped: list[dict[str, Any]]
+    todo: list[SampleRecord]
+    resumed: int
+    visual_keys: set[str]
+    started: float
+    seconds: float = 0.0
+    bad: list[dict[str, Any]] = field(default_factory=list)
+    per_record: list[dict[str, Any]] = field(default_factory=list)
+    frames_done: int = 0
+
+    @property
+    def media(self) -> str:
+        return self.info["media"]
+
+
+def _start_job(model: Any, source: SourceConfig, out_dir: str | os.PathLike, *, settings: EvalConfig,
+               resume: bool) -> _Job:
     info = {
         "model": describe_model(model), "name": source.name, "format": source.format, "root": source.root,
-        "split": source.split, "options": source.options, "media": media, **settings.model_dump(),
+        "split": source.split, "options": source.options, "media": media_of(source), **settings.model_dump(),
     }
     out = _prepare_folder(out_dir, resume=resume, info=info)
     skipped: list[dict[str, Any]] = []
@@ -589,24 +638,25 @@ def infer(
     todo, resumed = _pending(out, records)
     logger.info("infer %s: %d records, %d already predicted, %d to predict", source.name, len(records),
                 len(records) - len(todo), len(todo))
-    started = time.perf_counter()
     visual_keys = {shard_key(r.sample_id) for r in records[: settings.visual_samples]}
-    bad, per_record = _predict_pending(out, source.name, todo, len(records), resumed, model=model, settings=settings,
-                                       visual_keys=visual_keys, address=address, info=info,
-                                       own=media == "mixed", overlays=overlays)
-    write_json_atomic(out / RUN_INFO, info)  # (also when every record was done already)
-    seconds = time.perf_counter() - started
-    _check_bad(out, bad, len(records), max_bad_fraction, skipped=skipped)
-    bad_ids = {b["sample_id"] for b in bad}
+    return _Job(source, out, info, records, skipped, todo, resumed, visual_keys, time.perf_counter())
+
+
+def _finish_job(job: _Job, *, zip_annotations: bool, max_bad_fraction: float) -> InferSummary:
+    out, source, records = job.out, job.source, job.records
+    write_json_atomic(out / RUN_INFO, job.info)  # (also when every record was done already)
+    _check_bad(out, job.bad, len(records), max_bad_fraction, skipped=job.skipped)
+    bad_ids = {b["sample_id"] for b in job.bad}
     kept = [r for r in records if r.sample_id not in bad_ids]
-    results = merge_own_results(out, kept) if media == "mixed" else merge_results(out, kept, media)
-    if zip_annotations and media == "video":
+    results = merge_own_results(out, kept) if job.media == "mixed" else merge_results(out, kept, job.media)
+    if zip_annotations and job.media == "video":
         logger.info("wrote %s", zip_submission(out, source.format, expected=expected_annotation_folders(kept)))
-    frames = sum(r["frames"] for r in per_record)
-    summary = InferSummary(str(out), source.name, len(records), len(per_record), resumed, len(bad), frames, seconds,
-                           str(results), per_record, len(skipped))
+    frames = sum(r["frames"] for r in job.per_record)
+    summary = InferSummary(str(out), source.name, len(records), len(job.per_record), job.resumed, len(job.bad),
+                           frames, job.seconds, str(results), job.per_record, len(job.skipped))
     logger.info("infer %s: %d records predicted, %d resumed, %d bad; %d frames in %.1f s (%.1f frames/s) → %s",
-                source.name, summary.predicted, resumed, len(bad), frames, seconds, summary.frames_per_second, results)
+                source.name, summary.predicted, job.resumed, len(job.bad), frames, job.seconds,
+                summary.frames_per_second, results)
     return summary
 
 
@@ -632,43 +682,45 @@ def _pending(out: Path, records: Iterable[SampleRecord]) -> tuple[list[SampleRec
     return todo, resumed
 
 
-def _predict_pending(
-    out: Path, name: str, todo: list[SampleRecord], total: int, resumed: int, *, model: Any, settings: EvalConfig,
-    visual_keys: set[str], address: str | None, info: dict[str, Any], own: bool = False, overlays: bool = False,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Predict the records without a complete shard, writing each one's outputs as it arrives
-    (``run_info.json`` = ``info`` before the first). Returns (bad records, timing of each
-    predicted record)."""
-    bad: list[dict[str, Any]] = []
-    per_record: list[dict[str, Any]] = []
-    if not todo:
-        return bad, per_record
+def _predict_jobs(jobs: list[_Job], *, model: Any, settings: EvalConfig, address: str | None,
+                  overlays: bool = False) -> None:
+    """Predict every job's pending records through one actor pool, writing each record's outputs
+    into its job's folder as it arrives (``run_info.json`` = the job's ``info`` before the
+    first); fills each job's bad records, per-record timings and seconds."""
+    rows = [_inference_row(r, visual=shard_key(r.sample_id) in job.visual_keys) | {"job": j}
+            for j, job in enumerate(jobs) for r in job.todo]
+    for job in jobs:
+        job.seconds = time.perf_counter() - job.started
+    if not rows:
+        return
     if settings.num_actors > 0:
         ensure_ray(address)
-    rows = [_inference_row(r, visual=shard_key(r.sample_id) in visual_keys) for r in todo]
-    by_key = {shard_key(r.sample_id): r for r in todo}
-    progress = _progress(name, total, resumed)
-    started, frames_done = time.perf_counter(), 0
+    by_key = [{shard_key(r.sample_id): r for r in job.todo} for job in jobs]
+    progress = [_progress(job.source.name, len(job.records), job.resumed) if job.todo else None for job in jobs]
+    waiting = [len(job.todo) for job in jobs]
     for row in predict_rows(rows, model=model, settings=settings, use_gpu=_gpus_wanted(settings)):
-        shard = json.loads(row["shard"])
+        j = int(row["job"])
+        job, shard = jobs[j], json.loads(row["shard"])
         if "error" in shard:
-            bad.append({"sample_id": shard["sample_id"], **shard["error"]})
+            job.bad.append({"sample_id": shard["sample_id"], **shard["error"]})
             logger.warning("record %s skipped: %s (%s)", shard["sample_id"], shard["error"]["reason"],
                            shard["error"]["path"])
         else:
-            if not per_record:
-                write_json_atomic(out / RUN_INFO, info)
+            if not job.per_record:
+                write_json_atomic(job.out / RUN_INFO, job.info)
+            own = job.media == "mixed"
             if own:
-                write_own_outputs(out, shard, by_key[shard["key"]], overlays=overlays)
-            write_record_outputs(out, shard, bytes(row["visual_png"]) or None, annotations=not own)
+                write_own_outputs(job.out, shard, by_key[j][shard["key"]], overlays=overlays)
+            write_record_outputs(job.out, shard, bytes(row["visual_png"]) or None, annotations=not own)
             frames = len(shard["frame_names"]) * len(shard["predictions"])
-            per_record.append({k: shard[k] for k in ("sample_id", "seconds", "started_at", "finished_at")}
-                              | {"frames": frames})
-            frames_done += frames
-        elapsed = time.perf_counter() - started
-        progress.update(progress.done + 1, **{"frames/s": frames_done / elapsed if elapsed > 0 else 0.0})
-    progress.close()
-    return bad, per_record
+            job.per_record.append({k: shard[k] for k in ("sample_id", "seconds", "started_at", "finished_at")}
+                                  | {"frames": frames})
+            job.frames_done += frames
+        job.seconds = time.perf_counter() - job.started
+        progress[j].update(progress[j].done + 1, **{"frames/s": job.frames_done / job.seconds if job.seconds > 0 else 0.0})
+        waiting[j] -= 1
+        if waiting[j] == 0:
+            progress[j].close()
 
 
 def _check_bad(
