@@ -236,3 +236,25 @@ def test_records_asked_together_write_what_records_asked_alone_write(exported_mo
     assert alone.records == together.records >= 2
     assert (tmp_path / "together" / "results.json").read_text() == (tmp_path / "alone" / "results.json").read_text()
     assert sum(r["seconds"] for r in together.per_record) > 0
+
+
+def test_several_sources_share_one_predictor_and_write_what_each_writes_alone(exported_model, synthetic_data,
+                                                                             tmp_path, monkeypatch):
+    sources = [parse_dataset(f"refcoco:{synthetic_data / 'refer' / 'refcoco'}", split="val"),
+               parse_dataset(f"mevis:{synthetic_data / 'mevis'}", split="drift")]
+    alone = [infer(exported_model, source, tmp_path / "alone" / source.name, settings=FAST) for source in sources]
+    built = []
+    original = infer_module.RecordPredictor
+
+    def counting(**kwargs):
+        built.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(infer_module, "RecordPredictor", counting)
+    together = infer_module.infer_many(exported_model, [(s, tmp_path / "together" / s.name) for s in sources],
+                                       settings=FAST)
+    assert len(built) == 1  # one predictor (one model load) for both sources
+    for source, one, both in zip(sources, alone, together, strict=True):
+        assert (both.records, both.predicted, both.bad) == (one.records, one.predicted, 0)
+        written = Path(both.results_path).read_text()
+        assert written == Path(one.results_path).read_text() and json.loads(written), source.name
