@@ -39,6 +39,7 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
+PICTURES_PER_BATCH = 4  # pictures of one request segmented together (SalmaPredictor.segment_records)
 _ARTIFACT = "salma_export"
 _REQUIREMENTS = ("torch", "transformers", "sam2", "peft", "safetensors", "tokenizers", "pycocotools", "pillow",
                  "numpy", "pandas", "opencv-python-headless", "hydra-core", "iopath", "pydantic", "mlflow")
@@ -57,20 +58,24 @@ class SalmaPyfuncModel(mlflow.pyfunc.PythonModel):
 
         generate = bool((params or {}).get("generate", True))
         table = model_input.reset_index(drop=True)
-        # Rows about the same picture are segmented together: it is decoded and encoded once.
+        # Rows about the same picture are segmented together: it is decoded and encoded once;
+        # up to PICTURES_PER_BATCH pictures share the encoders' and the language model's batches.
         groups: dict[str, list[int]] = {}
         for index, row in table.iterrows():
             groups.setdefault(_media_key(row, index), []).append(index)
         rows: list[dict[str, Any]] = [{} for _ in range(len(table))]
-        for indices in groups.values():
-            media = _media_of(table.iloc[indices[0]], indices[0])
-            expressions = [str(table.iloc[i]["expression"]) for i in indices]
-            for i, prediction in zip(indices, self.predictor.segment_expressions(media, expressions, generate=generate)):
-                masks = []
-                if prediction.masks:
-                    first = np.asarray(prediction.masks[0], dtype=bool)
-                    masks = [encode_mask(m) for m in (first[None] if first.ndim == 2 else first)]
-                rows[i] = {"answer": prediction.answer, "num_masks": len(prediction.masks), "masks": json.dumps(masks)}
+        pictures = list(groups.values())
+        for start in range(0, len(pictures), PICTURES_PER_BATCH):  # a few pictures asked together
+            batch = pictures[start : start + PICTURES_PER_BATCH]
+            asked = [(_media_of(table.iloc[indices[0]], indices[0]), [str(table.iloc[i]["expression"]) for i in indices])
+                     for indices in batch]
+            for indices, predictions in zip(batch, self.predictor.segment_records(asked, generate=generate)):
+                for i, prediction in zip(indices, predictions):
+                    masks = []
+                    if prediction.masks:
+                        first = np.asarray(prediction.masks[0], dtype=bool)
+                        masks = [encode_mask(m) for m in (first[None] if first.ndim == 2 else first)]
+                    rows[i] = {"answer": prediction.answer, "num_masks": len(prediction.masks), "masks": json.dumps(masks)}
         return pd.DataFrame(rows, columns=["answer", "num_masks", "masks"])
 
 
