@@ -547,30 +547,10 @@ def _progress(name: str, total: int, resumed: int) -> Progress:
 
 
 # ------------------------------------------------------------------------------ entry point
-def infer(
-    model: Any,
-    source: SourceConfig,
-    out_dir: str | os.PathLike,
-    *,
-    settings: EvalConfig | None = None,
-    resume: bool = True,
-    zip_annotations: bool = False,
-    max_bad_fraction: float = 0.0,
-    address: str | None = None,
-    overlays: bool = False,
-) -> InferSummary:
-    """Predict every sentence of ``source`` and write the output folder (module docstring).
-
-    model: an exported folder, a preset name, or an in-memory ``BuiltSalma`` (shipped to the
-    actors as config + weights; with ``num_actors=0`` it is used as is, and switched to eval
-    mode). ``resume=False`` discards earlier outputs in ``out_dir``. Uses the Ray cluster already
-    initialised in this process, else ``ray.init(address)``. Raises ``InferenceError`` when more
-    than ``max_bad_fraction`` of the records could not be decoded (after writing everything else,
-    so a rerun only retries those). ``overlays`` (own data): also draw every mask over its
-    picture (``pipelines.own_data_outputs``).
-    """
-    return infer_many(model, [(source, out_dir)], settings=settings, resume=resume, zip_annotations=zip_annotations,
-                      max_bad_fraction=max_bad_fraction, address=address, overlays=overlays)[0]
+def infer(model: Any, source: SourceConfig, out_dir: str | os.PathLike, **options: Any) -> InferSummary:
+    """Predict every sentence of ``source`` and write the output folder (module docstring);
+    ``options`` as for ``infer_many``."""
+    return infer_many(model, [(source, out_dir)], **options)[0]
 
 
 def infer_many(
@@ -586,8 +566,17 @@ def infer_many(
 ) -> list[InferSummary]:
     """``infer`` for several ``(source, output folder)`` pairs in one pass: one actor pool
     (each actor loads the model once) predicts the pending records of every source, and each
-    folder is written as ``infer`` writes it. The bad-record check runs per source once every
-    source is predicted; the first source over ``max_bad_fraction`` raises."""
+    folder is written as ``infer`` alone would write it.
+
+    model: an exported folder, a preset name, or an in-memory ``BuiltSalma`` (shipped to the
+    actors as config + weights; with ``num_actors=0`` it is used as is, and switched to eval
+    mode). ``resume=False`` discards earlier outputs in the folders. Uses the Ray cluster
+    already initialised in this process, else ``ray.init(address)``. Raises ``InferenceError``
+    when more than ``max_bad_fraction`` of a source's records could not be decoded (checked per
+    source once every source is predicted, after writing everything else, so a rerun only
+    retries those). ``overlays`` (own data): also draw every mask over its picture
+    (``pipelines.own_data_outputs``).
+    """
     settings = settings or EvalConfig()
     if isinstance(model, (str, os.PathLike)):
         kind, found = check_model_spec(model)
