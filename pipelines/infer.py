@@ -333,7 +333,8 @@ def predict_records(
                  for index, expression in enumerate(referent.expressions)]
         loaded.append((position, key, record, visual, frames, asked))
     if loaded:
-        media = [frames[0] if len(frames) == 1 else np.stack(frames) for *_, frames, _ in loaded]  # (H, W, 3) or (T, H, W, 3)
+        # (H, W, 3) for an image, (T, H, W, 3) for a video
+        media = [frames[0] if len(frames) == 1 else np.stack(frames) for *_, frames, _ in loaded]
         if len(loaded) == 1:
             answers = [predictor.segment_expressions(media[0], [e for _, _, e in loaded[0][5]], generate=generate)]
         else:
@@ -706,7 +707,8 @@ def _predict_jobs(jobs: list[_Job], *, model: Any, settings: EvalConfig, address
                                   | {"frames": frames})
             job.frames_done += frames
         job.seconds = time.perf_counter() - job.started
-        progress[j].update(progress[j].done + 1, **{"frames/s": job.frames_done / job.seconds if job.seconds > 0 else 0.0})
+        rate = job.frames_done / job.seconds if job.seconds > 0 else 0.0
+        progress[j].update(progress[j].done + 1, **{"frames/s": rate})
         waiting[j] -= 1
         if waiting[j] == 0:
             progress[j].close()
@@ -772,7 +774,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--teacher-force", action="store_true",
                         help='answer "It is [SEG]." instead of generating (untrained models, branch checks)')
-    parser.add_argument("--records-per-batch", type=int, help="records an actor asks together: one encoder batch, shared language-model batches (default 1)")
+    parser.add_argument("--records-per-batch", type=int,
+                        help="records an actor asks together: one encoder batch, shared language-model batches "
+                             "(default 1)")
     parser.add_argument("--expression-batch-size", type=int,
                         help="expressions batched through the language model (default 16)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),

@@ -67,15 +67,16 @@ class SalmaPyfuncModel(mlflow.pyfunc.PythonModel):
         pictures = list(groups.values())
         for start in range(0, len(pictures), PICTURES_PER_BATCH):  # a few pictures asked together
             batch = pictures[start : start + PICTURES_PER_BATCH]
-            asked = [(_media_of(table.iloc[indices[0]], indices[0]), [str(table.iloc[i]["expression"]) for i in indices])
-                     for indices in batch]
+            asked = [(_media_of(table.iloc[indices[0]], indices[0]),
+                      [str(table.iloc[i]["expression"]) for i in indices]) for indices in batch]
             for indices, predictions in zip(batch, self.predictor.segment_records(asked, generate=generate)):
                 for i, prediction in zip(indices, predictions):
                     masks = []
                     if prediction.masks:
                         first = np.asarray(prediction.masks[0], dtype=bool)
                         masks = [encode_mask(m) for m in (first[None] if first.ndim == 2 else first)]
-                    rows[i] = {"answer": prediction.answer, "num_masks": len(prediction.masks), "masks": json.dumps(masks)}
+                    rows[i] = {"answer": prediction.answer, "num_masks": len(prediction.masks),
+                               "masks": json.dumps(masks)}
         return pd.DataFrame(rows, columns=["answer", "num_masks", "masks"])
 
 

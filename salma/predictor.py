@@ -237,11 +237,11 @@ class SalmaPredictor:
             plain: list[list[_Row]] = []  # records whose rows carry their image tokens (no prefix)
             for i, record in zip(todo, features):
                 _, questions, forced = asked[i]
-                encoded = [encode_rounds(self.tokenizer, [q], tokens_per_image=record.tokens_per_image) for q in questions]
-                prompts = [e.input_ids for e in encoded]
-                prefix = self._shared_prefix(record, prompts, alone=len(todo) == 1)
-                mine = [_Row(i, record, e.input_ids, e.expression_positions[0], prefix, None if forced is None else forced[q])
-                        for q, e in enumerate(encoded)]
+                encoded = [encode_rounds(self.tokenizer, [q], tokens_per_image=record.tokens_per_image)
+                           for q in questions]
+                prefix = self._shared_prefix(record, [e.input_ids for e in encoded], alone=len(todo) == 1)
+                mine = [_Row(i, record, e.input_ids, e.expression_positions[0], prefix,
+                             None if forced is None else forced[q]) for q, e in enumerate(encoded)]
                 if prefix is None:
                     plain.append(mine)
                 else:
@@ -269,7 +269,9 @@ class SalmaPredictor:
             return [0]
         return key_frame_indices(num_frames, self.num_key_frames, self.key_frame_sampling)
 
-    def _shared_prefix(self, record: RecordFeatures, prompts: list[list[int]], *, alone: bool = True) -> SharedPrefix | None:
+    def _shared_prefix(
+        self, record: RecordFeatures, prompts: list[list[int]], *, alone: bool = True
+    ) -> SharedPrefix | None:
         """The language model's pass over what every prompt of the record begins with (the chat
         header, the image tokens, the template's words before the expression), run once: its
         key/value cache and last-layer states. None where the shared part would not hold every

@@ -66,11 +66,11 @@ class RecordFeatures:
             media = "video" if len(frames) > 1 else "image"
             tiles.append(mllm_tiles([frames[i] for i in keys], media, geometry))
             if media == "video":
-                every_frame.append(to_normalized_tensor([resize_square(f, geometry.sam_size) for f in frames]).to(device))
+                every_frame.append(_sam_inputs(frames, geometry, device))
                 sam_inputs.append(every_frame[-1][keys])
             else:
                 every_frame.append(None)
-                sam_inputs.append(to_normalized_tensor([resize_square(frames[i], geometry.sam_size) for i in keys]).to(device))
+                sam_inputs.append(_sam_inputs([frames[i] for i in keys], geometry, device))
         image_features = model.mllm.image_features(to_normalized_tensor([t for ts in tiles for t in ts]).to(device))
         any_video = any(images is not None for images in every_frame)
         sam = model.encode_frames(torch.cat(sam_inputs), keep_backbone_out=any_video)
@@ -109,6 +109,11 @@ class RecordFeatures:
             }
             pinned[t] = (self.sam_images[t].float().unsqueeze(0), one)
         return pinned
+
+
+def _sam_inputs(frames: list[np.ndarray], geometry: ImageGeometry, device: torch.device) -> torch.Tensor:
+    """(T, 3, S, S) SAM-2 inputs of the frames."""
+    return to_normalized_tensor([resize_square(f, geometry.sam_size) for f in frames]).to(device)
 
 
 def _frames_of(features: FrameFeatures, frames: slice, *, keep_backbone_out: bool) -> FrameFeatures:
