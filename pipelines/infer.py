@@ -317,9 +317,9 @@ def predict_records(
 ) -> list[tuple[dict, bytes | None]]:
     """``(key, record, visual report wanted)`` → each record's shard and report, in order.
 
-    One record: its frames are encoded once and its sentences batched (``segment_expressions``).
-    Several (``records_per_batch`` > 1): they are asked together (``segment_records``), and
-    each shard's ``seconds`` is the batch's time shared out by frame-sentences."""
+    The records are asked together (``segment_records``: one record alone is exactly
+    ``segment_expressions``), and each shard's ``seconds`` is the batch's time shared out by
+    frame-sentences."""
     started, started_at = time.perf_counter(), time.time()
     results: list[tuple[dict, bytes | None] | None] = [None] * len(records)
     loaded = []  # (position, key, record, visual, frames, asked)
@@ -335,11 +335,8 @@ def predict_records(
     if loaded:
         # (H, W, 3) for an image, (T, H, W, 3) for a video
         media = [frames[0] if len(frames) == 1 else np.stack(frames) for *_, frames, _ in loaded]
-        if len(loaded) == 1:
-            answers = [predictor.segment_expressions(media[0], [e for _, _, e in loaded[0][5]], generate=generate)]
-        else:
-            answers = predictor.segment_records(
-                [(m, [e for _, _, e in asked]) for m, (*_, asked) in zip(media, loaded)], generate=generate)
+        answers = predictor.segment_records(
+            [(m, [e for _, _, e in asked]) for m, (*_, asked) in zip(media, loaded)], generate=generate)
         work = [len(frames) * max(1, len(asked)) for *_, frames, asked in loaded]
         seconds = time.perf_counter() - started
         for (position, key, record, visual, frames, asked), answered, share in zip(loaded, answers, work, strict=True):

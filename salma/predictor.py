@@ -166,7 +166,7 @@ class SalmaPredictor:
     def predict(self, frames: np.ndarray | list[np.ndarray], text: str) -> Prediction:
         """Free-form instruction (``"Please segment the red circle."``); the answer decides how
         many masks come back."""
-        return self._run(_as_frames(frames), [Round(prefix=text.strip())], None)[0]
+        return self._run_records([(_as_frames(frames), [Round(prefix=text.strip())], None)])[0][0]
 
     def segment(self, frames: np.ndarray | list[np.ndarray], expression: str, *, generate: bool = True) -> Prediction:
         """A referring expression, asked with the first training template (benchmark evaluation).
@@ -188,11 +188,7 @@ class SalmaPredictor:
         object of every expression in one pass over the frames. Same results as asking
         ``segment`` once per expression, up to float rounding (docs/inference.md).
         """
-        frames = _as_frames(frames)
-        media = "video" if len(frames) > 1 else "image"
-        questions = [referring_round(e, media=media, rng=None, answer=False) for e in expressions]
-        forced = None if generate else [referring_round(e, media=media, rng=None).answer for e in expressions]
-        return self._run(frames, questions, forced)
+        return self.segment_records([(frames, expressions)], generate=generate)[0]
 
     def segment_records(
         self, records: list[tuple[np.ndarray | list[np.ndarray], list[str]]], *, generate: bool = True
@@ -217,9 +213,6 @@ class SalmaPredictor:
         return self._run_records(asked)
 
     # ------------------------------------------------------------------ internals
-    def _run(self, frames: list[np.ndarray], questions: list[Round], forced: list[str] | None) -> list[Prediction]:
-        return self._run_records([(frames, questions, forced)])[0]
-
     @torch.no_grad()
     def _run_records(
         self, asked: list[tuple[list[np.ndarray], list[Round], list[str] | None]]

@@ -100,15 +100,8 @@ class RecordFeatures:
         if self.sam_images is None or self.sam.backbone_out is None:
             raise ValueError("tracker features exist for videos only (encode keeps the backbone output there)")
         out = self.sam.backbone_out
-        pinned = {}
-        for j, t in enumerate(self.keys):
-            one = {
-                "vision_features": out["vision_features"][j : j + 1],
-                "vision_pos_enc": [p[j : j + 1] for p in out["vision_pos_enc"]],
-                "backbone_fpn": [f[j : j + 1] for f in out["backbone_fpn"]],
-            }
-            pinned[t] = (self.sam_images[t].float().unsqueeze(0), one)
-        return pinned
+        return {t: (self.sam_images[t].float().unsqueeze(0), _backbone_frames(out, slice(j, j + 1)))
+                for j, t in enumerate(self.keys)}
 
 
 def _sam_inputs(frames: list[np.ndarray], geometry: ImageGeometry, device: torch.device) -> torch.Tensor:
@@ -122,11 +115,14 @@ def _frames_of(features: FrameFeatures, frames: slice, *, keep_backbone_out: boo
     if frames.start == 0 and frames.stop == features.image_embed.shape[0]:
         return features if keep_backbone_out else FrameFeatures(features.image_embed, features.high_res)
     out = features.backbone_out
-    backbone = None
-    if keep_backbone_out and out is not None:
-        backbone = {
-            "vision_features": out["vision_features"][frames],
-            "vision_pos_enc": [p[frames] for p in out["vision_pos_enc"]],
-            "backbone_fpn": [f[frames] for f in out["backbone_fpn"]],
-        }
+    backbone = _backbone_frames(out, frames) if keep_backbone_out and out is not None else None
     return FrameFeatures(features.image_embed[frames], [h[frames] for h in features.high_res], backbone)
+
+
+def _backbone_frames(out: dict, frames: slice) -> dict:
+    """A run of frames of SAM-2's raw backbone output (``forward_image``), in the same layout."""
+    return {
+        "vision_features": out["vision_features"][frames],
+        "vision_pos_enc": [p[frames] for p in out["vision_pos_enc"]],
+        "backbone_fpn": [f[frames] for f in out["backbone_fpn"]],
+    }
