@@ -17,8 +17,10 @@ the video phase (``--steps 0``).
     .venv/bin/python benchmarks/sam_pretraining.py --steps 0 --video-steps 1200 --start data/sam2_image.pt
     .venv/bin/python benchmarks/sam_pretraining.py --steps 3000 --seed 1 --iou-weight 1 --warmup-fraction 0.05
     .venv/bin/python benchmarks/sam_pretraining.py --steps 3000 --out data/sam2_pretrained.pt
+    .venv/bin/python benchmarks/sam_pretraining.py --steps 1200 --batch-size 32 --prompts-per-image 4
 
-Figures: docs/experiments/2026-12-03-sam2-pretraining-and-tracking.md.
+Figures: docs/experiments/2026-12-03-sam2-pretraining-and-tracking.md; several prompts per
+encoded frame (``--prompts-per-image``): docs/experiments/2026-12-07-quickstart-time-budget.md.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = PretrainOptions()
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--prompts-per-image", type=int, default=defaults.prompts_per_image)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction)
     parser.add_argument("--decay-fraction", type=float, default=defaults.decay_fraction)
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     train = instance_set(train_records, image_size=size)
     print(f"train: {len(train.masks)} masks on {len(train.images)} images; held out: {len(val.masks)} masks")
     options = PretrainOptions(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_fraction=args.warmup_fraction,
+        steps=args.steps, batch_size=args.batch_size, prompts_per_image=args.prompts_per_image, lr=args.lr, warmup_fraction=args.warmup_fraction,
         decay_fraction=args.decay_fraction, iou_weight=args.iou_weight, candidates=args.candidates,
         box_probability=args.box_probability, video_steps=args.video_steps, log_every=args.eval_every,
         seed=args.seed,

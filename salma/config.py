@@ -346,6 +346,11 @@ class PretrainOptions(StrictModel):
     """Defaults: the settings under which the tiny decoder learned to follow the prompt in each of
     3 seeds (see the module docstring); ``iou_weight`` and ``warmup_fraction`` are 0 on purpose.
 
+    ``prompts_per_image`` > 1 encodes ``batch_size / prompts_per_image`` frames per step and
+    prompts each of them that many times: the decoder then follows the prompt about three times
+    earlier in steps (4 prompts on 8 frames), but SALMA trained on such a SAM-2 scored lower in
+    the quickstart, so 1 is the default (docs/experiments/2026-12-07-quickstart-time-budget.md).
+
     ``video_steps`` > 0 (and a ``TrackSet``) adds the video phase after the ``steps`` image steps:
     clip batches (``clip_batch`` clips of ``clip_frames`` frames, the first frame given its mask)
     alternate with image batches, and the object-presence loss (``object_weight``) is on in both.
@@ -358,6 +363,7 @@ class PretrainOptions(StrictModel):
 
     steps: int = 3000
     batch_size: int = 8
+    prompts_per_image: int = 1
     lr: float = 3e-4
     weight_decay: float = 0.05
     warmup_fraction: float = 0.0
@@ -380,6 +386,11 @@ class PretrainOptions(StrictModel):
     def _check(self) -> "PretrainOptions":
         if self.steps < 1 or self.batch_size < 1 or self.clip_batch < 1 or self.log_every < 1:
             raise ValueError("sam_pretrain.steps, batch_size, clip_batch and log_every must be >= 1")
+        if self.prompts_per_image < 1 or self.batch_size % self.prompts_per_image:
+            raise ValueError(
+                f"sam_pretrain.prompts_per_image={self.prompts_per_image} must be >= 1 and divide "
+                f"sam_pretrain.batch_size={self.batch_size}"
+            )
         if self.video_steps < 0:
             raise ValueError(f"sam_pretrain.video_steps={self.video_steps} must be >= 0 (0: images only)")
         if self.clip_frames < 2:

@@ -19,6 +19,13 @@ masks with no language (every object of the training images, whatever the expres
   object, ``"best"`` only the best one (SAM-2's rule); an optional L1 IoU-head loss
   (``iou_weight``, SAM-2's ``iou_use_l1_loss``);
 - image encoder, prompt encoder and mask decoder all train;
+- one prompt per frame by default; with ``prompts_per_image`` > 1 (``sample_instances``) a batch
+  of ``batch_size`` prompts encodes ``batch_size / prompts_per_image`` frames once and prompts
+  each frame's objects in turn (SAM-2's own training also decodes many prompts per encoded
+  image). The decoder then leaves the plateau below about three times earlier in steps (32
+  prompts on 8 frames: step 600-700 in 3 seeds, against 2000-2400 for 8 prompts on 8 frames) for
+  about 1.2x the time of a step, but SALMA trained on the result scored 2-4 points lower in
+  the quickstart, so it is not the default;
 - then, with ``video_steps`` (and a ``TrackSet``), SAM-2's video training (``tracked_loss``):
   clips of ``clip_frames`` consecutive frames of one object track, forwards or backwards in time;
   the first frame is a conditioning frame given its ground-truth mask (as SALMA seeds the tracker
@@ -31,10 +38,12 @@ masks with no language (every object of the training images, whatever the expres
 
 From scratch, the decoder first learns to segment *every* object whatever the prompt (a click
 and a box then give the same masks) and only after a plateau starts to follow the prompt; the
-tracker plateaus the same way before it turns. The defaults (every candidate trained, dense loss,
-no IoU-head loss, no warm-up, a constant rate that decays only over the last ``decay_fraction``,
-and a schedule of its own for the video phase) are the settings under which both get past their
-plateau; the measurements behind them are in docs/experiments/2026-12-03-sam2-pretraining-and-tracking.md.
+tracker plateaus the same way before it turns. The defaults (every candidate trained, dense
+loss, no IoU-head loss, no warm-up, a constant rate that decays only over the last
+``decay_fraction``, and a schedule of its own for the video phase) are the settings under which
+both get past their plateau; the measurements behind them are in
+docs/experiments/2026-12-03-sam2-pretraining-and-tracking.md and
+docs/experiments/2026-12-07-quickstart-time-budget.md.
 
 ``save_sam2_checkpoint`` writes the package's own checkpoint layout (``{"model": state_dict}``),
 so the result loads through ``sam.checkpoint`` with the package's strict loader, exactly as a
@@ -231,6 +240,31 @@ def track_set(
     return TrackSet(videos=videos, tracks=tracks)
 
 
+def sample_instances(
+    data: InstanceSet, rng: np.random.Generator, batch_size: int, prompts_per_image: int
+) -> tuple[np.ndarray, torch.Tensor | None, np.ndarray]:
+    """The frames to encode, the frame of each prompt, and the ``batch_size`` masks to prompt.
+
+    ``prompts_per_image`` 1: ``batch_size`` masks drawn at random, each on its own frame (rows
+    None). Above 1: ``batch_size / prompts_per_image`` frames drawn at random, each encoded once
+    and prompted ``prompts_per_image`` times, its objects taken in a random order and repeated
+    when it has fewer (SAM-2's training also decodes many prompts per encoded image).
+    Returns (I,) frame indices into ``data.images``, (B,) row of each mask among those I frames
+    (or None) and (B,) mask indices into ``data.masks``.
+    """
+    if prompts_per_image == 1:
+        pick = rng.integers(len(data.masks), size=batch_size)
+        return data.image_index[pick], None, pick
+    order = np.argsort(data.image_index, kind="stable")
+    starts = np.searchsorted(data.image_index[order], np.arange(len(data.images) + 1))
+    frames = rng.integers(len(data.images), size=batch_size // prompts_per_image)
+    pick = np.concatenate(
+        [np.resize(rng.permutation(order[starts[f] : starts[f + 1]]), prompts_per_image) for f in frames]
+    )
+    rows = torch.arange(len(frames)).repeat_interleave(prompts_per_image)
+    return frames, rows, pick
+
+
 def sample_prompts(masks: np.ndarray, rng: np.random.Generator, *, box_probability: float, box_noise: float) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM-style prompts for (N, S, S) non-empty boolean masks.
 
@@ -260,11 +294,22 @@ def sample_prompts(masks: np.ndarray, rng: np.random.Generator, *, box_probabili
     return torch.from_numpy(coords), torch.from_numpy(labels)
 
 
-def prompted_logits(sam: SamAdapter, pixel_values: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor):
-    """Multimask decode of (N, 3, S, S) frames with one prompt each → (N, M, 4h, 4w) logits,
-    (N, M) predicted IoUs and (N, 1) object-presence logits, through the package's prompt encoder
-    and mask decoder."""
+def prompted_logits(
+    sam: SamAdapter,
+    pixel_values: torch.Tensor,
+    coords: torch.Tensor,
+    labels: torch.Tensor,
+    image_rows: torch.Tensor | None = None,
+):
+    """Multimask decode of N prompts → (N, M, 4h, 4w) logits, (N, M) predicted IoUs and (N, 1)
+    object-presence logits, through the package's prompt encoder and mask decoder.
+
+    ``pixel_values``: (I, 3, S, S) frames, each encoded once; ``image_rows``: (N,) the frame of
+    each prompt (None: one prompt per frame, N = I).
+    """
     features = sam.encode(pixel_values)
+    if image_rows is not None:
+        features = features.select(image_rows)
     prompt_encoder = sam.sam.sam_prompt_encoder
     sparse, dense = prompt_encoder(points=(coords, labels), boxes=None, masks=None)
     multimasks, ious, _, object_score = sam.sam.sam_mask_decoder(
@@ -319,11 +364,11 @@ def pretrain_sam(
             terms, iou = tracked_loss(sam, normalize(clips[1].reshape(-1, *clips[1].shape[2:])), clips[0], o)
             iou_name = "track_iou"
         else:
-            pick = rng.integers(len(data.masks), size=o.batch_size)
+            frames, image_rows, pick = sample_instances(data, rng, o.batch_size, o.prompts_per_image)
             masks = data.masks[pick]  # (B, S, S)
             coords, labels = sample_prompts(masks, rng, box_probability=o.box_probability, box_noise=o.box_noise)
-            pixels = normalize(data.images[data.image_index[pick]])
-            terms, iou = prompted_loss(sam, pixels, masks, coords, labels, o, object_loss=video_phase)
+            pixels = normalize(data.images[frames])
+            terms, iou = prompted_loss(sam, pixels, masks, coords, labels, o, object_loss=video_phase, image_rows=image_rows)
             iou_name = "train_iou"
         total = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
@@ -376,13 +421,15 @@ def prompted_loss(
     o: PretrainOptions,
     *,
     object_loss: bool = False,
+    image_rows: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """The weighted loss terms of one batch, and the IoU of the candidates inference would keep.
 
-    pixels: (B, 3, S, S) model input; masks: (B, S, S) bool; coords / labels: ``sample_prompts``.
+    pixels: (I, 3, S, S) model input; masks: (B, S, S) bool; coords / labels: ``sample_prompts``;
+    image_rows: (B,) the frame of each mask (None: I = B, one mask per frame).
     ``object_loss`` adds the object-presence BCE (every prompted object is present).
     """
-    multimasks, ious, object_score = prompted_logits(sam, pixels, coords, labels)  # (B, M, 4h, 4w), (B, M), (B, 1)
+    multimasks, ious, object_score = prompted_logits(sam, pixels, coords, labels, image_rows)  # (B, M, 4h, 4w), (B, M), (B, 1)
     gt = torch.from_numpy(masks).float()
     terms = _candidate_terms(sam, multimasks, ious, gt, o)
     if object_loss:

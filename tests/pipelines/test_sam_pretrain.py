@@ -18,6 +18,7 @@ def _pretrain_cfg(tiny_experiment, folder, *overrides):
             f"sam_pretrain.out={folder / 'sam2.pt'}",
             "sam_pretrain.steps=2",
             "sam_pretrain.batch_size=2",
+            "sam_pretrain.prompts_per_image=2",
             *overrides,
         )
     )

@@ -18,6 +18,8 @@ from salma.sam_pretraining import (
     instance_set,
     pretrain_sam,
     evaluate_tracking,
+    prompted_logits,
+    sample_instances,
     sample_prompts,
     save_sam2_checkpoint,
     track_set,
@@ -105,7 +107,7 @@ def test_a_few_steps_train_the_decoder_and_the_checkpoint_loads_strictly(synthet
     records = read_source("refcoco", synthetic_data / "refer" / "refcoco", "train")
     data = instance_set(records, image_size=sam.image_size)
     before = {k: v.clone() for k, v in sam.sam.sam_mask_decoder.state_dict().items()}
-    rows = pretrain_sam(sam, data, PretrainOptions(steps=4, batch_size=2, log_every=2), normalize=to_normalized_tensor)
+    rows = pretrain_sam(sam, data, PretrainOptions(steps=4, batch_size=2, prompts_per_image=2, log_every=2), normalize=to_normalized_tensor)
     assert [r["step"] for r in rows] == [2, 4]
     assert all(np.isfinite(r["mask_bce"]) and 0.0 <= r["train_iou"] <= 1.0 for r in rows)
     changed = [k for k, v in sam.sam.sam_mask_decoder.state_dict().items() if not torch.equal(v, before[k])]
@@ -126,12 +128,56 @@ def test_a_few_steps_train_the_decoder_and_the_checkpoint_loads_strictly(synthet
         assert torch.equal(loaded.sam.state_dict()[key], value), key
 
 
+def _three_frames() -> InstanceSet:
+    """Frame 0 holds masks 0 and 1, frame 1 mask 2, frame 2 masks 3, 4 and 5."""
+    masks = np.zeros((6, 32, 32), bool)
+    for k in range(6):
+        masks[k, 4 * k : 4 * k + 3, 2:9] = True
+    images = np.arange(3 * 32 * 32 * 3, dtype=np.uint8).reshape(3, 32, 32, 3)
+    return InstanceSet(images, masks, np.array([0, 0, 1, 2, 2, 2]))
+
+
+def test_several_prompts_per_image_take_each_frame_s_own_objects_in_turn():
+    data = _three_frames()
+    frames, rows, pick = sample_instances(data, np.random.default_rng(0), 24, 4)
+    assert frames.shape == (6,) and pick.shape == (24,)
+    assert rows.tolist() == [r for r in range(6) for _ in range(4)]
+    # every prompted mask lies on the frame its row encodes ...
+    assert (data.image_index[pick] == frames[rows.numpy()]).all()
+    for r, frame in enumerate(frames):
+        taken = pick[4 * r : 4 * r + 4].tolist()
+        own = np.flatnonzero(data.image_index == frame).tolist()
+        # ... and a frame's objects come in turn: each once before any repeats
+        assert sorted(taken[: len(own)]) == own and taken[len(own) :] == taken[: 4 - len(own)]
+    frames, rows, pick = sample_instances(data, np.random.default_rng(0), 5, 1)
+    assert rows is None and (frames == data.image_index[pick]).all() and len(pick) == 5
+
+
+def test_prompts_sharing_an_encoded_frame_decode_as_if_each_had_its_own_copy():
+    sam = build_salma(resolve_model_config({"preset": "tiny"})).model.sam.eval()
+    data = _three_frames()
+    size = sam.image_size
+    images = np.stack([np.resize(image, (size, size, 3)) for image in data.images])
+    masks = np.stack([np.resize(mask, (size, size)) for mask in data.masks])
+    coords, labels = sample_prompts(masks, np.random.default_rng(1), box_probability=0.5, box_noise=0.1)
+    with torch.no_grad():
+        shared = prompted_logits(sam, to_normalized_tensor(images), coords, labels, torch.from_numpy(data.image_index))
+        copies = prompted_logits(sam, to_normalized_tensor(images[data.image_index]), coords, labels)
+    for a, b in zip(shared, copies):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_prompts_per_image_must_divide_the_batch():
+    with pytest.raises(ValueError, match="prompts_per_image=3 must be >= 1 and divide"):
+        PretrainOptions(batch_size=8, prompts_per_image=3)
+
+
 def test_the_best_candidate_rule_also_runs(synthetic_data):
     sam = build_salma(resolve_model_config({"preset": "tiny"})).model.sam
     records = read_source("refcoco", synthetic_data / "refer" / "refcoco", "train")
     data = instance_set(records, image_size=sam.image_size)
     rows = pretrain_sam(
-        sam, data, PretrainOptions(steps=2, batch_size=2, log_every=1, candidates="best"), normalize=to_normalized_tensor
+        sam, data, PretrainOptions(steps=2, batch_size=2, prompts_per_image=1, log_every=1, candidates="best"), normalize=to_normalized_tensor
     )
     assert len(rows) == 2 and all(r["iou"] >= 0 for r in rows)
 
@@ -179,7 +225,7 @@ def test_video_steps_train_the_memory_modules_and_the_presence_head(synthetic_da
         "presence_head": model.sam_mask_decoder.pred_obj_score_head,
     }
     before = {name: [p.detach().clone() for p in m.parameters()] for name, m in watched.items()}
-    options = PretrainOptions(steps=1, video_steps=2, batch_size=2, clip_batch=2, clip_frames=3, log_every=3)
+    options = PretrainOptions(steps=1, video_steps=2, batch_size=2, prompts_per_image=2, clip_batch=2, clip_frames=3, log_every=3)
     rows = pretrain_sam(sam, data, options, normalize=to_normalized_tensor, tracks=tracks)
     assert len(rows) == 1 and rows[0]["step"] == 3
     assert {"object", "track_iou", "train_iou"} <= set(rows[0]) and np.isfinite(rows[0]["object"])
