@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     train = instance_set(train_records, image_size=size)
     print(f"train: {len(train.masks)} masks on {len(train.images)} images; held out: {len(val.masks)} masks")
     options = PretrainOptions(
-        steps=args.steps, batch_size=args.batch_size, prompts_per_image=args.prompts_per_image, lr=args.lr, warmup_fraction=args.warmup_fraction,
+        steps=args.steps, batch_size=args.batch_size, prompts_per_image=args.prompts_per_image, lr=args.lr,
+        warmup_fraction=args.warmup_fraction,
         decay_fraction=args.decay_fraction, iou_weight=args.iou_weight, candidates=args.candidates,
         box_probability=args.box_probability, video_steps=args.video_steps, log_every=args.eval_every,
         seed=args.seed,
