@@ -348,8 +348,9 @@ class PretrainOptions(StrictModel):
 
     ``prompts_per_image`` > 1 encodes ``batch_size / prompts_per_image`` frames per step and
     prompts each of them that many times: the decoder then follows the prompt about three times
-    earlier in steps (4 prompts on 8 frames), but SALMA trained on such a SAM-2 scored lower in
-    the quickstart, so 1 is the default (docs/experiments/2026-12-07-quickstart-time-budget.md).
+    earlier in steps (4 prompts on 8 frames), but a shorter pre-training on it left SALMA
+    scoring lower in the quickstart, so 1 is the default
+    (docs/experiments/2026-12-07-quickstart-time-budget.md).
 
     ``video_steps`` > 0 (and a ``TrackSet``) adds the video phase after the ``steps`` image steps:
     clip batches (``clip_batch`` clips of ``clip_frames`` frames, the first frame given its mask)

@@ -24,8 +24,9 @@ masks with no language (every object of the training images, whatever the expres
   each frame's objects in turn (SAM-2's own training also decodes many prompts per encoded
   image). The decoder then leaves the plateau below about three times earlier in steps (32
   prompts on 8 frames: step 600-700 in 3 seeds, against 2000-2400 for 8 prompts on 8 frames) for
-  about 1.2x the time of a step, but SALMA trained on the result scored 2-4 points lower in
-  the quickstart, so it is not the default;
+  about 1.2x the time of a step. But SALMA trained on the result scored 2-4 points lower in
+  the quickstart when the shorter run let the image encoder see fewer frames, and about as well
+  only with as many frames as the default (which costs the time back), so it is not the default;
 - then, with ``video_steps`` (and a ``TrackSet``), SAM-2's video training (``tracked_loss``):
   clips of ``clip_frames`` consecutive frames of one object track, forwards or backwards in time;
   the first frame is a conditioning frame given its ground-truth mask (as SALMA seeds the tracker
