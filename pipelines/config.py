@@ -14,7 +14,7 @@ from pydantic import Field, Strict, ValidationError, field_validator, model_vali
 
 from pipelines.config_errors import ConfigError, describe_validation_error
 from pipelines.config_yaml import parse_config_text, read_config_file
-from salma.config import ClutterCounts, PretrainOptions, SalmaConfig, SamplingOptions, StrictModel, deep_update, resolve_model_config
+from salma.config import ClutterCounts, PretrainOptions, SalmaConfig, SamplingOptions, StrictModel, resolve_model_config
 
 
 class SourceConfig(StrictModel):
@@ -288,18 +288,51 @@ class ExperimentConfig(StrictModel):
         return data
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["train.max_steps=20", "model.mba.enabled=false"]`` → nested dict (values parsed as YAML,
-    with the checks of ``pipelines.config_yaml``)."""
-    out: dict[str, Any] = {}
+def override_items(items: list[str]) -> list[tuple[list[str], Any]]:
+    """``["train.max_steps=20"]`` → ``[(["train", "max_steps"], 20)]`` (values parsed as YAML, with
+    the checks of ``pipelines.config_yaml``)."""
+    out = []
     for item in items:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. train.max_steps=20)")
         key, raw = item.split("=", 1)
-        node = out
         parts = key.strip().split(".")
         if not all(parts):
             raise ConfigError(f"override {item!r}: {key.strip()!r} is not a dotted key path (e.g. train.max_steps)")
+        out.append((parts, parse_config_text(raw, source=f"override {item!r}")))
+    return out
+
+
+def apply_overrides(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """``data`` (a new dict) with every ``key.path=value`` of ``items`` set, in order. The value
+    replaces what the path held, a mapping included: ``train.lr_multipliers={}`` clears the
+    multipliers, and ``train.lr_multipliers={mllm: 0.5}`` leaves no other entry; to change one
+    entry alone, name it (``train.lr_multipliers.mllm=0.5``)."""
+    parse_overrides(items)  # the syntax and conflict checks
+    for parts, value in override_items(items):
+        data = set_path(data, parts, value)
+    return data
+
+
+def set_path(data: dict[str, Any], parts: list[str], value: Any) -> dict[str, Any]:
+    """``data`` (a new dict; the mappings on the path are copied) with ``value`` at the key path
+    ``parts``, replacing what was there."""
+    out = dict(data)
+    node = out
+    for part in parts[:-1]:
+        child = node.get(part)
+        node[part] = dict(child) if isinstance(child, dict) else {}
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.max_steps=20", "model.mba.enabled=false"]`` → nested dict (values parsed as YAML,
+    with the checks of ``pipelines.config_yaml``)."""
+    out: dict[str, Any] = {}
+    for item, (parts, value) in zip(items, override_items(items)):
+        node = out
         for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -308,7 +341,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                     f"override {item!r} sets a key inside {where}, which another override sets to {node!r}; "
                     f"drop one of the two"
                 )
-        node[parts[-1]] = parse_config_text(raw, source=f"override {item!r}")
+        node[parts[-1]] = value
     return out
 
 
@@ -317,7 +350,7 @@ def load_experiment(path: str | os.PathLike | None, overrides: list[str] | None 
     Errors name the file."""
     data = {} if path is None else read_config_file(path, what="experiment config")
     given = parse_overrides(overrides or [])
-    data = deep_update(data, given)
+    data = apply_overrides(data, overrides or [])
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:

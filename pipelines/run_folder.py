@@ -21,8 +21,7 @@ from typing import Any
 import pyarrow.fs
 import yaml
 
-from pipelines.config import ExperimentConfig, parse_overrides
-from salma.config import deep_update
+from pipelines.config import ExperimentConfig, apply_overrides
 
 STORAGE_ENV_VAR = "SALMA_STORAGE_PATH"
 CONFIG_FILE = "config.yaml"
@@ -92,7 +91,7 @@ class RunFolder:
     def load_config(self, overrides: list[str] | None = None) -> ExperimentConfig:
         """The resolved config saved by the last attempt, with ``key=value`` overrides on top."""
         data = yaml.safe_load(self.read_text(CONFIG_FILE)) or {}
-        return ExperimentConfig.model_validate(deep_update(data, parse_overrides(overrides or [])))
+        return ExperimentConfig.model_validate(apply_overrides(data, overrides or []))
 
 
 def _absolute(path: str) -> str:

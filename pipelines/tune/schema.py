@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from pipelines.config import ExperimentConfig, parse_overrides
+from pipelines.config import ExperimentConfig, apply_overrides, set_path
 from pipelines.config_yaml import read_config_file, read_config_mapping
 from pipelines.config_errors import ConfigError, describe_validation_error
 from salma.config import StrictModel, deep_update
@@ -173,7 +173,7 @@ class Sweep:
     def trial_config(self, overrides: dict[str, Any], seed: int) -> ExperimentConfig:
         data = self.experiment
         for key, value in {**overrides, **{k: seed for k in _SEED_FIELDS}}.items():
-            data = deep_update(data, _nest(key, value))
+            data = set_path(data, key.split("."), value)
         try:
             return ExperimentConfig.model_validate(data)
         except ValidationError as err:
@@ -183,15 +183,8 @@ class Sweep:
     def best_experiment(self, configuration: Configuration) -> dict[str, Any]:
         data = self.experiment
         for key, value in configuration.overrides.items():
-            data = deep_update(data, _nest(key, value))
+            data = set_path(data, key.split("."), value)
         return data
-
-
-def _nest(dotted: str, value: Any) -> dict[str, Any]:
-    out: Any = value
-    for part in reversed(dotted.split(".")):
-        out = {part: out}
-    return out
 
 
 def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> Sweep:
@@ -199,7 +192,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     anything else to the experiment), inline the base, expand and validate every trial's config."""
     path = Path(path)
     raw = read_config_mapping(path, what="sweep")  # its base is resolved below, after the overrides
-    raw = deep_update(raw, parse_overrides(overrides or []))
+    raw = apply_overrides(raw, overrides or [])
     if "sweep" not in raw:
         raise ConfigError(f"{path} has no sweep: section (a plain experiment runs with salma train)")
     base = raw.pop("base", None)
@@ -211,6 +204,11 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
         if "sweep" in experiment:
             raise ConfigError(f"{path}: base {base_path} must be a plain experiment YAML, not a sweep")
     experiment = deep_update(experiment, raw)
+    # Set the experiment's overrides again on top of the base: a mapping given on the command line
+    # replaces the base's (merging it would keep the base's other entries).
+    experiment = apply_overrides(
+        experiment, [item for item in overrides or [] if item.split("=", 1)[0].split(".")[0].strip() not in ("sweep", "base")]
+    )
     return build_sweep(sweep_raw, experiment, default_name=path.stem, where=str(path))
 
 

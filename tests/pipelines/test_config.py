@@ -36,6 +36,17 @@ data:
     assert [s.name for s in cfg.data.sources] == ["c"]  # a list replaces the base's list
 
 
+def test_an_override_replaces_a_mapping_and_a_dotted_one_changes_one_entry(tmp_path):
+    path = _write(tmp_path / "e.yaml", "name: e\ntrain: {lr_multipliers: {sam.sam: 0.3, mllm: 0.5}}\n")
+    assert load_experiment(path).train.lr_multipliers == {"sam.sam": 0.3, "mllm": 0.5}
+    assert load_experiment(path, ["train.lr_multipliers={}"]).train.lr_multipliers == {}
+    assert load_experiment(path, ["train.lr_multipliers={mba: 2.0}"]).train.lr_multipliers == {"mba": 2.0}
+    changed = load_experiment(path, ["train.lr_multipliers.mllm=0.1"]).train.lr_multipliers
+    assert changed == {"sam.sam": 0.3, "mllm": 0.1}
+    # the file's other train settings stay
+    assert load_experiment(path, ["train.lr_multipliers={}"]).train.max_steps == load_experiment(path).train.max_steps
+
+
 def test_unknown_keys_in_a_derived_file_are_still_errors(tmp_path):
     _write(tmp_path / "root.yaml", "name: root\n")
     leaf = _write(tmp_path / "leaf.yaml", "base: root.yaml\ntrain: {max_step: 10}\n")

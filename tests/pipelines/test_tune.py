@@ -140,6 +140,22 @@ def test_sweep_file_with_base_and_overrides(tmp_path):
         load_sweep(tmp_path / "base.yaml")
 
 
+def test_a_mapping_given_on_the_command_line_or_as_a_sweep_value_replaces_the_base_s(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {preset: tiny}\ntrain: {lr_multipliers: {sam.sam: 0.3}}\n")
+    (tmp_path / "s.yaml").write_text(
+        "base: base.yaml\ndata: {eval_sources: [{name: v, format: refcoco, root: x, split: val}]}\n"
+        "sweep: {search_space: {train.lr_multipliers: [{}, {mllm: 0.5}]}, seeds: [0]}\n"
+    )
+    sweep = load_sweep(tmp_path / "s.yaml")
+    assert [sweep.trial_config(c.overrides, 0).train.lr_multipliers for c in sweep.configurations] == [{}, {"mllm": 0.5}]
+    (tmp_path / "t.yaml").write_text(
+        "base: base.yaml\ndata: {eval_sources: [{name: v, format: refcoco, root: x, split: val}]}\n"
+        "sweep: {search_space: {train.max_steps: [5]}, seeds: [0]}\n"
+    )
+    sweep = load_sweep(tmp_path / "t.yaml", ["train.lr_multipliers={}"])
+    assert sweep.trial_config(sweep.configurations[0].overrides, 0).train.lr_multipliers == {}
+
+
 def test_relative_data_paths_resolve_against_the_launch_directory(synthetic_data, monkeypatch):
     # Trials run in Tune's trial folders: the driver resolves the paths before any trial starts.
     monkeypatch.chdir(synthetic_data)
