@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from pipelines.config import ExperimentConfig, apply_overrides, set_path
+from pipelines.config import ExperimentConfig, apply_overrides, override_items, set_path
 from pipelines.config_yaml import read_config_file, read_config_mapping
 from pipelines.config_errors import ConfigError, describe_validation_error
 from salma.config import StrictModel, deep_update
@@ -191,8 +191,10 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     """Read a sweep YAML, apply ``key=value`` overrides (``sweep.*`` and ``base`` go to the sweep,
     anything else to the experiment), inline the base, expand and validate every trial's config."""
     path = Path(path)
+    items = overrides or []
+    to_sweep = [item for item, (parts, _) in zip(items, override_items(items)) if parts[0] in ("sweep", "base")]
     raw = read_config_mapping(path, what="sweep")  # its base is resolved below, after the overrides
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(raw, to_sweep)
     if "sweep" not in raw:
         raise ConfigError(f"{path} has no sweep: section (a plain experiment runs with salma train)")
     base = raw.pop("base", None)
@@ -203,12 +205,8 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
         experiment = read_config_file(base_path, what="experiment config")
         if "sweep" in experiment:
             raise ConfigError(f"{path}: base {base_path} must be a plain experiment YAML, not a sweep")
-    experiment = deep_update(experiment, raw)
-    # Set the experiment's overrides again on top of the base: a mapping given on the command line
-    # replaces the base's (merging it would keep the base's other entries).
-    experiment = apply_overrides(
-        experiment, [item for item in overrides or [] if item.split("=", 1)[0].split(".")[0].strip() not in ("sweep", "base")]
-    )
+    # The sweep file's keys merge into its base; the command line's then replace what they name.
+    experiment = apply_overrides(deep_update(experiment, raw), [item for item in items if item not in to_sweep])
     return build_sweep(sweep_raw, experiment, default_name=path.stem, where=str(path))
 
 
