@@ -167,6 +167,12 @@ class SamPretrainConfig(PretrainOptions):
     ``PretrainOptions``; ``frames_per_video`` is how many frames of each training video give
     instances.
 
+    ``processes`` > 1 trains data-parallel in that many spawned processes of ``threads`` torch
+    threads each (gloo all-reduce of the gradients; ``salma.sam_pretraining.pretrain_sam`` with
+    ``data_parallel``): on a small CPU machine two one-thread processes go through about 1.5x the
+    frames per second of one two-thread process, whose second thread gains little at this size.
+    ``batch_size`` (and ``clip_batch``) stay the totals of a step, split over the processes.
+
     ``video_steps`` > 0 adds SAM-2's video training after the ``steps`` image steps: clips of
     ``clip_frames`` frames from the video sources, the first frame given its mask and the rest
     tracked through the memory modules, alternating with image batches (``salma.sam_pretraining``).
@@ -176,7 +182,8 @@ class SamPretrainConfig(PretrainOptions):
     enabled: bool = False
     out: str = "data/sam2_pretrained.pt"
     frames_per_video: int = 3
-    threads: int = 2  # torch threads on the driver (0: torch's default)
+    processes: int = 1  # data-parallel processes on the driver's machine (each draws batch_size / processes)
+    threads: int = 2  # torch threads per process (0: torch's default)
 
     @model_validator(mode="after")
     def _check_driver(self) -> "SamPretrainConfig":
@@ -184,6 +191,15 @@ class SamPretrainConfig(PretrainOptions):
             raise ValueError(f"sam_pretrain.frames_per_video={self.frames_per_video} must be >= 1")
         if self.threads < 0:
             raise ValueError("sam_pretrain.threads must be >= 0 (0: torch's default)")
+        if self.processes < 1 or self.batch_size % (self.processes * self.prompts_per_image):
+            raise ValueError(
+                f"sam_pretrain.processes={self.processes} must be >= 1, and batch_size={self.batch_size} "
+                f"divisible by processes x prompts_per_image ({self.processes} x {self.prompts_per_image})"
+            )
+        if self.video_steps and self.clip_batch % self.processes:
+            raise ValueError(
+                f"sam_pretrain.clip_batch={self.clip_batch} must be divisible by processes={self.processes}"
+            )
         return self
 
 

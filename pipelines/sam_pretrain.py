@@ -122,17 +122,13 @@ def _pretrain(
         len(data.masks), len(data.images), p.steps, p.video_steps, len(tracks.tracks) if tracks else 0, out,
     )
     with _threads(p.threads):
-        torch.manual_seed(p.seed)
-        options = p.pretrain_options()
-        progress = Progress("SAM-2 pre-training", total=p.steps + p.video_steps, unit="step")
-
-        def show(row: dict[str, float]) -> None:
-            loss = sum(v for k, v in row.items() if k != "step" and not k.endswith("_iou"))
-            ious = {k.removesuffix("_iou") + " IoU": v for k, v in row.items() if k.endswith("_iou")}
-            progress.update(int(row["step"]), loss=loss, **ious)
-
-        rows = pretrain_sam(sam, data, options, normalize=to_normalized_tensor, tracks=tracks, on_log=show)
-        progress.close()
+        if p.processes > 1:
+            rows = _pretrain_in_processes(model_cfg.sam, model_cfg.seed, p, data, tracks, sam)
+        else:
+            torch.manual_seed(p.seed)
+            progress, show = _progress(p)
+            rows = pretrain_sam(sam, data, p.pretrain_options(), normalize=to_normalized_tensor, tracks=tracks, on_log=show)
+            progress.close()
         # A sample of the masks is enough to tell a decoder that follows the prompt (scoring
         # all of them cost half a minute in the quickstart).
         scores = evaluate_prompts(sam, data, normalize=to_normalized_tensor, max_masks=SCORED_MASKS)
@@ -161,6 +157,71 @@ def _pretrain(
     for warning in plateau_warnings(scores, p):
         logger.warning("%s", warning)
         phase_line("SAM-2 pre-training", f"warning: {warning}")
+
+
+def _progress(p: SamPretrainConfig) -> tuple[Progress, Any]:
+    """The phase's progress line and the ``on_log`` callback that updates it."""
+    progress = Progress("SAM-2 pre-training", total=p.steps + p.video_steps, unit="step")
+
+    def show(row: dict[str, float]) -> None:
+        loss = sum(v for k, v in row.items() if k != "step" and not k.endswith("_iou"))
+        ious = {k.removesuffix("_iou") + " IoU": v for k, v in row.items() if k.endswith("_iou")}
+        progress.update(int(row["step"]), loss=loss, **ious)
+
+    return progress, show
+
+
+def _pretrain_in_processes(sam_config, model_seed: int, p: SamPretrainConfig, data, tracks, sam) -> list[dict[str, float]]:
+    """Train data-parallel in ``p.processes`` spawned processes (spawned, not forked: the driver
+    holds Ray's threads) and load rank 0's result into ``sam``; returns the logged rows. Every
+    rank builds the same initial SAM-2 from ``model_seed``; a rank that fails stops the others
+    and raises here with its traceback."""
+    import tempfile
+
+    import torch
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="salma-sam-pretrain-") as folder:
+        mp.spawn(
+            _pretrain_rank,
+            args=(p.processes, folder, sam_config, model_seed, p, data, tracks),
+            nprocs=p.processes,
+            join=True,
+        )
+        result = torch.load(Path(folder) / RANK0_RESULT, weights_only=True)
+    sam.load_state_dict(result["model"])
+    return result["rows"]
+
+
+RANK0_RESULT = "rank0.pt"
+
+
+def _pretrain_rank(rank: int, world: int, folder: str, sam_config, model_seed: int, p: SamPretrainConfig, data, tracks) -> None:
+    """One process of ``_pretrain_in_processes`` (a module-level function: spawn imports it)."""
+    import torch
+    import torch.distributed as dist
+
+    from salma.builder import build_sam
+    from salma.image_transforms import to_normalized_tensor
+    from salma.sam_pretraining import pretrain_sam
+
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(model_seed)
+        sam = build_sam(sam_config, load_checkpoint=False)
+        torch.manual_seed(p.seed)
+        progress, show = _progress(p) if rank == 0 else (None, None)
+        rows = pretrain_sam(
+            sam, data, p.pretrain_options(), normalize=to_normalized_tensor, tracks=tracks, on_log=show,
+            data_parallel=True,
+        )
+        if rank == 0:
+            progress.close()
+            torch.save({"model": sam.state_dict(), "rows": rows}, Path(folder) / RANK0_RESULT)
+    finally:
+        dist.destroy_process_group()
 
 
 # How many training masks (spread over the set) the closing click and box scores use.

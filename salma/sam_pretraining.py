@@ -333,6 +333,7 @@ def pretrain_sam(
     normalize,
     tracks: "TrackSet | None" = None,
     on_log: Callable[[dict[str, float]], None] | None = None,
+    data_parallel: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``sam`` in place on ``data`` (and, for ``options.video_steps``, on the clips of
     ``tracks``); returns the logged rows (step, loss terms, train IoU: the IoU of the candidate
@@ -342,13 +343,28 @@ def pretrain_sam(
     ``normalize`` maps (B, S, S, 3) uint8 to (B, 3, S, S) model input (the ImageNet
     normalisation of ``salma.image_transforms.to_normalized_tensor``). ``on_log`` is called with
     each row as it is logged (a benchmark scores held-out prompts there).
+
+    ``data_parallel``: this process is one rank of the initialised default ``torch.distributed``
+    group (every rank calls this with the same model, data and options). Each rank draws its
+    ``batch_size / world`` prompts (and ``clip_batch / world`` clips) from its own random stream
+    (``[seed, rank]``), the gradients are averaged over the ranks before clipping and the
+    optimizer step, and the logged rows are averaged over the ranks; the parameters stay equal on
+    every rank. Without it (or in a group of one), one process draws the whole batch from
+    ``seed``, as before.
     """
     o = options
+    world, rank = _world_and_rank() if data_parallel else (1, 0)
     if data.images.shape[1] != sam.image_size:
         raise ValueError(f"images are {data.images.shape[1]} px but the SAM-2 input is {sam.image_size} px")
     if o.video_steps and tracks is None:
         raise ValueError(f"video_steps={o.video_steps} needs a TrackSet of video clips (tracks=None)")
-    rng = np.random.default_rng(o.seed)
+    if o.batch_size % (world * o.prompts_per_image) or (o.video_steps and o.clip_batch % world):
+        raise ValueError(
+            f"{world} processes need batch_size={o.batch_size} divisible by processes x prompts_per_image "
+            f"({world} x {o.prompts_per_image})" + (f" and clip_batch={o.clip_batch} by {world}" if o.video_steps else "")
+        )
+    batch_size, clip_batch = o.batch_size // world, o.clip_batch // world
+    rng = np.random.default_rng(o.seed if world == 1 else [o.seed, rank])
     params = [p for p in sam.parameters() if p.requires_grad]
     total_steps = o.steps + o.video_steps
     sam.train()
@@ -361,11 +377,11 @@ def pretrain_sam(
             phase_steps = o.video_steps if video_phase else o.steps
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _rate(phase_steps, o.warmup_fraction, o.decay_fraction))
         if video_phase and (step - o.steps) % 2 == 0:
-            clips = tracks.sample(rng, o.clip_batch, o.clip_frames)  # (N, T, S, S) masks, (N, T, S, S, 3)
+            clips = tracks.sample(rng, clip_batch, o.clip_frames)  # (N, T, S, S) masks, (N, T, S, S, 3)
             terms, iou = tracked_loss(sam, normalize(clips[1].reshape(-1, *clips[1].shape[2:])), clips[0], o)
             iou_name = "track_iou"
         else:
-            frames, image_rows, pick = sample_instances(data, rng, o.batch_size, o.prompts_per_image)
+            frames, image_rows, pick = sample_instances(data, rng, batch_size, o.prompts_per_image)
             masks = data.masks[pick]  # (B, S, S)
             coords, labels = sample_prompts(masks, rng, box_probability=o.box_probability, box_noise=o.box_noise)
             pixels = normalize(data.images[frames])
@@ -374,6 +390,8 @@ def pretrain_sam(
         total = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if world > 1:
+            _average_gradients(params, world)
         torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -381,6 +399,8 @@ def pretrain_sam(
             window.setdefault(name, []).append(value)
         if (step + 1) % o.log_every == 0 or step + 1 == total_steps:
             row = {"step": step + 1, **{k: float(np.mean(v)) for k, v in window.items()}}
+            if world > 1:
+                row = _mean_over_ranks(row, world)
             rows.append(row)
             if on_log is not None:
                 on_log(row)
@@ -392,6 +412,46 @@ def pretrain_sam(
             )
             window = {}
     return rows
+
+
+def _world_and_rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise RuntimeError("data_parallel=True needs an initialised torch.distributed process group")
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _average_gradients(params: list[torch.Tensor], world: int) -> None:
+    """Average the ranks' gradients in one all-reduce. A parameter that took no part in a rank's
+    graph (its grad is None: the memory modules in an image step) counts as a zero gradient
+    there, and stays None only where it took part on no rank, as in a single process."""
+    import torch.distributed as dist
+
+    used = [p.grad is not None for p in params]
+    flat = torch.cat(
+        [p.grad.reshape(-1) if u else p.new_zeros(p.numel()) for p, u in zip(params, used)]
+        + [torch.tensor(used, dtype=params[0].dtype)]
+    )
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).div_(world)
+        offset += n
+    for p, used_anywhere in zip(params, flat[offset:].tolist()):
+        if not used_anywhere:
+            p.grad = None
+
+
+def _mean_over_ranks(row: dict[str, float], world: int) -> dict[str, float]:
+    import torch.distributed as dist
+
+    names = sorted(k for k in row if k != "step")  # the same on every rank: the same phases ran
+    values = torch.tensor([row[k] for k in names], dtype=torch.float64)
+    dist.all_reduce(values)
+    mean = {k: float(v) / world for k, v in zip(names, values.tolist())}
+    return {k: row[k] if k == "step" else mean[k] for k in row}
 
 
 def _rate(steps: int, warmup_fraction: float, decay_fraction: float) -> Callable[[int], float]:

@@ -47,6 +47,29 @@ def test_pretrains_once_points_the_model_at_it_and_retrains_when_stale(tiny_expe
     assert json.loads((tmp_path / "sam2.pt.json").read_text())["trained_from"]["settings"]["steps"] == 3
 
 
+def test_data_parallel_processes_write_a_checkpoint_that_loads(tiny_experiment, tmp_path):
+    cfg = _pretrain_cfg(
+        tiny_experiment, tmp_path, "sam_pretrain.processes=2", "sam_pretrain.threads=1", "sam_pretrain.batch_size=4"
+    )
+    meta = json.loads((tmp_path / "sam2.pt.json").read_text())
+    assert meta["trained_from"]["settings"]["processes"] == 2
+    assert meta["final"]["step"] == 2 and 0.0 <= meta["final"]["train_iou"] <= 1.0
+    assert set(meta["train_prompt_iou"]) == {"click_iou", "box_iou"}
+    from salma.builder import build_salma
+
+    build_salma(cfg.model_config_resolved)  # the package's strict loader takes rank 0's weights
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [("sam_pretrain.processes=0",), ("sam_pretrain.processes=2", "sam_pretrain.batch_size=6", "sam_pretrain.prompts_per_image=2"),
+     ("sam_pretrain.processes=2", "sam_pretrain.video_steps=2", "sam_pretrain.clip_batch=3")],
+)
+def test_processes_must_split_the_batch(tiny_experiment, tmp_path, overrides):
+    with pytest.raises(ValueError, match="processes"):
+        tiny_experiment(tmp_path, "sam_pretrain.enabled=true", *overrides)
+
+
 def test_a_trial_config_carrying_the_pretrained_checkpoint_still_validates(tiny_experiment, tmp_path):
     """What the workers receive: sam_pretrain enabled and model.sam.checkpoint = its output."""
     cfg = _pretrain_cfg(tiny_experiment, tmp_path)

@@ -4,8 +4,10 @@ round trip through the ``sam2`` package's own (strict) loader."""
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-from salma.builder import build_salma
+from salma.builder import build_salma, build_sam
 from salma.config import resolve_model_config
 from salma.data.errors import BadRecordError
 from salma.data.sources import read_source
@@ -24,6 +26,7 @@ from salma.sam_pretraining import (
     save_sam2_checkpoint,
     track_set,
 )
+from salma.sam_pretraining import _average_gradients
 
 
 def _masks() -> np.ndarray:
@@ -250,3 +253,51 @@ def test_each_phase_is_constant_then_decays_over_its_last_fraction():
     assert 0.0 < rate(90) < rate(81) < 1.0 and rate(99) < 0.01
     warm = _rate(100, warmup_fraction=0.1, decay_fraction=0.2)
     assert warm(0) == 0.1 and warm(9) == 1.0
+
+
+def _data_parallel_rank(rank: int, folder: str, data: InstanceSet) -> None:
+    """One of two spawned ranks: known gradients through ``_average_gradients``, then two
+    data-parallel pre-training steps from the same initialisation; saves what it ended with."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    try:
+        both, one, neither = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+        both.grad = torch.full((3,), float(rank + 1))
+        one.grad = torch.full((3,), 4.0) if rank == 1 else None
+        _average_gradients([both, one, neither], 2)
+        torch.manual_seed(0)
+        sam = build_sam(resolve_model_config({"preset": "tiny"}).sam)
+        options = PretrainOptions(steps=2, batch_size=4, prompts_per_image=2, log_every=1)
+        rows = pretrain_sam(sam, data, options, normalize=to_normalized_tensor, data_parallel=True)
+        torch.save(
+            {"grads": [both.grad, one.grad, neither.grad is None], "rows": rows, "model": sam.state_dict()},
+            f"{folder}/rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_ranks_average_their_gradients_and_stay_equal(synthetic_data, tmp_path):
+    records = read_source("refcoco", synthetic_data / "refer" / "refcoco", "train")
+    data = instance_set(records, image_size=resolve_model_config({"preset": "tiny"}).sam.image_size)
+    mp.spawn(_data_parallel_rank, args=(str(tmp_path), data), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for saved in ranks:
+        both, one, neither_is_none = saved["grads"]
+        assert torch.equal(both, torch.full((3,), 1.5))  # (1 + 2) / 2
+        assert torch.equal(one, torch.full((3,), 2.0))  # a rank without it counts as zero: (0 + 4) / 2
+        assert neither_is_none  # used on no rank: left None, as the optimizer then skips it
+    assert ranks[0]["rows"] == ranks[1]["rows"] and [r["step"] for r in ranks[0]["rows"]] == [1, 2]
+    torch.manual_seed(0)
+    initial = build_sam(resolve_model_config({"preset": "tiny"}).sam).state_dict()
+    changed = [k for k, v in ranks[0]["model"].items() if not torch.equal(v, initial[k])]
+    assert changed
+    for key, value in ranks[0]["model"].items():
+        assert torch.equal(ranks[1]["model"][key], value), key
+
+
+def test_data_parallel_needs_a_process_group():
+    data = _three_frames()
+    with pytest.raises(RuntimeError, match="process group"):
+        pretrain_sam(torch.nn.Module(), data, PretrainOptions(steps=1, batch_size=2), normalize=to_normalized_tensor,
+                     data_parallel=True)
