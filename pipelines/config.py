@@ -168,10 +168,12 @@ class SamPretrainConfig(PretrainOptions):
     instances.
 
     ``processes`` > 1 trains data-parallel in that many spawned processes of ``threads`` torch
-    threads each (gloo all-reduce of the gradients; ``salma.sam_pretraining.pretrain_sam`` with
-    ``data_parallel``): on a small CPU machine two one-thread processes go through about 1.5x the
-    frames per second of one two-thread process, whose second thread gains little at this size.
-    ``batch_size`` (and ``clip_batch``) stay the totals of a step, split over the processes.
+    threads each (set ``threads: 1``; gloo all-reduce of the gradients,
+    ``salma.sam_pretraining.pretrain_sam`` with ``data_parallel``): torch's extra threads gain
+    little at the tiny preset's size, processes scale with the cores. On 2 cores it saves little
+    (the quickstart's pre-training: 196 against 206 s), and it draws other random batches than
+    one process, so the quickstart keeps 1. ``batch_size`` (and ``clip_batch``) stay the totals
+    of a step, split over the processes.
 
     ``video_steps`` > 0 adds SAM-2's video training after the ``steps`` image steps: clips of
     ``clip_frames`` frames from the video sources, the first frame given its mask and the rest
