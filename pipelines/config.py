@@ -326,8 +326,9 @@ def apply_overrides(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
     replaces what the path held, a mapping included: ``train.lr_multipliers={}`` clears the
     multipliers, and ``train.lr_multipliers={mllm: 0.5}`` leaves no other entry; to change one
     entry alone, name it (``train.lr_multipliers.mllm=0.5``)."""
-    parse_overrides(items)  # the syntax and conflict checks
-    for parts, value in override_items(items):
+    parsed = override_items(items)
+    _nested(items, parsed)  # the conflict check
+    for parts, value in parsed:
         data = set_path(data, parts, value)
     return data
 
@@ -348,8 +349,14 @@ def set_path(data: dict[str, Any], parts: list[str], value: Any) -> dict[str, An
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["train.max_steps=20", "model.mba.enabled=false"]`` → nested dict (values parsed as YAML,
     with the checks of ``pipelines.config_yaml``)."""
+    return _nested(items, override_items(items))
+
+
+def _nested(items: list[str], parsed: list[tuple[list[str], Any]]) -> dict[str, Any]:
+    """The nested dict of already parsed overrides; an error where one sets a key inside the
+    value of another."""
     out: dict[str, Any] = {}
-    for item, (parts, value) in zip(items, override_items(items)):
+    for item, (parts, value) in zip(items, parsed):
         node = out
         for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})

@@ -192,7 +192,9 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
     anything else to the experiment), inline the base, expand and validate every trial's config."""
     path = Path(path)
     items = overrides or []
-    to_sweep = [item for item, (parts, _) in zip(items, override_items(items)) if parts[0] in ("sweep", "base")]
+    to_sweep, to_experiment = [], []
+    for item, (parts, _) in zip(items, override_items(items)):
+        (to_sweep if parts[0] in ("sweep", "base") else to_experiment).append(item)
     raw = read_config_mapping(path, what="sweep")  # its base is resolved below, after the overrides
     raw = apply_overrides(raw, to_sweep)
     if "sweep" not in raw:
@@ -206,7 +208,7 @@ def load_sweep(path: str | os.PathLike, overrides: list[str] | None = None) -> S
         if "sweep" in experiment:
             raise ConfigError(f"{path}: base {base_path} must be a plain experiment YAML, not a sweep")
     # The sweep file's keys merge into its base; the command line's then replace what they name.
-    experiment = apply_overrides(deep_update(experiment, raw), [item for item in items if item not in to_sweep])
+    experiment = apply_overrides(deep_update(experiment, raw), to_experiment)
     return build_sweep(sweep_raw, experiment, default_name=path.stem, where=str(path))
 
 
