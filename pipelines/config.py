@@ -68,8 +68,9 @@ class DataConfig(SamplingOptions):
     # Deal each global micro-batch so that every rank gets an equal share of its estimated cost
     # (videos, objects): the all-reduce waits for the slowest rank (pipelines.data.deal_balanced).
     # Off by default: it moves examples between ranks, and with them the in-rank contrastive
-    # negatives and each example's random frames and points; its quickstart runs scored lower
-    # (docs/experiments/2026-12-06-quickstart-budget-and-data-order.md).
+    # negatives and each example's random frames and points, so a run's scores move with it (by
+    # a few points either way in the quickstart, not separated from the spread over data
+    # orders; docs/experiments/2026-12-07-quickstart-time-budget.md). The quickstart turns it on.
     balance_ranks: bool = False
     seed: int = 0
 

@@ -98,3 +98,21 @@ def test_the_conversion_benchmark_reports_peak_memory_against_the_shards(tmp_pat
     assert report["source_shards"] > 1 and report["written_mib"] == pytest.approx(report["checkpoint_mib"], rel=0.01)
     assert report["peak_rss_mib"] >= report["baseline_rss_mib"] > 0 and report["convert_seconds"] > 0
     assert not (tmp_path / "InternVL2_5-1B-hf").exists()  # removed without --keep
+
+
+def test_the_mixture_step_cost_benchmark_draws_each_ranks_batches_as_configured(tiny_experiment, tmp_path):
+    bench = _load("mixture_step_cost")
+    cfg = tiny_experiment(tmp_path, "train.batch_size_per_worker=4", "data.num_frames=2")
+    ranks = [bench.mixture_batches(cfg, rank=r, batches=3) for r in range(bench.WORLD)]
+    for batches in ranks:
+        assert len(batches) == 3 and all(b.batch_size == 4 for b in batches)
+        for b in batches:  # no sample holds more frames than data.num_frames
+            assert torch.bincount(b.frame_sample_index).max() <= 2
+    # The two ranks hold different positions of the mixture.
+    def same(a, b):
+        return a.shape == b.shape and torch.equal(a, b)
+
+    assert not all(same(a.sam_pixel_values, b.sam_pixel_values) for a, b in zip(*ranks))
+    three = bench.mixture_batches(tiny_experiment(tmp_path, "train.batch_size_per_worker=4", "data.num_frames=3"),
+                                  rank=0, batches=3)
+    assert max(torch.bincount(b.frame_sample_index).max() for b in three) == 3  # the synthetic videos have more
