@@ -36,7 +36,7 @@ from pipelines.quickstart import DEFAULT_CONFIG
 from salma.batch import SalmaBatch
 from salma.builder import build_salma
 from salma.data.examples import collate, example_from_bytes
-from salma.tokenizer import load_tokenizer
+from salma.tokenizer import load_tokenizer, tokenizer_name
 
 WARMUP_BATCHES = 2
 WORLD = 2
@@ -44,7 +44,7 @@ WORLD = 2
 
 def mixture_batches(cfg: ExperimentConfig, *, rank: int, batches: int) -> list[SalmaBatch]:
     """This rank's first ``batches`` micro-batches of ``cfg``'s mixture in a 2-worker run."""
-    tokenizer = load_tokenizer(cfg.model_config_resolved.mllm.tokenizer)
+    tokenizer = load_tokenizer(tokenizer_name(cfg.model_config_resolved))
     shard = WorkerBatches(cfg, rank=rank, world_size=WORLD, tokenizer=tokenizer)
     size = cfg.train.batch_size_per_worker
     rows = []
