@@ -46,7 +46,7 @@ def start_local_ray(**init_kwargs: Any) -> Any:
     from ray._private import ray_constants
 
     if init_kwargs.get("include_dashboard") is False:
-        init_kwargs.setdefault("dashboard_port", _free_port())  # see the module docstring
+        init_kwargs.setdefault("dashboard_port", free_port())  # see the module docstring
     os.environ[_CLUSTER_SWITCH] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     return ray.init(address="local", **init_kwargs)
@@ -69,7 +69,7 @@ def local_ray(num_cpus: int, **init_kwargs: Any) -> Iterator[str]:
     import ray
     from ray._private import ray_constants
 
-    port = _free_port()
+    port = free_port()
     saved = {name: os.environ.get(name) for name in _ENV}
     saved_flag = ray_constants.ENABLE_RAY_CLUSTER
     address = f"{LOOPBACK}:{port}"
@@ -85,7 +85,8 @@ def local_ray(num_cpus: int, **init_kwargs: Any) -> Iterator[str]:
         _restore_env(saved)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port of the loopback interface that was free a moment ago."""
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]

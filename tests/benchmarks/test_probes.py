@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -116,3 +117,27 @@ def test_the_mixture_step_cost_benchmark_draws_each_ranks_batches_as_configured(
     three = bench.mixture_batches(tiny_experiment(tmp_path, "train.batch_size_per_worker=4", "data.num_frames=3"),
                                   rank=0, batches=3)
     assert max(torch.bincount(b.frame_sample_index).max() for b in three) == 3  # the synthetic videos have more
+
+
+def test_the_engine_step_cost_benchmark_times_real_data_parallel_steps(synthetic_data, tmp_path):
+    """Two spawned gloo ranks step each engine on their own batches: the data-parallel engines
+    (DeepSpeed ZeRO-2 and 0, torch DDP) keep both ranks' parameters equal, the engine-free floor
+    does not, so the figures time real gradient averaging."""
+    refcoco, mevis = synthetic_data / "refer" / "refcoco", synthetic_data / "mevis"
+    sources = f"data.sources=[{{name: refcoco, format: refcoco, root: {refcoco}}}, {{name: mevis, format: mevis, root: {mevis}}}]"
+    out = tmp_path / "engines.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "engine_step_cost.py"), "--steps", "4", "--json", str(out),
+         "--engines", "deepspeed:2", "deepspeed:0", "ddp", "plain", "--",
+         "train.batch_size_per_worker=2", "data.synthetic.enabled=false", "data.max_objects=2", sources],
+        check=True, cwd=tmp_path, timeout=600,
+    )
+    report = {row["engine"]: row for row in json.loads(out.read_text())}
+    assert list(report) == ["deepspeed:2", "deepspeed:0", "ddp", "plain"]
+    for name, row in report.items():
+        assert row["slower_rank_ms"] >= row["mean_ms"] > 0
+        rank0, rank1 = row["parameter_fingerprints"]
+        if name == "plain":
+            assert rank0 != rank1  # each rank stepped on its own batches alone
+        else:
+            assert rank0 == pytest.approx(rank1, rel=1e-9), name

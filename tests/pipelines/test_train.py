@@ -94,6 +94,21 @@ def test_resume_after_a_failure_replays_the_same_steps(reference_run, tiny_exper
     assert history[2].value == history[3].value
 
 
+def test_a_zero_stage_0_run_resumes_to_the_same_weights(ray_cluster, tiny_experiment, tmp_path, monkeypatch):
+    """ZeRO stage 0 (`train.zero_stage: 0`, no partitioning) keeps each rank's whole optimizer state in its
+    model-states file: a run that failed after its step-2 checkpoint resumes to the weights of an
+    uninterrupted one, bit for bit."""
+    reference = train(tiny_experiment(tmp_path / "reference", "train.zero_stage=0"))
+    cfg = tiny_experiment(tmp_path / "failed", "train.zero_stage=0")
+    _arm(monkeypatch, tmp_path, rank=0, step=3, action="raise", phase="step")
+    with pytest.raises(InjectedFault):
+        train(cfg)
+    (run_dir,) = [p.path for p in os.scandir(tmp_path / "failed" / "runs") if p.name.startswith("tiny-")]
+    result = train(cfg, resume=run_dir)
+    assert read_checkpoint(result.checkpoint_path).step == 4
+    assert_same_weights(result.checkpoint_path, reference.checkpoint_path)
+
+
 def test_failure_while_writing_a_checkpoint_leaves_nothing_readable_behind(
     reference_run, tiny_experiment, tmp_path, monkeypatch
 ):
