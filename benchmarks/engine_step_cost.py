@@ -16,12 +16,13 @@ all of them:
 
 Prints per engine the mean over steps of the slower rank's step (the data-parallel step waits for
 it) and its ratio to the first engine. The model starts from the same seed in every engine; the
-engines' parameters then drift apart (they are not compared).
+engines' parameters then drift apart and are not compared with each other. Each engine's two
+ranks are (``--json`` writes a fingerprint of both): a data-parallel engine keeps them equal.
 
     .venv/bin/python benchmarks/engine_step_cost.py --steps 40
     .venv/bin/python benchmarks/engine_step_cost.py --engines deepspeed:2 ddp -- data.num_frames=2
 
-Figures: docs/experiments/2026-12-07-quickstart-time-budget.md.
+Figures: docs/benchmarks.md ("Where a quickstart training step goes").
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -147,8 +149,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.steps <= WARMUP_BATCHES + 1:
         parser.error(f"--steps must be above {WARMUP_BATCHES + 1}")
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "times")
         mp.spawn(_worker, args=(args, free_port(), out), nprocs=WORLD, join=True)
