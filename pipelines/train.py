@@ -105,6 +105,12 @@ def train(
     if cfg.train.num_workers == 0 and run.local_path is None:
         raise ValueError(f"train.num_workers=0 (local mode) needs a local run folder, not {run.path}")
     setup = resolve_distributed_setup(cfg.train, gpus_available=_gpus_available(cfg))
+    if not ray.is_initialized():
+        # Local mode reads its data with Ray Data too: start or join Ray now, before the SIGTERM
+        # handler below is installed, so that it is the last one. Connecting later (Ray Data's
+        # own ray.init) installs Ray's core-worker C++ handler over it, which prints a stack and
+        # usually passes the signal on, but once left the process dead with its run RUNNING.
+        init_ray(**console.ray_init_options())
     # A resumed local run starts from its newest checkpoint that verifies (damaged ones set aside).
     latest = prepare_resume(run.local_path) if resume and run.local_path else None
     previous = run.run_info()
