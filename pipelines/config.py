@@ -327,11 +327,17 @@ def apply_overrides(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
     replaces what the path held, a mapping included: ``train.lr_multipliers={}`` clears the
     multipliers, and ``train.lr_multipliers={mllm: 0.5}`` leaves no other entry; to change one
     entry alone, name it (``train.lr_multipliers.mllm=0.5``)."""
+    return _applied(data, items)[0]
+
+
+def _applied(data: dict[str, Any], items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``apply_overrides``'s result, and the overrides as a nested dict (``parse_overrides``),
+    from one parse of ``items``."""
     parsed = override_items(items)
-    _nested(items, parsed)  # the conflict check
+    given = _nested(items, parsed)  # also the conflict check
     for parts, value in parsed:
         data = set_path(data, parts, value)
-    return data
+    return data, given
 
 
 def set_path(data: dict[str, Any], parts: list[str], value: Any) -> dict[str, Any]:
@@ -375,8 +381,7 @@ def load_experiment(path: str | os.PathLike | None, overrides: list[str] | None 
     """Read an experiment YAML (deltas, with its ``base:`` chain), apply overrides, validate.
     Errors name the file."""
     data = {} if path is None else read_config_file(path, what="experiment config")
-    given = parse_overrides(overrides or [])
-    data = apply_overrides(data, overrides or [])
+    data, given = _applied(data, overrides or [])
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
