@@ -104,13 +104,15 @@ def train(
     run = RunFolder.existing(resume) if resume else RunFolder.new(cfg)
     if cfg.train.num_workers == 0 and run.local_path is None:
         raise ValueError(f"train.num_workers=0 (local mode) needs a local run folder, not {run.path}")
-    setup = resolve_distributed_setup(cfg.train, gpus_available=_gpus_available(cfg))
-    if not ray.is_initialized():
-        # Local mode reads its data with Ray Data too: start or join Ray now, before the SIGTERM
-        # handler below is installed, so that it is the last one. Connecting later (Ray Data's
-        # own ray.init) installs Ray's core-worker C++ handler over it, which prints a stack and
-        # usually passes the signal on, but once left the process dead with its run RUNNING.
+    started_here = not ray.is_initialized()
+    if started_here:
+        # $RAY_ADDRESS when set (a job on a cluster), else a local Ray; local mode reads its data
+        # with Ray Data too. Now, before the SIGTERM handler below is installed, so that it is the
+        # last one: connecting later (in local mode, Ray Data's own ray.init) installs Ray's
+        # core-worker C++ handler over it, which prints a stack and usually passes the signal on,
+        # but once left the process dead with its run RUNNING.
         init_ray(**console.ray_init_options())
+    setup = resolve_distributed_setup(cfg.train, gpus_available=_gpus_available(cfg, started_here=started_here))
     # A resumed local run starts from its newest checkpoint that verifies (damaged ones set aside).
     latest = prepare_resume(run.local_path) if resume and run.local_path else None
     previous = run.run_info()
@@ -212,12 +214,11 @@ def _local_init_from(cfg: ExperimentConfig) -> dict[str, Any]:
     return {**cfg.model, "init_from": cfg.absolute(init_from)}
 
 
-def _gpus_available(cfg: ExperimentConfig) -> bool:
+def _gpus_available(cfg: ExperimentConfig, *, started_here: bool) -> bool:
+    """This process's CUDA in local mode, else the cluster's GPUs (after the CPU budget check;
+    ``started_here``: ``train`` started or joined Ray itself)."""
     if cfg.train.num_workers == 0:
         return torch.cuda.is_available()
-    started_here = not ray.is_initialized()
-    if started_here:
-        init_ray(**console.ray_init_options())  # $RAY_ADDRESS when set (a job on a cluster), else a local Ray
     _check_cpu_budget(cfg, local=started_here and not os.environ.get("RAY_ADDRESS"))
     return ray.cluster_resources().get("GPU", 0) > 0
 
