@@ -6,7 +6,7 @@ the experiment's own micro-batches in 2 spawned processes (gloo, ``--threads`` t
 each) under several engines, interleaved step by step so that the machine's slow minutes fall on
 all of them:
 
-- ``deepspeed:N``: the pipeline's own engine (``deepspeed.initialize`` with the run's DeepSpeed
+- ``deepspeed:N``: the pipeline's own engine (``pipelines.train.build_engine``: the run's DeepSpeed
   config at ZeRO stage N, its parameter groups and warm-up + cosine schedule), ``engine.backward``
   and ``engine.step`` as ``pipelines.train.train_step`` calls them;
 - ``ddp``: torch's ``DistributedDataParallel`` (its C++ reducer: bucketed gloo all-reduces
@@ -45,17 +45,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mixture_step_cost import WARMUP_BATCHES, WORLD, mixture_batches
 
 from pipelines.config import load_experiment
-from pipelines.deepspeed_config import deepspeed_config, resolve_distributed_setup
-from pipelines.deepspeed_ops import use_environment_extensions
+from pipelines.deepspeed_config import resolve_distributed_setup
 from pipelines.local_ray import free_port
-from pipelines.lr_schedule import parameter_groups, warmup_cosine_scheduler
+from pipelines.lr_schedule import parameter_groups
 from pipelines.quickstart import DEFAULT_CONFIG
-from pipelines.train import _vectorise_scalar_parameters
+from pipelines.train import _vectorise_scalar_parameters, build_engine
 from salma.builder import build_salma
 
 
-class _Plain:
-    """The model and a torch AdamW, no engine: forward, backward, clip, step."""
+class _Torch:
+    """The model and torch's AdamW, alone or under DDP: forward, backward, clip, step."""
 
     def __init__(self, model: torch.nn.Module, groups: list[dict], clip: float, *, ddp: bool):
         self.params = [p for g in groups for p in g["params"]]
@@ -74,21 +73,13 @@ class _Plain:
 
 
 class _DeepSpeed:
-    def __init__(self, cfg, model: torch.nn.Module, stage: int):
-        import deepspeed
+    """The pipeline's own engine (``pipelines.train.build_engine``) at ZeRO ``stage``."""
 
+    def __init__(self, cfg, stage: int):
         train = cfg.train.model_copy(update={"zero_stage": stage})
         setup = resolve_distributed_setup(train, gpus_available=False)
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            model_parameters=parameter_groups(
-                [(n, p) for n, p in model.named_parameters() if p.requires_grad],
-                lr=train.lr, multipliers=train.lr_multipliers,
-            ),
-            config=deepspeed_config(train, setup),
-            lr_scheduler=lambda opt: warmup_cosine_scheduler(opt, total_steps=train.max_steps,
-                                                             warmup_fraction=train.warmup_fraction),
-        )
+        self.engine = build_engine(cfg.model_copy(update={"train": train}), setup).engine
+        _past_warmups(self.engine.module, cfg)
 
     def step(self, batch) -> None:
         self.engine.backward(self.engine(batch)["total"])
@@ -98,27 +89,30 @@ class _DeepSpeed:
         return self.engine.module.parameters()
 
 
+def _past_warmups(model: torch.nn.Module, cfg) -> None:
+    model.set_schedule(cfg.train.max_steps, cfg.train.max_steps)  # every loss term on
+
+
 def _build(cfg, name: str):
-    torch.manual_seed(0)
-    model = build_salma(cfg.model_config_resolved).model
-    _vectorise_scalar_parameters(model)  # as the pipeline does: DeepSpeed broadcasts parameters as bytes
-    model.train()
-    model.set_schedule(cfg.train.max_steps, cfg.train.max_steps)  # past the warm-ups: every loss term on
+    torch.manual_seed(0)  # the same initial model in every engine
     if name in ("plain", "ddp"):
+        model = build_salma(cfg.model_config_resolved).model
+        _vectorise_scalar_parameters(model)  # as build_engine does, so every engine trains the same tensors
+        model.train()
+        _past_warmups(model, cfg)
         groups = parameter_groups([(n, p) for n, p in model.named_parameters() if p.requires_grad],
                                   lr=cfg.train.lr, multipliers=cfg.train.lr_multipliers)
-        return _Plain(model, groups, cfg.train.grad_clip, ddp=name == "ddp")
+        return _Torch(model, groups, cfg.train.grad_clip, ddp=name == "ddp")
     kind, _, stage = name.partition(":")
     if kind != "deepspeed" or stage not in ("0", "1", "2"):
         raise SystemExit(f"unknown engine {name!r}: use deepspeed:0, deepspeed:1, deepspeed:2, ddp or plain")
-    return _DeepSpeed(cfg, model, int(stage))
+    return _DeepSpeed(cfg, int(stage))
 
 
 def _worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     torch.set_num_threads(args.threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-    use_environment_extensions()
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     cfg = load_experiment(args.config, args.overrides)
     batches = mixture_batches(cfg, rank=rank, batches=args.steps)
