@@ -244,15 +244,20 @@ def load_model(model: Any):
 
 def check_model_spec(model: str | os.PathLike) -> tuple[str, str]:
     """``("folder", path)`` for an exported model folder, ``("preset", name)`` for a preset;
-    raises ``ConfigError`` (what was given, what to pass instead) for anything else. Reads no
-    weights: the driver checks ``--model`` before any actor loads it."""
+    raises ``ConfigError`` (what was given, what to pass instead) for anything else, and
+    ``CheckpointLayoutError`` for a folder whose config does not validate or that lacks its
+    weights file. Reads no weights: the driver checks ``--model`` before any actor loads it."""
+    from salma.checkpoint_layout import CheckpointLayoutError
     from salma.config import preset_config
-    from salma.export import CONFIG_FILE
+    from salma.export import CONFIG_FILE, WEIGHTS_FILE, read_export_config
 
     spec = str(model)
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / CONFIG_FILE).is_file():
+            read_export_config(path)
+            if not (path / WEIGHTS_FILE).is_file():
+                raise CheckpointLayoutError(f"{path / WEIGHTS_FILE}: the weights file is missing")
             return "folder", str(path)
         if (path / "salma_checkpoint.json").is_file():
             raise ConfigError(

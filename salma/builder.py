@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerBase
 
-from salma.checkpoint_layout import require_native_internvl
+from salma.checkpoint_layout import CheckpointLayoutError, require_native_internvl
 from salma.config import SalmaConfig, SamConfig
 from salma.export import MLLM_DIR, init_from_folder, load_init_weights
 from salma.hub import resolve_model_folder
@@ -55,7 +55,7 @@ def build_internvl(
         model = load_native_internvl(folder)
         _check_geometry(model.config, config, folder)
         if model.config.image_token_id != image_token_id:
-            raise ValueError(
+            raise CheckpointLayoutError(
                 f"{path}: config.image_token_id={model.config.image_token_id} but the tokenizer maps "
                 f"{IMG_CONTEXT} to {image_token_id}; the tokenizer does not belong to this checkpoint"
             )
@@ -93,7 +93,7 @@ def _check_geometry(hf_config, config: SalmaConfig, folder) -> None:
     if hf_config.downsample_ratio != m.downsample_ratio:
         mismatches.append(f"model.mllm.downsample_ratio={hf_config.downsample_ratio} (config has {m.downsample_ratio})")
     if mismatches:
-        raise ValueError(f"{folder}: the checkpoint's image geometry differs from the config; set " + ", ".join(mismatches))
+        raise CheckpointLayoutError(f"{folder}: the checkpoint's image geometry differs from the config; set " + ", ".join(mismatches))
 
 
 def build_sam(config: SamConfig, *, load_checkpoint: bool = True) -> SamAdapter:

@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from salma.checkpoint_layout import CheckpointLayoutError
 from salma.config import SalmaConfig, SamConfig
 from salma.hub import resolve_model_folder
 from salma.model import SalmaModel
@@ -72,26 +75,38 @@ def save_weights(model: torch.nn.Module, path: str | Path, *, keys: set[str] | N
 def load_weights(model: torch.nn.Module, path: str | Path, *, expected: set[str] | None = None) -> None:
     """Load safetensors strictly: the file must hold exactly ``expected`` keys (default: all of
     the model's), with matching shapes."""
-    state = load_file(str(path))
+    state = read_safetensors(path)
     own = model.state_dict()
     check_weights(state, own, expected=set(own) if expected is None else expected, source=str(path))
     model.load_state_dict(state, strict=False)
 
 
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a missing, truncated or malformed file raises
+    ``CheckpointLayoutError`` naming it."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointLayoutError(f"{path}: the weights file is missing") from None
+    except (OSError, SafetensorError) as err:
+        raise CheckpointLayoutError(f"{path}: not a readable safetensors file ({err})") from None
+
+
 def check_weights(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], *, expected: set[str], source: str) -> None:
-    """Raise ValueError unless ``state`` holds exactly the ``expected`` keys (minus
-    ``STRICT_ALLOW_MISSING``), each with the shape the model (``own``) has."""
+    """Raise ``CheckpointLayoutError`` (a ValueError) unless ``state`` holds exactly the
+    ``expected`` keys (minus ``STRICT_ALLOW_MISSING``), each with the shape the model (``own``)
+    has."""
     missing = sorted(expected - set(state) - STRICT_ALLOW_MISSING)
     unexpected = sorted(set(state) - set(own))
     unexpected += sorted(k for k in set(state) & set(own) if k not in expected)
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointLayoutError(
             f"{source}: weights do not match the model: {len(missing)} missing (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     for key, value in state.items():
         if own[key].shape != value.shape:
-            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
+            raise CheckpointLayoutError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
 
 
 def export_config(model_config: SalmaConfig) -> SalmaConfig:
@@ -178,7 +193,7 @@ def read_export_config(folder: str | Path) -> SalmaConfig:
         document = _read_json(path)
         if not isinstance(document, dict) or document.get("model_type") != MODEL_TYPE:
             kind = document.get("model_type") if isinstance(document, dict) else None
-            raise ValueError(
+            raise CheckpointLayoutError(
                 f"{path}: model_type={kind!r}, not an exported SALMA model; a released InternVL or Sa2VA "
                 "folder is converted with `salma convert internvl|sa2va`"
             )
@@ -189,18 +204,22 @@ def read_export_config(folder: str | Path) -> SalmaConfig:
     else:
         raise FileNotFoundError(f"{folder} is not an exported SALMA model: {CONFIG_FILE} is missing")
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: the model config is not a JSON object")
+        raise CheckpointLayoutError(f"{path}: the model config is not a JSON object")
     try:
         config = SalmaConfig.model_validate(raw)
-    except ValueError as err:
-        raise ValueError(f"{path}: invalid model config: {err}") from None
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in err.errors()[:3])
+        raise CheckpointLayoutError(
+            f"{path}: invalid model config ({problems}); if another version of SALMA wrote this export, "
+            "export its checkpoint again with this one (salma export)"
+        ) from None
     if config.mllm.path != MLLM_DIR or config.mllm.tokenizer != MLLM_DIR:
-        raise ValueError(
+        raise CheckpointLayoutError(
             f"{path}: mllm.path / mllm.tokenizer must be {MLLM_DIR!r} (the folder's own MLLM), got "
             f"{config.mllm.path!r} / {config.mllm.tokenizer!r}"
         )
     if config.sam.checkpoint is not None or config.init_from is not None:
-        raise ValueError(f"{path}: an export carries its own weights; sam.checkpoint and init_from must be null")
+        raise CheckpointLayoutError(f"{path}: an export carries its own weights; sam.checkpoint and init_from must be null")
     return config
 
 
@@ -208,7 +227,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
+        raise CheckpointLayoutError(f"{path}: not a readable JSON file ({err})") from None
 
 
 def load_exported(folder: str | Path, *, device: str = "cpu") -> BuiltSalma:
@@ -220,9 +239,12 @@ def load_exported(folder: str | Path, *, device: str = "cpu") -> BuiltSalma:
     config = read_export_config(folder)
     config.mllm.path = str(folder / MLLM_DIR)
     config.mllm.tokenizer = str(folder / MLLM_DIR)
+    weights = folder / WEIGHTS_FILE
+    state = read_safetensors(weights)  # a missing or damaged file fails before anything is built
     built = build_salma(config)  # loads the MLLM strictly (see build_internvl)
-    expected = {k for k in built.model.state_dict() if not k.startswith("mllm.")}
-    load_weights(built.model, folder / WEIGHTS_FILE, expected=expected)
+    own = built.model.state_dict()
+    check_weights(state, own, expected={k for k in own if not k.startswith("mllm.")}, source=str(weights))
+    built.model.load_state_dict(state, strict=False)
     built.model.to(device)
     return built
 
@@ -250,8 +272,8 @@ def load_init_weights(model: SalmaModel, folder: str | Path, *, sam: SamConfig) 
         if getattr(exported.sam, name) != getattr(ours, name)
     ]
     if different:
-        raise ValueError(f"{folder}: init_from needs the export's SAM-2 architecture; " + "; ".join(different))
-    state = load_file(str(folder / WEIGHTS_FILE))
+        raise CheckpointLayoutError(f"{folder}: init_from needs the export's SAM-2 architecture; " + "; ".join(different))
+    state = read_safetensors(folder / WEIGHTS_FILE)
     own = model.state_dict()
     expected = {k for k in own if not k.startswith("mllm.")}
     fresh = sorted(k for k in expected - set(state) if k.startswith(INIT_FROM_MAY_START_FRESH))

@@ -83,15 +83,17 @@ def _refuse_remote_code(name_or_path: str) -> None:
     import json
     from pathlib import Path
 
+    from salma.checkpoint_layout import CheckpointLayoutError
+
     config_path = Path(name_or_path) / "tokenizer_config.json"
     if not config_path.is_file():
         return
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{config_path}: not a readable JSON file ({err})") from None
+        raise CheckpointLayoutError(f"{config_path}: not a readable JSON file ({err})") from None
     if isinstance(config, dict) and "auto_map" in config:
-        raise ValueError(
+        raise CheckpointLayoutError(
             f"{config_path}: the tokenizer asks for remote code (auto_map {config['auto_map']}), which SALMA never "
             "runs; use a folder converted by `salma convert` or a tokenizer transformers provides"
         )

@@ -4,6 +4,9 @@ only with ``--debug``. All of these fail before any model, Ray or MLflow work st
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from pipelines.cli import EXIT_USER_ERROR, main, user_error_message
@@ -81,6 +84,66 @@ def test_export_a_folder_without_checkpoints(capsys, tmp_path):
 def test_segment_missing_input(capsys, tmp_path):
     [line] = _fails(capsys, "segment", str(tmp_path / "photo.jpg"), "the cat", "--model", "tiny")
     assert line == f"salma segment: file not found: {tmp_path / 'photo.jpg'}"
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    import torch
+
+    from salma.builder import build_salma
+    from salma.export import export_model
+    from salma.testing import tiny_salma_config
+
+    torch.manual_seed(0)
+    return export_model(build_salma(tiny_salma_config()), tmp_path_factory.mktemp("export") / "tiny", dtype=torch.float32)
+
+
+def _unknown_config_key(folder):
+    document = json.loads((folder / "config.json").read_text())
+    document["salma"]["loss"]["prompt_weight"] = 1.0  # as an export of another version would carry
+    (folder / "config.json").write_text(json.dumps(document))
+
+
+def _remote_code_tokenizer(folder):
+    path = folder / "mllm" / "tokenizer_config.json"
+    document = json.loads(path.read_text())
+    document["auto_map"] = {"AutoTokenizer": ["tokenization_x.XTokenizer", None]}
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (_unknown_config_key, ("config.json: invalid model config (loss.prompt_weight: Extra inputs are not permitted); "
+                               "if another version of SALMA wrote this export, export its checkpoint again")),
+        (lambda folder: (folder / "config.json").write_text("{"), "config.json: not a readable JSON file"),
+        (lambda folder: (folder / "salma.safetensors").write_bytes((folder / "salma.safetensors").read_bytes()[:1000]),
+         "salma.safetensors: not a readable safetensors file"),
+        (lambda folder: (folder / "salma.safetensors").unlink(), "salma.safetensors: the weights file is missing"),
+        (_remote_code_tokenizer, "tokenizer_config.json: the tokenizer asks for remote code"),
+    ],
+    ids=["unknown-config-key", "config-not-json", "truncated-weights", "missing-weights", "remote-code-tokenizer"],
+)
+def test_a_damaged_model_folder_is_named_in_one_line(capsys, tmp_path, tiny_export, damage, expected):
+    from matplotlib import cbook
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_export, folder)
+    damage(folder)
+    photo = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    [line] = _fails(capsys, "segment", str(photo), "the woman", "--model", str(folder), "--out", str(tmp_path / "o.png"))
+    assert line.startswith(f"salma segment: {folder}") and expected in line, line
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_infer_checks_the_model_folder_before_starting_ray(capsys, tmp_path, tiny_export):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_export, folder)
+    _unknown_config_key(folder)
+    [line] = _fails(capsys, "infer", "--model", str(folder), "--dataset", f"own_data:{tmp_path}", "--split", "val",
+                    "--out", str(tmp_path / "o"))
+    assert line.startswith(f"salma infer: {folder / 'config.json'}: invalid model config (loss.prompt_weight")
+    assert not (tmp_path / "o").exists()
 
 
 def test_unknown_command_and_bad_arguments_exit_2(capsys):
