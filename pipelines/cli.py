@@ -105,10 +105,12 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from pipelines.config_errors import ConfigError
     from pipelines.data import TooManyBadRecords
     from pipelines.prediction_folder import OutputFolderError
-    from salma.data.errors import DatasetFormatError
+    from salma.data.errors import BadRecordError, DatasetFormatError
 
+    # BadRecordError: the pipelines skip and count bad records; one that reaches the command is
+    # the file the user named (``salma segment broken.jpg``).
     types: list[type[BaseException]] = [
-        ConfigError, DatasetFormatError, InvalidCheckpointError, OutputFolderError, TooManyBadRecords,
+        BadRecordError, ConfigError, DatasetFormatError, InvalidCheckpointError, OutputFolderError, TooManyBadRecords,
         FileNotFoundError, NotADirectoryError, IsADirectoryError,
     ]
     for module, name in (("pipelines.infer", "InferenceError"), ("pipelines.evaluate", "EvaluationError"),

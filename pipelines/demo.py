@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.segment import MediaInput, default_model, load_predictor, read_media, segment
+from salma.data.errors import BadRecordError
 
 INSTALL = 'pip install -e ".[demo]"'
 MAX_VIDEO_FRAMES = 48
@@ -65,7 +66,10 @@ class DemoModel:
         """(overlay video path, answer); at most ``MAX_VIDEO_FRAMES`` frames are segmented."""
         if not video:
             return None, "upload a video first"
-        media = read_media(video, max_frames=MAX_VIDEO_FRAMES)
+        try:
+            media = read_media(video, max_frames=MAX_VIDEO_FRAMES)
+        except BadRecordError as err:  # shown in the app instead of Gradio's bare "Error"
+            return None, f"cannot read this video: {err}"
         out = Path(tempfile.mkdtemp(dir=self.workdir)) / "overlay.mp4"
         result = segment(self.predictor, media, expression, out, generate=not teacher_force)
         return str(out), _answer_text(result.answer, bool(result.masks))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -144,6 +145,20 @@ def test_infer_checks_the_model_folder_before_starting_ray(capsys, tmp_path, tin
                     "--out", str(tmp_path / "o"))
     assert line.startswith(f"salma infer: {folder / 'config.json'}: invalid model config (loss.prompt_weight")
     assert not (tmp_path / "o").exists()
+
+
+def test_segment_an_unreadable_image_or_video(capsys, tmp_path):
+    from matplotlib import cbook
+
+    photo = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(photo.read_bytes()[:3000])
+    [line] = _fails(capsys, "segment", str(truncated), "the woman", "--model", "tiny")
+    assert line.startswith(f"salma segment: {truncated}: truncated or unreadable image (")
+    video = tmp_path / "noise.mp4"
+    video.write_bytes(bytes(range(256)) * 20)
+    [line] = _fails(capsys, "segment", str(video), "the woman", "--model", "tiny")
+    assert line == f"salma segment: {video}: unreadable video"
 
 
 def test_unknown_command_and_bad_arguments_exit_2(capsys):

@@ -49,3 +49,13 @@ def test_the_app_segments_an_uploaded_image_and_has_synthetic_examples(synthetic
     assert "[SEG]" in answer
     assert mask.shape[:2] == picture.shape[:2] and set(np.unique(mask)) <= {0, 255}
     assert np.asarray(Image.open(overlay)).shape[:2] == picture.shape[:2]
+
+
+def test_an_unreadable_video_gets_a_message_in_the_app(tmp_path):
+    from pipelines.demo import DemoModel
+    from pipelines.segment import load_predictor
+
+    video = tmp_path / "noise.mp4"
+    video.write_bytes(bytes(range(256)) * 20)
+    overlay, answer = DemoModel(load_predictor("tiny"), tmp_path).segment_video(str(video), "the square", True)
+    assert overlay is None and answer == f"cannot read this video: {video}: unreadable video"
