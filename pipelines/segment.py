@@ -113,6 +113,7 @@ def segment(
     """Predict and write the overlay and masks (module docstring)."""
     if not expression.strip():
         raise ConfigError("the expression is empty; say what to segment, e.g. \"the dog on the left\"")
+    check_out(Path(out), media.video)
     frames = media.frames
     prediction = predictor.segment(frames[0] if not media.video else np.stack(frames), expression, generate=generate)
     objects = [np.asarray(m, dtype=bool).reshape(len(frames), *frames[0].shape[:2]) for m in prediction.masks]  # (T, H, W) each
@@ -131,6 +132,14 @@ def segment(
     overlays = [draw_overlay(frame, [masks[t] for masks in objects]) for t, frame in enumerate(frames)]
     _write_overlay(out, overlays, media)
     return SegmentResult(prediction.answer, str(out), mask_paths, len(frames), list(prediction.key_frames))
+
+
+def check_out(out: Path, video: bool) -> None:
+    """An image's overlay is a picture PIL writes (``IMAGE_SUFFIXES``); a video's is a video
+    file (``VIDEO_OUT_SUFFIXES``) or a folder (any other name). Checked before the model runs."""
+    if not video and out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ConfigError(f"--out {out}: an image's overlay is a picture ({', '.join(IMAGE_SUFFIXES)}), "
+                          f"e.g. --out {out.with_suffix('.png')}")
 
 
 def _write_overlay(out: Path, overlays: list[np.ndarray], media: MediaInput) -> None:
@@ -193,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     console.configure()
     media = read_media(args.input, frame_stride=args.frame_stride, max_frames=args.max_frames)
     out = Path(args.out) if args.out else default_out(Path(args.input), media.video)
+    check_out(out, media.video)
     predictor = load_predictor(args.model or default_model(), num_key_frames=args.num_key_frames)
     result = segment(predictor, media, args.expression, out, generate=not args.teacher_force)
     print(f"answer: {result.answer}")

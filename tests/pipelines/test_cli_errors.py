@@ -161,6 +161,17 @@ def test_segment_an_unreadable_image_or_video(capsys, tmp_path):
     assert line == f"salma segment: {video}: unreadable video"
 
 
+def test_segment_an_image_into_an_overlay_that_is_not_a_picture(capsys, tmp_path):
+    from matplotlib import cbook
+
+    photo = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    out = tmp_path / "overlay.txt"
+    [line] = _fails(capsys, "segment", str(photo), "the woman", "--model", "tiny", "--out", str(out))
+    assert line.startswith(f"salma segment: --out {out}: an image's overlay is a picture (.jpg, .jpeg, .png")
+    assert line.endswith(f"e.g. --out {tmp_path / 'overlay.png'}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_command_and_bad_arguments_exit_2(capsys):
     assert main(["trian"]) == EXIT_USER_ERROR
     assert "unknown command 'trian'" in capsys.readouterr().err
