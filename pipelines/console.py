@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 ENV_VAR = "SALMA_VERBOSE"
@@ -27,7 +28,7 @@ _HANDLER = logging.StreamHandler()  # stderr, added to the root logger once
 _CHATTY = ("alembic", "httpx", "urllib3", "gradio")
 # Libraries whose warnings are about themselves ("Setting accelerator to CPU", "Progress bars
 # disabled", the cloudpickle notice of every logged model): ERROR unless verbose.
-_SELF_ABSORBED = ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "DeepSpeed")
+_SELF_ABSORBED = ("ray", "ray.train", "ray.tune", "mlflow", "DeepSpeed")
 
 
 def is_verbose() -> bool:
@@ -58,7 +59,8 @@ def configure(*, verbose: bool | None = None) -> None:
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.WARNING)
     for name in _SELF_ABSORBED:
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.ERROR)
-    quiet_ray_data()
+    if "ray.data" in sys.modules:  # otherwise quiet_ray_data runs where a dataset is about to
+        quiet_ray_data()
 
 
 def ray_init_options() -> dict[str, Any]:
@@ -69,16 +71,16 @@ def ray_init_options() -> dict[str, Any]:
 
 
 def quiet_ray_data() -> None:
-    """Ray Data in this process: no progress bars or execution banners unless verbose (a no-op
-    when Ray Data has not been imported: it is configured when it is)."""
-    import sys
-
-    if "ray.data" not in sys.modules:
-        return
+    """Ray Data in this process: no progress bars or execution banners unless verbose. Imports
+    Ray Data first, whose import installs its own logging setup (INFO to the console): call it
+    where a dataset is about to run."""
     from ray.data import DataContext
 
     context = DataContext.get_current()
     loud = is_verbose()
     context.enable_progress_bars = loud
     context.print_on_execution_start = loud
-    logging.getLogger("ray.data").setLevel(logging.INFO if loud else logging.ERROR)
+    # Ray Data's console handler only: its log files under the Ray session keep every record.
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.INFO if loud else logging.ERROR)

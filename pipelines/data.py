@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines import console
 from pipelines.config import ExperimentConfig, SourceConfig
 from salma.batch import SalmaBatch
 from salma.data.errors import BadRecordError, DatasetFormatError
@@ -302,6 +303,7 @@ class WorkerBatches:
     def _example_stream(self) -> Iterator[dict[str, np.ndarray]]:
         import ray
 
+        console.quiet_ray_data()  # local mode streams in the driver: no execution banners there either
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         # Progress bars from several train workers interleave into unreadable logs; this

@@ -4,6 +4,7 @@ RLE per expression, overlays, resumption under Ray Data, evaluation with and wit
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,27 @@ def test_own_data_runs_under_ray_data_and_resumes(ray_cluster, model, unlabelled
     again = infer(model, source, tmp_path, settings=settings)
     assert (first.predicted, again.predicted, again.resumed) == (first.records, 1, first.records - 1)
     assert (tmp_path / "results.json").read_text() == before
+
+
+def test_the_console_shows_no_ray_data_banners_unless_verbose(model, tmp_path):
+    """Run as a user would, with the output going to a file (no terminal): Ray Data then logs its
+    progress as INFO lines, which the quiet console drops and --verbose lets through."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "photos"
+    write_own_data_example(root, num_images=3, num_videos=0, with_masks=False)
+    banners = ("Starting execution of Dataset", "Execution plan of Dataset", "Running Dataset")
+    outputs = {}
+    for flags in ([], ["--verbose"]):
+        out = tmp_path / f"out{len(flags)}"
+        done = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", *flags, "infer", "--model", str(model), "--dataset",
+             f"own_data:{root}", "--split", "train", "--out", str(out), "--num-actors", "1", "--teacher-force"],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs[bool(flags)] = done.stdout + done.stderr
+    assert not [b for b in banners if b in outputs[False]], outputs[False]
+    assert re.search(r"infer own_data_train: record (\d+)/\1 \(100%\)", outputs[False]), outputs[False]
+    assert all(b in outputs[True] for b in banners)
