@@ -31,6 +31,17 @@ _CHATTY = ("alembic", "httpx", "urllib3", "gradio")
 _SELF_ABSORBED = ("ray", "ray.train", "ray.tune", "mlflow", "DeepSpeed")
 
 
+class _ErrorsUnlessVerbose(logging.Filter):
+    """For a library that sets its logger's level itself when it is imported (DeepSpeed: its
+    "Setting accelerator to CPU" warning comes during the import): a filter set beforehand stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return is_verbose() or record.levelno >= logging.ERROR
+
+
+_ERRORS_UNLESS_VERBOSE = _ErrorsUnlessVerbose()
+
+
 def is_verbose() -> bool:
     return os.environ.get(ENV_VAR, "") not in ("", "0", "false")
 
@@ -59,6 +70,9 @@ def configure(*, verbose: bool | None = None) -> None:
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.WARNING)
     for name in _SELF_ABSORBED:
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.ERROR)
+    deepspeed = logging.getLogger("DeepSpeed")
+    if _ERRORS_UNLESS_VERBOSE not in deepspeed.filters:
+        deepspeed.addFilter(_ERRORS_UNLESS_VERBOSE)
     if "ray.data" in sys.modules:  # otherwise quiet_ray_data runs where a dataset is about to
         quiet_ray_data()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 
 from pipelines import console
@@ -57,3 +58,25 @@ def test_quickstart_summary_names_each_phase_and_the_folders():
     assert text.splitlines()[0] == ("time: data 0.2 min, training 10.0 min, export 0.1 min, evaluation 1.0 min; "
                                     "total 11.7 min")
     assert "runs/q-1/export" in text and "runs/q-1/eval" in text and "runs:/abc/model" in text
+
+
+def test_deepspeeds_import_time_warning_is_quiet_unless_verbose():
+    """DeepSpeed sets its logger's level while it is imported and warns "Setting accelerator to
+    CPU" during that import on a machine without a GPU; the quiet console still drops it."""
+    import subprocess
+    import sys
+
+    import torch
+
+    code = ("import sys; from pipelines import console; console.configure(verbose=sys.argv[1] == 'loud'); "
+            "import deepspeed")
+    warning = "Setting accelerator to CPU"
+    outputs = {}
+    for mode in ("quiet", "loud"):
+        done = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=300,
+                              env={k: v for k, v in os.environ.items() if k != console.ENV_VAR})
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs[mode] = done.stdout + done.stderr
+    assert warning not in outputs["quiet"]
+    if not torch.cuda.is_available():  # with a GPU there is nothing to warn about
+        assert warning in outputs["loud"]
