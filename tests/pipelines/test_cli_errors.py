@@ -101,7 +101,7 @@ def tiny_export(tmp_path_factory):
 
 def _unknown_config_key(folder):
     document = json.loads((folder / "config.json").read_text())
-    document["salma"]["loss"]["prompt_weight"] = 1.0  # as an export of another version would carry
+    document["salma"]["loss"]["weight_of_a_newer_version"] = 1.0  # as an export by another version could carry
     (folder / "config.json").write_text(json.dumps(document))
 
 
@@ -115,7 +115,7 @@ def _remote_code_tokenizer(folder):
 @pytest.mark.parametrize(
     "damage, expected",
     [
-        (_unknown_config_key, ("config.json: invalid model config (loss.prompt_weight: Extra inputs are not permitted); "
+        (_unknown_config_key, ("config.json: invalid model config (loss.weight_of_a_newer_version: Extra inputs are not permitted); "
                                "if another version of SALMA wrote this export, export its checkpoint again")),
         (lambda folder: (folder / "config.json").write_text("{"), "config.json: not a readable JSON file"),
         (lambda folder: (folder / "salma.safetensors").write_bytes((folder / "salma.safetensors").read_bytes()[:1000]),
@@ -143,7 +143,7 @@ def test_infer_checks_the_model_folder_before_starting_ray(capsys, tmp_path, tin
     _unknown_config_key(folder)
     [line] = _fails(capsys, "infer", "--model", str(folder), "--dataset", f"own_data:{tmp_path}", "--split", "val",
                     "--out", str(tmp_path / "o"))
-    assert line.startswith(f"salma infer: {folder / 'config.json'}: invalid model config (loss.prompt_weight")
+    assert line.startswith(f"salma infer: {folder / 'config.json'}: invalid model config (loss.weight_of_a_newer_version")
     assert not (tmp_path / "o").exists()
 
 
