@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+
+@pytest.fixture(scope="session")
+def photo() -> Path:
+    """A real photo, shipped with matplotlib (not a synthetic scene)."""
+    from matplotlib import cbook
+
+    return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> Path:
+    """The tiny preset (random weights, seed 0) exported as a model folder. Read-only: tests
+    that damage it work on a copy."""
+    import torch
+
+    from salma.builder import build_salma
+    from salma.export import export_model
+    from salma.testing import tiny_salma_config
+
+    torch.manual_seed(0)
+    return export_model(build_salma(tiny_salma_config()), tmp_path_factory.mktemp("export") / "tiny")
 
 
 @pytest.fixture(scope="session")

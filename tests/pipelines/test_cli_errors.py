@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -87,18 +86,6 @@ def test_segment_missing_input(capsys, tmp_path):
     assert line == f"salma segment: file not found: {tmp_path / 'photo.jpg'}"
 
 
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    import torch
-
-    from salma.builder import build_salma
-    from salma.export import export_model
-    from salma.testing import tiny_salma_config
-
-    torch.manual_seed(0)
-    return export_model(build_salma(tiny_salma_config()), tmp_path_factory.mktemp("export") / "tiny", dtype=torch.float32)
-
-
 def _unknown_config_key(folder):
     document = json.loads((folder / "config.json").read_text())
     document["salma"]["loss"]["weight_of_a_newer_version"] = 1.0  # as an export by another version could carry
@@ -125,13 +112,10 @@ def _remote_code_tokenizer(folder):
     ],
     ids=["unknown-config-key", "config-not-json", "truncated-weights", "missing-weights", "remote-code-tokenizer"],
 )
-def test_a_damaged_model_folder_is_named_in_one_line(capsys, tmp_path, tiny_export, damage, expected):
-    from matplotlib import cbook
-
+def test_a_damaged_model_folder_is_named_in_one_line(capsys, tmp_path, tiny_export, photo, damage, expected):
     folder = tmp_path / "model"
     shutil.copytree(tiny_export, folder)
     damage(folder)
-    photo = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     [line] = _fails(capsys, "segment", str(photo), "the woman", "--model", str(folder), "--out", str(tmp_path / "o.png"))
     assert line.startswith(f"salma segment: {folder}") and expected in line, line
     assert not (tmp_path / "o.png").exists()
@@ -147,10 +131,7 @@ def test_infer_checks_the_model_folder_before_starting_ray(capsys, tmp_path, tin
     assert not (tmp_path / "o").exists()
 
 
-def test_segment_an_unreadable_image_or_video(capsys, tmp_path):
-    from matplotlib import cbook
-
-    photo = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+def test_segment_an_unreadable_image_or_video(capsys, tmp_path, photo):
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(photo.read_bytes()[:3000])
     [line] = _fails(capsys, "segment", str(truncated), "the woman", "--model", "tiny")
@@ -161,10 +142,7 @@ def test_segment_an_unreadable_image_or_video(capsys, tmp_path):
     assert line == f"salma segment: {video}: unreadable video"
 
 
-def test_segment_an_image_into_an_overlay_that_is_not_a_picture(capsys, tmp_path):
-    from matplotlib import cbook
-
-    photo = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+def test_segment_an_image_into_an_overlay_that_is_not_a_picture(capsys, tmp_path, photo):
     out = tmp_path / "overlay.txt"
     [line] = _fails(capsys, "segment", str(photo), "the woman", "--model", "tiny", "--out", str(out))
     assert line.startswith(f"salma segment: --out {out}: an image's overlay is a picture (.jpg, .jpeg, .png")

@@ -23,24 +23,15 @@ FAST = EvalConfig(num_actors=0, generate=False, num_key_frames=2, visual_samples
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    from salma.builder import build_salma
-    from salma.export import export_model
-    from salma.testing import tiny_salma_config
-
-    return export_model(build_salma(tiny_salma_config()), tmp_path_factory.mktemp("model") / "tiny")
-
-
-@pytest.fixture(scope="module")
 def unlabelled(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("photos")
     write_own_data_example(root, num_images=2, num_videos=2, with_masks=False)
     return root
 
 
-def test_masks_overlays_and_results_for_every_expression(model, unlabelled, tmp_path):
+def test_masks_overlays_and_results_for_every_expression(tiny_export, unlabelled, tmp_path):
     source = parse_dataset(f"own_data:{unlabelled}", split="train")
-    summary = infer(model, source, tmp_path, settings=FAST, overlays=True)
+    summary = infer(tiny_export, source, tmp_path, settings=FAST, overlays=True)
     results = json.loads((tmp_path / "results.json").read_text())
     lines = [json.loads(x) for x in (unlabelled / "train.jsonl").read_text().splitlines()]
     assert summary.bad == 0 and len(results) == len(lines)
@@ -59,11 +50,11 @@ def test_masks_overlays_and_results_for_every_expression(model, unlabelled, tmp_
         evaluate(tmp_path)
 
 
-def test_evaluation_scores_images_and_videos_of_a_labelled_folder(model, tmp_path):
+def test_evaluation_scores_images_and_videos_of_a_labelled_folder(tiny_export, tmp_path):
     root = tmp_path / "data"
     write_own_data_example(root, num_images=3, num_videos=2)
     source = parse_dataset(f"own_data:{root}", split="val")
-    infer(model, source, tmp_path / "pred", settings=FAST)
+    infer(tiny_export, source, tmp_path / "pred", settings=FAST)
     report = evaluate(tmp_path / "pred")
     [scores] = report.scores
     assert set(scores.groups) == {"images", "videos"}
@@ -73,31 +64,31 @@ def test_evaluation_scores_images_and_videos_of_a_labelled_folder(model, tmp_pat
     assert len(rows) == sum(1 for _ in (root / "val.jsonl").read_text().splitlines())
 
 
-def test_a_failed_start_leaves_no_run_info_and_the_corrected_command_runs(model, unlabelled, tmp_path):
+def test_a_failed_start_leaves_no_run_info_and_the_corrected_command_runs(tiny_export, unlabelled, tmp_path):
     wrong = parse_dataset(f"own_data:{unlabelled / 'nope'}", split="train")
     with pytest.raises(DatasetFormatError, match="file not found"):
-        infer(model, wrong, tmp_path, settings=FAST)
+        infer(tiny_export, wrong, tmp_path, settings=FAST)
     assert not (tmp_path / RUN_INFO).exists()
     right = parse_dataset(f"own_data:{unlabelled}", split="train")
-    assert infer(model, right, tmp_path, settings=FAST).predicted > 0
+    assert infer(tiny_export, right, tmp_path, settings=FAST).predicted > 0
     assert json.loads((tmp_path / RUN_INFO).read_text())["root"] == str(unlabelled.resolve())
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_own_data_runs_under_ray_data_and_resumes(ray_cluster, model, unlabelled, tmp_path):
+def test_own_data_runs_under_ray_data_and_resumes(ray_cluster, tiny_export, unlabelled, tmp_path):
     source = parse_dataset(f"own_data:{unlabelled}", split="train")
     settings = FAST.model_copy(update={"num_actors": 1, "cpus_per_actor": 0.5})
-    first = infer(model, source, tmp_path, settings=settings)
+    first = infer(tiny_export, source, tmp_path, settings=settings)
     before = (tmp_path / "results.json").read_text()
     shards = sorted((tmp_path / "shards").glob("*.json"))
     shards[0].unlink()
-    again = infer(model, source, tmp_path, settings=settings)
+    again = infer(tiny_export, source, tmp_path, settings=settings)
     assert (first.predicted, again.predicted, again.resumed) == (first.records, 1, first.records - 1)
     assert (tmp_path / "results.json").read_text() == before
 
 
-def test_the_console_shows_no_ray_data_banners_unless_verbose(model, tmp_path):
+def test_the_console_shows_no_ray_data_banners_unless_verbose(tiny_export, tmp_path):
     """Run as a user would, with the output going to a file (no terminal): Ray Data then logs its
     progress as INFO lines, which the quiet console drops and --verbose lets through."""
     import subprocess
@@ -110,7 +101,7 @@ def test_the_console_shows_no_ray_data_banners_unless_verbose(model, tmp_path):
     for flags in ([], ["--verbose"]):
         out = tmp_path / f"out{len(flags)}"
         done = subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", *flags, "infer", "--model", str(model), "--dataset",
+            [sys.executable, "-m", "pipelines.cli", *flags, "infer", "--model", str(tiny_export), "--dataset",
              f"own_data:{root}", "--split", "train", "--out", str(out), "--num-actors", "1", "--teacher-force"],
             capture_output=True, text=True, timeout=300, check=False,
         )

@@ -18,13 +18,6 @@ from pipelines.segment import main, read_media
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def photo() -> Path:
-    from matplotlib import cbook
-
-    return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-
-
 def test_a_photo_gives_an_answer_a_mask_and_an_overlay_without_ray(photo, tmp_path):
     out = tmp_path / "hopper.png"
     code = (
