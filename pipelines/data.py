@@ -47,7 +47,7 @@ from salma.data.errors import BadRecordError, DatasetFormatError
 from salma.data.examples import ImageGeometry, collate, example_from_bytes, example_to_bytes
 from salma.data.record import SampleRecord
 from salma.data.sampling import SampleCounts, SamplingOptions, sample_counts, sample_example
-from salma.data.sources import read_source
+from salma.data.sources import read_source, split_note
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,10 @@ def read_mixture(sources: list[SourceConfig], *, bad: BadRecordLog | None = None
     for s in sources:
         records = read_source(s.format, s.root, s.split, on_bad=on_bad, **s.options)
         if not records:
-            raise DatasetFormatError(s.root, f"data source {s.name!r} ({s.format}, split {s.split}) has no usable records")
+            note = split_note(s.format, s.root, s.split, **s.options)
+            raise DatasetFormatError(
+                s.root, f"data source {s.name!r} ({s.format}, split {s.split}) has no usable records{note}"
+            )
         unlabelled = [r for r in records if r.meta.get("has_ground_truth") is False]
         if unlabelled:
             # Name the mask file the reader looked for (a MeViS mask_dict.json, a Ref-YouTube-VOS

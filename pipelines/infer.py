@@ -86,7 +86,7 @@ from salma.data.decode import decode_masks, load_frames
 from salma.data.errors import BadRecordError
 from salma.data.masks import encode_mask
 from salma.data.record import Referent, SampleRecord
-from salma.data.sources import read_source, source_format, source_format_names
+from salma.data.sources import read_source, source_format, source_format_names, split_note
 
 logger = logging.getLogger(__name__)
 
@@ -626,7 +626,8 @@ def _start_job(model: Any, source: SourceConfig, out_dir: str | os.PathLike, *, 
         logger.warning("infer %s: the reader skipped %d record(s), referent(s) or sentence(s); see %s",
                        source.name, len(skipped), out / BAD_RECORDS)
     if not records:
-        raise InferenceError(f"{source.format}:{source.root} split {source.split!r} has no usable records")
+        note = split_note(source.format, source.root, source.split, **source.options)
+        raise InferenceError(f"{source.format}:{source.root} split {source.split!r} has no usable records{note}")
     todo, resumed = _pending(out, records)
     logger.info("infer %s: %d records, %d already predicted, %d to predict", source.name, len(records),
                 len(records) - len(todo), len(todo))

@@ -23,10 +23,13 @@ from salma.data.confinement import confined_or_reported
 from salma.data.decode import probe_video
 from salma.data.errors import BadRecordError, BadRecordReporter, OnBad
 from salma.data.record import SampleRecord
-from salma.data.formats import register_format
+from salma.data.formats import register_format, splits_matching
 
 
-@register_format("chatunivi", media="conversation")
+@register_format(
+    "chatunivi", media="conversation",
+    splits=lambda root, annotation_file="{split}.json", **_: splits_matching(root, annotation_file),
+)
 def read_chatunivi(
     root: str | Path,
     split: str,

@@ -16,12 +16,19 @@ split, one's own data), ``conversation`` (question answering or captioning turns
 expression, the DAVIS protocol), ``revos`` (``video`` plus ReVOS's robustness score), ``own``
 (one's own data: masks written, scored only where the items carry masks), or ``None``: the format
 has no masks to predict.
+``splits``: ``splits(root, **options) -> list[str] | None``, the split names a folder holds (the
+reader's options may move its files; None: its files do not depend on the split); an error for a
+split that is not there lists them
+(``salma.data.sources.split_note``). ``splits_matching`` serves the formats with one annotation
+file per split.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from salma.data.record import SampleRecord
@@ -29,6 +36,7 @@ from salma.data.record import SampleRecord
 MediaKind = Literal["image", "video", "mixed", "conversation"]
 Scoring = Literal["image", "video", "revos", "own"]
 Reader = Callable[..., list[SampleRecord]]
+SplitLister = Callable[..., list[str] | None]
 
 
 @dataclass(frozen=True)
@@ -37,15 +45,19 @@ class SourceFormat:
     read: Reader
     media: MediaKind
     scoring: Scoring | None
+    splits: SplitLister | None = None
 
 
 _FORMATS: dict[str, SourceFormat] = {}
 
 
-def register_format(name: str, *, media: MediaKind, scoring: Scoring | None = None) -> Callable[[Reader], Reader]:
+def register_format(
+    name: str, *, media: MediaKind, scoring: Scoring | None = None, splits: SplitLister | None = None
+) -> Callable[[Reader], Reader]:
     """Decorate a reader ``read(root, split, **options) -> list[SampleRecord]`` to make ``name`` a
-    source format. A name is registered once; registering it again with another reader is an
-    error (re-importing the same module is not)."""
+    source format; ``splits(root, **options)`` lists the splits a folder holds. A name is
+    registered once; registering it again with another reader is an error (re-importing the same
+    module is not)."""
     if media not in ("image", "video", "mixed", "conversation"):
         raise ValueError(f"format {name!r}: media={media!r} must be image, video, mixed or conversation")
     if scoring not in (None, "image", "video", "revos", "own"):
@@ -55,7 +67,7 @@ def register_format(name: str, *, media: MediaKind, scoring: Scoring | None = No
         known = _FORMATS.get(name)
         if known is not None and _qualname(known.read) != _qualname(read):
             raise ValueError(f"source format {name!r} is already registered by {_qualname(known.read)}")
-        _FORMATS[name] = SourceFormat(name=name, read=read, media=media, scoring=scoring)
+        _FORMATS[name] = SourceFormat(name=name, read=read, media=media, scoring=scoring, splits=splits)
         return read
 
     return register
@@ -73,6 +85,23 @@ def source_format_names(*, scored: bool = False) -> tuple[str, ...]:
     """The registered format names, in registration order (only those with a scoring if
     ``scored``)."""
     return tuple(name for name, f in _FORMATS.items() if not scored or f.scoring is not None)
+
+
+def splits_matching(root: str | Path, template: str) -> list[str] | None:
+    """The split names ``S`` for which ``<root>/<template with {split} = S>`` exists, sorted.
+    ``template`` is a path relative to ``root``; without ``{split}`` in it every split reads the
+    same file, and there is nothing to list (None)."""
+    if "{split}" not in template:
+        return None
+    root_dir = Path(root)
+    head, _, tail = template.partition("{split}")
+    pattern = re.escape(head) + r"(?P<split>[^/]+)" + re.escape(tail).replace(re.escape("{split}"), "(?P=split)")
+    found = set()
+    for path in root_dir.glob(template.replace("{split}", "*")):
+        matched = re.fullmatch(pattern, path.relative_to(root_dir).as_posix())
+        if matched:
+            found.add(matched.group("split"))
+    return sorted(found)
 
 
 def _qualname(read: Any) -> str:

@@ -31,7 +31,7 @@ from salma.data.decode import probe_image_size
 from salma.data.errors import BadRecordError, BadRecordReporter, OnBad
 from salma.data.masks import RLE, MaskSizeError, segmentation_to_rle
 from salma.data.record import Referent, SampleRecord, Turn
-from salma.data.formats import register_format
+from salma.data.formats import register_format, splits_matching
 
 GcgLayout = Literal["refcocog_gcg", "grandf"]
 GCG_QUESTION = (
@@ -41,7 +41,12 @@ GCG_QUESTION = (
 _DEFAULT_FILES = {"refcocog_gcg": "RefCOCOg_GCG_{split}.json", "grandf": "GranDf_HA_GCG_{split}.json"}
 
 
-@register_format("gcg", media="conversation")
+@register_format(
+    "gcg", media="conversation",
+    splits=lambda root, layout="refcocog_gcg", annotation_file=None, **_: splits_matching(
+        root, annotation_file or _DEFAULT_FILES.get(layout, "")
+    ),
+)
 def read_gcg(
     root: str | Path,
     split: str,

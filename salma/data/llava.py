@@ -21,10 +21,13 @@ from salma.data.annotation_files import load_json_file, require_list
 from salma.data.conversation_json import entry_id, image_or_text_record, parse_conversation
 from salma.data.errors import BadRecordReporter, OnBad
 from salma.data.record import SampleRecord
-from salma.data.formats import register_format
+from salma.data.formats import register_format, splits_matching
 
 
-@register_format("llava", media="conversation")
+@register_format(
+    "llava", media="conversation",
+    splits=lambda root, annotation_file="{split}.json", **_: splits_matching(root, annotation_file),
+)
 def read_llava(
     root: str | Path,
     split: str,

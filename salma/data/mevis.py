@@ -23,12 +23,15 @@ from pathlib import Path
 from salma.data.errors import OnBad
 from salma.data.record import SampleRecord
 from salma.data.video_expressions import AnnoMaskDict, NoMaskSource, VideoMaskSource, read_expression_videos
-from salma.data.formats import register_format
+from salma.data.formats import register_format, splits_matching
 
 logger = logging.getLogger(__name__)
 
 
-@register_format("mevis", media="video", scoring="video")
+@register_format(
+    "mevis", media="video", scoring="video",
+    splits=lambda root, expression_file="meta_expressions.json", **_: splits_matching(root, "{split}/" + expression_file),
+)
 def read_mevis(
     root: str | Path,
     split: str,
@@ -60,5 +63,6 @@ def mask_source(path: Path) -> VideoMaskSource:
     """The split's ``mask_dict.json``, or no ground truth when the split has none."""
     if path.exists():
         return AnnoMaskDict(path)
-    logger.warning("%s not found: the split has no ground-truth masks", path)
+    if path.parent.is_dir():  # else the split itself is missing, which reading its expressions reports
+        logger.warning("%s not found: the split has no ground-truth masks", path)
     return NoMaskSource(path)

@@ -61,7 +61,7 @@ from salma.data.errors import BadRecordError, BadRecordReporter, DatasetFormatEr
 from salma.data.masks import RLE, MaskSizeError, encode_mask, segmentation_to_rle
 from salma.data.record import Referent, SampleRecord
 from salma.data.video_expressions import clean_expression, expression_problem
-from salma.data.formats import register_format
+from salma.data.formats import register_format, splits_matching
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -91,7 +91,10 @@ class _LineError(Exception):
         self.reason, self.detail, self.path = reason, detail, path
 
 
-@register_format("own_data", media="mixed", scoring="own")
+@register_format(
+    "own_data", media="mixed", scoring="own",
+    splits=lambda root, annotations="{split}.jsonl", **_: splits_matching(root, annotations),
+)
 def read_own_data(
     root: str | Path,
     split: str,

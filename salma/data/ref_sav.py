@@ -32,10 +32,13 @@ from salma.data.confinement import OutsideRootError, confined_path, plain_name_p
 from salma.data.masks import check_image_size, stored_rle
 from salma.data.record import Referent, SampleRecord
 from salma.data.video_expressions import clean_expression
-from salma.data.formats import register_format
+from salma.data.formats import register_format, splits_matching
 
 
-@register_format("ref_sav", media="video", scoring="video")
+@register_format(
+    "ref_sav", media="video", scoring="video",
+    splits=lambda root, expression_file="Ref-SAV.json", **_: splits_matching(root, expression_file),
+)
 def read_ref_sav(
     root: str | Path,
     split: str,

@@ -38,7 +38,7 @@ from PIL import Image
 
 from salma.data.annotation_files import load_pickle_file, require_mapping
 from salma.data.errors import OnBad
-from salma.data.formats import register_format
+from salma.data.formats import register_format, splits_matching
 from salma.data.masks import RLE, encode_mask, stored_rle
 from salma.data.record import SampleRecord
 from salma.data.video_expressions import (
@@ -57,9 +57,10 @@ from salma.data.video_expressions import (
 logger = logging.getLogger(__name__)
 
 MaskSourceName = Literal["auto", "png", "mask_dict", "none"]
+SPLIT_EXPRESSIONS = "meta_expressions/{split}/meta_expressions.json"  # relative to the dataset root
 
 
-@register_format("ref_youtube_vos", media="video", scoring="video")
+@register_format("ref_youtube_vos", media="video", scoring="video", splits=lambda root, **_: splits_matching(root, SPLIT_EXPRESSIONS))
 def read_ref_youtube_vos(
     root: str | Path,
     split: str,
@@ -74,7 +75,7 @@ def read_ref_youtube_vos(
     return _read_ref_vos("ref_youtube_vos", root, split, masks, mask_dict_file, check_files, allow_outside_root, on_bad)
 
 
-@register_format("ref_davis17", media="video", scoring="video")
+@register_format("ref_davis17", media="video", scoring="video", splits=lambda root, **_: splits_matching(root, SPLIT_EXPRESSIONS))
 def read_ref_davis17(
     root: str | Path,
     split: str,
@@ -100,7 +101,7 @@ def _read_ref_vos(
     on_bad: OnBad | None,
 ) -> list[SampleRecord]:
     root_dir = Path(root).absolute()
-    expressions_path = root_dir / "meta_expressions" / split / "meta_expressions.json"
+    expressions_path = root_dir / SPLIT_EXPRESSIONS.format(split=split)
     split_dir = root_dir / split
     mask_dict_path = root_dir / mask_dict_file.format(split=split)
     annotations_dir = split_dir / "Annotations"

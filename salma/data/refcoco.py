@@ -45,7 +45,14 @@ RefDataset = Literal["refcoco", "refcoco+", "refcocog"]
 _DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 
 
-@register_format("refcoco", media="image", scoring="image")
+def refcoco_splits(root: str | Path, *, dataset: RefDataset = "refcoco", split_by: str | None = None, **_: Any) -> list[str]:
+    """The split names the folder's ``refs(<split_by>).p`` holds (train, val, testA, ...)."""
+    refs_path = Path(root).absolute() / f"refs({split_by or _DEFAULT_SPLIT_BY.get(dataset, 'unc')}).p"
+    refs = require_list(load_pickle_file(refs_path), refs_path)
+    return sorted({str(ref["split"]) for ref in refs if isinstance(ref, dict) and isinstance(ref.get("split"), str)})
+
+
+@register_format("refcoco", media="image", scoring="image", splits=refcoco_splits)
 def read_refcoco(
     root: str | Path,
     split: str,

@@ -28,12 +28,15 @@ from salma.data.errors import OnBad
 from salma.data.mevis import mask_source
 from salma.data.record import SampleRecord
 from salma.data.video_expressions import VideoEntry, read_expression_videos
-from salma.data.formats import register_format
+from salma.data.formats import register_format, splits_matching
 
 logger = logging.getLogger(__name__)
 
 
-@register_format("revos", media="video", scoring="revos")
+@register_format(
+    "revos", media="video", scoring="revos",
+    splits=lambda root, expression_file="meta_expressions_{split}_.json", **_: splits_matching(root, expression_file),
+)
 def read_revos(
     root: str | Path,
     split: str,

@@ -19,6 +19,10 @@ reader's keyword arguments (passed through ``read_source(..., **options)``):
 
 Every reader also takes ``on_bad`` (see ``salma.data.errors``) and ``allow_outside_root``: paths
 in annotation files must stay inside their folder unless it is set (``salma.data.confinement``).
+
+A split the folder does not hold is named with the ones it does: ``read_source`` adds them to a
+missing annotation file's error, and ``split_note`` gives the same words to a caller that finds a
+split empty.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from salma.data.errors import DatasetFormatError
 from salma.data.formats import source_format, source_format_names
 from salma.data.record import SampleRecord
 
@@ -38,5 +43,32 @@ BUILTIN_FORMATS: tuple[str, ...] = source_format_names()
 
 
 def read_source(format: str, root: str | Path, split: str, **options: Any) -> list[SampleRecord]:
-    """Read one split of one source with the reader registered for ``format``."""
-    return source_format(format).read(root, split, **options)
+    """Read one split of one source with the reader registered for ``format``. A missing
+    annotation file of a split the folder does not hold names the splits it holds."""
+    try:
+        return source_format(format).read(root, split, **options)
+    except DatasetFormatError as err:
+        note = split_note(format, root, split, **options) if err.problem.startswith("file not found") else ""
+        if not note:
+            raise
+        raise DatasetFormatError(err.path, err.problem + note) from None
+
+
+def split_note(format: str, root: str | Path, split: str, **options: Any) -> str:
+    """``"; <format> splits in <root>: a, b"`` (or ``"; no <format> split found in <root>"``) when
+    ``split`` is not among the splits the folder holds; ``""`` when it is, or when the format
+    cannot list them or reads the same files for every split (nor when listing fails: the note serves an error that is raised anyway)."""
+    lister = source_format(format).splits
+    if lister is None or not Path(root).is_dir():  # a missing folder: the error names it already
+        return ""
+    reader_options = {k: v for k, v in options.items() if k not in ("on_bad", "check_files", "allow_outside_root")}
+    try:
+        found = lister(root, **reader_options)
+    except (OSError, ValueError, DatasetFormatError):  # unreadable: the caller's own error says enough
+        return ""
+    if found is None or split in found:
+        return ""
+    where = Path(root).absolute()
+    if not found:
+        return f"; no {format} split found in {where}"
+    return f"; {format} splits in {where}: {', '.join(found)}"

@@ -55,6 +55,14 @@ def test_train_missing_dataset_folder_names_the_file(capsys, tmp_path):
     assert line == f"salma train: {missing / 'train.jsonl'}: file not found (write one JSON object per line: see salma.data.own_data)"
 
 
+def test_train_split_that_the_dataset_lacks_names_the_ones_it_has(capsys, tmp_path, synthetic_data):
+    root = synthetic_data / "refer" / "refcoco"
+    [line] = _fails(capsys, "train", f"workdir={tmp_path / 'runs'}", "tracking.enabled=false", "train.num_workers=0",
+                    f"data.sources=[{{name: r, format: refcoco, root: {root}, split: tran}}]")
+    assert line == (f"salma train: {root}: data source 'r' (refcoco, split tran) has no usable records; "
+                    f"refcoco splits in {root}: drift, train, val")
+
+
 def test_tune_missing_sweep_file(capsys, tmp_path):
     [line] = _fails(capsys, "tune", "--config", str(tmp_path / "sweep.yaml"))
     assert "sweep.yaml does not exist" in line
@@ -69,6 +77,13 @@ def test_infer_bad_dataset_spec_model_and_folder(capsys, tmp_path):
     [line] = _fails(capsys, "infer", "--model", "tiny", "--dataset", f"mevis:{tmp_path / 'mevis'}", "--split", "valid_u",
                     "--out", str(tmp_path / "o"), "--num-actors", "0")
     assert line == f"salma infer: {tmp_path / 'mevis' / 'valid_u' / 'meta_expressions.json'}: file not found"
+    for split in ("train", "valid"):  # the folder holds other splits: the line names them
+        (tmp_path / "mevis" / split).mkdir(parents=True)
+        (tmp_path / "mevis" / split / "meta_expressions.json").write_text('{"videos": {}}')
+    [line] = _fails(capsys, "infer", "--model", "tiny", "--dataset", f"mevis:{tmp_path / 'mevis'}", "--split", "valid_u",
+                    "--out", str(tmp_path / "o"), "--num-actors", "0")
+    assert line == (f"salma infer: {tmp_path / 'mevis' / 'valid_u' / 'meta_expressions.json'}: file not found; "
+                    f"mevis splits in {tmp_path / 'mevis'}: train, valid")
 
 
 def test_evaluate_a_folder_without_predictions(capsys, tmp_path):

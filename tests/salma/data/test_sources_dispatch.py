@@ -13,6 +13,9 @@ from data_fixture_writers import (
     write_revos,
 )
 from salma.data import BUILTIN_FORMATS, read_source, source_format
+from salma.data.errors import DatasetFormatError
+from salma.data.formats import splits_matching
+from salma.data.sources import split_note
 from salma.testing import write_own_data_example
 
 
@@ -87,3 +90,44 @@ def test_data_package_never_imports_ray_mlflow_or_deepspeed():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("fmt", BUILTIN_FORMATS)
+def test_each_format_lists_the_splits_of_its_folder(fmt, tmp_path, manifest):
+    root, split, options = _case(fmt, tmp_path, manifest)
+    found = source_format(fmt).splits(root, **options)
+    if fmt == "ref_sav":  # one expression file whatever the split, unless expression_file names {split}
+        assert found is None
+        assert split_note(fmt, root, "nosuch", **options) == ""
+        return
+    assert split in found
+    assert split_note(fmt, root, split, **options) == ""
+    note = split_note(fmt, root, "nosuch", **options)
+    assert note.startswith(f"; {fmt} splits in ") and note.endswith(", ".join(found))
+
+
+@pytest.mark.parametrize("fmt", [f for f in BUILTIN_FORMATS if f not in ("refcoco", "ref_sav")])
+def test_a_split_the_folder_lacks_is_named_with_the_ones_it_has(fmt, tmp_path, manifest):
+    root, split, options = _case(fmt, tmp_path, manifest)
+    with pytest.raises(DatasetFormatError, match=rf"file not found.*; {fmt} splits in .*\b{split}\b") as raised:
+        read_source(fmt, root, "nosuch", **options)
+    assert "nosuch" in raised.value.path
+
+
+def test_refcoco_names_the_splits_of_its_refs_file(tmp_path):
+    root = write_refcoco_by_hand(tmp_path)
+    assert read_source("refcoco", root, "nosuch") == []  # the reader's contract: an absent split is empty
+    assert split_note("refcoco", root, "nosuch") == f"; refcoco splits in {root.absolute()}: testA, train, val"
+    assert split_note("refcoco", root, "nosuch", split_by="google") == ""  # no refs(google).p to list from
+
+
+def test_splits_matching_reads_names_from_any_place_in_the_template(tmp_path):
+    for name in ("a", "b_c"):
+        (tmp_path / "meta" / name).mkdir(parents=True)
+        (tmp_path / "meta" / name / f"{name}.json").write_text("[]")
+    (tmp_path / "meta" / "odd").mkdir()
+    (tmp_path / "meta" / "odd" / "other.json").write_text("[]")  # the name differs from its folder's
+    assert splits_matching(tmp_path, "meta/{split}/{split}.json") == ["a", "b_c"]
+    assert splits_matching(tmp_path, "meta/{split}") == ["a", "b_c", "odd"]
+    assert splits_matching(tmp_path / "absent", "{split}.json") == []
+    assert splits_matching(tmp_path, "all.json") is None
