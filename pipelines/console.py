@@ -11,8 +11,10 @@ the environment so that processes started from this one see it too.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -98,3 +100,15 @@ def quiet_ray_data() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setLevel(logging.INFO if loud else logging.ERROR)
+
+
+_LITERAL = re.compile(r"``(.+?)``", flags=re.DOTALL)
+
+
+class DocstringHelp(argparse.RawDescriptionHelpFormatter):
+    """``--help`` text from a module docstring: laid out as written, without reST's literal
+    markers (``salma export`` reads as salma export on the terminal)."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(_LITERAL.sub(r"\1", text))
+

@@ -20,7 +20,7 @@ from pipelines import console
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="salma convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                                     formatter_class=console.DocstringHelp)  # fmt: skip
     kinds = parser.add_subparsers(dest="kind", required=True)
     internvl = kinds.add_parser("internvl", help="a released InternVL2.5 folder -> a transformers-native one")
     sa2va = kinds.add_parser("sa2va", help="a released Sa2VA folder -> a SALMA export (the Sa2VA baseline)")

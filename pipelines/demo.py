@@ -127,15 +127,15 @@ def build_app(model: DemoModel, examples: list[list[str]]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines import console
+
     parser = argparse.ArgumentParser(prog="salma demo", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     formatter_class=console.DocstringHelp,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--model", help="exported model folder or preset name (default: newest runs/*/export)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--data", default="data/synthetic", help="synthetic data for the examples")
     args = parser.parse_args(argv)
-    from pipelines import console
-
     console.configure()
     require_gradio()
     predictor = load_predictor(args.model or default_model())

@@ -662,7 +662,7 @@ def _log_summary(scores: Sequence[BenchmarkScores]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="salma evaluate", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     formatter_class=console.DocstringHelp,
                                      epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--pred", required=True, help="output folder of salma infer (holds results.json)")
     add_dataset_arguments(parser, required=False)

@@ -117,7 +117,7 @@ def export_checkpoint(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="salma export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=console.DocstringHelp)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder, or a run folder (its latest)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--register", metavar="NAME", help="also register the MLflow model under this name")

@@ -759,7 +759,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, *, required: bool) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="salma infer", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     formatter_class=console.DocstringHelp,
                                      epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--model", required=True, help="exported model folder or preset name (tiny)")
     add_dataset_arguments(parser, required=True)

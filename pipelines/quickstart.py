@@ -120,7 +120,7 @@ def summary(phases: dict[str, float], total_s: float, *, run_dir: str, export_di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="salma quickstart", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=console.DocstringHelp)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment YAML (default: quickstart)")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.max_steps=100")
     args = parser.parse_args(argv)

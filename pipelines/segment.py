@@ -184,8 +184,10 @@ def default_out(source: Path, video: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines import console
+
     parser = argparse.ArgumentParser(prog="salma segment", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     formatter_class=console.DocstringHelp,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("input", help="an image, a video file or a folder of frames")
     parser.add_argument("expression", help='what to segment, e.g. "the dog on the left"')
@@ -197,8 +199,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-stride", type=int, default=1, help="videos: keep every n-th frame")
     parser.add_argument("--max-frames", type=int, help="videos: at most this many frames")
     args = parser.parse_args(argv)
-    from pipelines import console
-
     console.configure()
     media = read_media(args.input, frame_stride=args.frame_stride, max_frames=args.max_frames)
     out = Path(args.out) if args.out else default_out(Path(args.input), media.video)

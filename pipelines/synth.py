@@ -8,11 +8,13 @@ import argparse
 import logging
 from collections.abc import Sequence
 
+from pipelines import console
 from salma.data.synthetic import ClutterCounts, write_synthetic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="salma data synth", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="salma data synth", description=__doc__.split("\n\n")[0],
+                                     formatter_class=console.DocstringHelp)
     parser.add_argument("--out", required=True, help="output folder (empty, or an earlier synthetic output)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=("small", "medium"), default="small")

@@ -169,7 +169,8 @@ def _record_attempt(sweep: Sweep, state: dict[str, Any], parent: tracking.Tracke
 def main(argv: list[str] | None = None) -> int:
     import pipelines.tune
 
-    parser = argparse.ArgumentParser(prog="salma tune", description=pipelines.tune.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="salma tune", description=pipelines.tune.__doc__.split("\n\n")[0],
+                                     formatter_class=console.DocstringHelp)
     parser.add_argument("--config", help="sweep YAML (experiments/ablations/*.yaml)")
     parser.add_argument("--resume", metavar="SWEEP_DIR", help="resume the sweep in this folder (Tuner.restore)")
     parser.add_argument("--workdir", help="the sweep folder goes to WORKDIR/sweeps (default: the experiment's workdir)")

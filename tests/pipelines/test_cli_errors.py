@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from pipelines.cli import EXIT_USER_ERROR, main, user_error_message
+from pipelines.cli import COMMANDS, DATA_COMMANDS, EXIT_USER_ERROR, main, user_error_message
 from pipelines.config_errors import ConfigError
 from salma.data.errors import DatasetFormatError
 
@@ -172,6 +172,16 @@ def test_unknown_command_and_bad_arguments_exit_2(capsys):
         main(["data", "synth"])  # argparse: --out is required
     assert exit_.value.code == 2
     assert "usage: salma data synth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[c] for c in COMMANDS] + [["data", c] for c in DATA_COMMANDS])
+def test_help_reads_as_plain_text(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: salma {' '.join(command)}" in text
+    assert "``" not in text  # the docstrings' reST markers stay in the source
 
 
 def test_debug_shows_the_traceback(tmp_path):
