@@ -34,7 +34,7 @@ from pipelines.checkpoint import META_FILE, InvalidCheckpointError, find_latest_
 from pipelines.config_errors import ConfigError
 from salma.builder import BuiltSalma, build_salma
 from salma.config import SalmaConfig
-from salma.export import check_weights, export_model
+from salma.export import export_model, load_checked
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,9 @@ def load_checkpoint_model(path: str | Path) -> BuiltSalma:
     # pretrained model otherwise); nothing unknown.
     expected = set(info.trainable_parameters) | (set(state) & set(own))
     try:
-        check_weights(state, own, expected=expected, source=str(path))
+        load_checked(model, state, expected=expected, source=str(path))
     except ValueError as err:
         raise InvalidCheckpointError(str(err)) from None
-    model.load_state_dict(state, strict=False)
     return built
 
 

@@ -75,9 +75,15 @@ def save_weights(model: torch.nn.Module, path: str | Path, *, keys: set[str] | N
 def load_weights(model: torch.nn.Module, path: str | Path, *, expected: set[str] | None = None) -> None:
     """Load safetensors strictly: the file must hold exactly ``expected`` keys (default: all of
     the model's), with matching shapes."""
-    state = read_safetensors(path)
+    load_checked(model, read_safetensors(path), expected=expected, source=str(path))
+
+
+def load_checked(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], *, expected: set[str] | None = None, source: str
+) -> None:
+    """Load ``state`` (read from ``source``) into ``model`` once ``check_weights`` passes."""
     own = model.state_dict()
-    check_weights(state, own, expected=set(own) if expected is None else expected, source=str(path))
+    check_weights(state, own, expected=set(own) if expected is None else expected, source=source)
     model.load_state_dict(state, strict=False)
 
 
@@ -242,9 +248,8 @@ def load_exported(folder: str | Path, *, device: str = "cpu") -> BuiltSalma:
     weights = folder / WEIGHTS_FILE
     state = read_safetensors(weights)  # a missing or damaged file fails before anything is built
     built = build_salma(config)  # loads the MLLM strictly (see build_internvl)
-    own = built.model.state_dict()
-    check_weights(state, own, expected={k for k in own if not k.startswith("mllm.")}, source=str(weights))
-    built.model.load_state_dict(state, strict=False)
+    expected = {k for k in built.model.state_dict() if not k.startswith("mllm.")}
+    load_checked(built.model, state, expected=expected, source=str(weights))
     built.model.to(device)
     return built
 
@@ -277,8 +282,7 @@ def load_init_weights(model: SalmaModel, folder: str | Path, *, sam: SamConfig) 
     own = model.state_dict()
     expected = {k for k in own if not k.startswith("mllm.")}
     fresh = sorted(k for k in expected - set(state) if k.startswith(INIT_FROM_MAY_START_FRESH))
-    check_weights(state, own, expected=expected - set(fresh), source=str(folder / WEIGHTS_FILE))
-    model.load_state_dict(state, strict=False)
+    load_checked(model, state, expected=expected - set(fresh), source=str(folder / WEIGHTS_FILE))
     groups = {prefix: sum(k.startswith(prefix) for k in fresh) for prefix in INIT_FROM_MAY_START_FRESH}
     logger.info(
         "init_from %s: %d tensors loaded; %d start fresh (%s): %s",
