@@ -18,9 +18,8 @@ expression, the DAVIS protocol), ``revos`` (``video`` plus ReVOS's robustness sc
 has no masks to predict.
 ``splits``: ``splits(root, **options) -> list[str] | None``, the split names a folder holds (the
 reader's options may move its files; None: its files do not depend on the split); an error for a
-split that is not there lists them
-(``salma.data.sources.split_note``). ``splits_matching`` serves the formats with one annotation
-file per split.
+split that is not there lists them (``salma.data.sources.split_note``). ``splits_matching``
+serves the formats with one annotation file per split.
 """
 
 from __future__ import annotations

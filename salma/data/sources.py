@@ -56,8 +56,9 @@ def read_source(format: str, root: str | Path, split: str, **options: Any) -> li
 
 def split_note(format: str, root: str | Path, split: str, **options: Any) -> str:
     """``"; <format> splits in <root>: a, b"`` (or ``"; no <format> split found in <root>"``) when
-    ``split`` is not among the splits the folder holds; ``""`` when it is, or when the format
-    cannot list them or reads the same files for every split (nor when listing fails: the note serves an error that is raised anyway)."""
+    ``split`` is not among the splits the folder holds; ``""`` when it is, when the format cannot
+    list them or reads the same files for every split, and when listing fails (the note only
+    adds to an error that is raised anyway)."""
     lister = source_format(format).splits
     if lister is None or not Path(root).is_dir():  # a missing folder: the error names it already
         return ""
