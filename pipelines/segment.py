@@ -30,7 +30,7 @@ import numpy as np
 from pipelines.config_errors import ConfigError
 from pipelines.overlay import draw_overlay
 from pipelines.prediction_folder import write_png_atomic
-from salma.data.decode import load_frames, probe_video
+from salma.data.decode import load_frames, probe_image_size, probe_video
 from salma.data.own_data import FRAME_SUFFIXES, VIDEO_SUFFIXES
 from salma.data.record import SampleRecord
 
@@ -67,6 +67,7 @@ def read_media(path: str | Path, *, frame_stride: int = 1, max_frames: int | Non
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)[::frame_stride][:max_frames]
         if not files:
             raise ConfigError(f"{path} holds no frames ({', '.join(FRAME_SUFFIXES)})")
+        _check_one_size(path, files)
         record = SampleRecord(source="segment", split="", sample_id=str(path), media="video", height=0, width=0,
                               frames=[str(p) for p in files])
         return MediaInput(load_frames(record, range(len(files))), [p.stem for p in files], video=True)
@@ -86,6 +87,21 @@ def read_media(path: str | Path, *, frame_stride: int = 1, max_frames: int | Non
                           fps=_fps(path) / frame_stride)
     raise ConfigError(f"{path}: not an image ({', '.join(IMAGE_SUFFIXES)}), a video ({', '.join(VIDEO_SUFFIXES)}) "
                       "or a folder of frames")
+
+
+def _check_one_size(folder: Path, files: list[Path]) -> None:
+    """The frames of a folder are one video's: they must share one size (read from the headers,
+    before anything is decoded). A folder of separate photos is the usual cause."""
+    first = probe_image_size(files[0])
+    for file in files[1:]:
+        size = probe_image_size(file)
+        if size != first:
+            raise ConfigError(
+                f"{file}: {size[1]}x{size[0]} pixels, but {files[0].name} is {first[1]}x{first[0]}: a folder is "
+                f"read as the frames of one video, which share one size. To segment separate pictures, give "
+                f"them one at a time, or list them in a JSON Lines file for salma infer --dataset "
+                f"own_data:{folder} (docs/inference.md)"
+            )
 
 
 def default_model(workdir: str | Path = "runs") -> str:

@@ -157,6 +157,21 @@ def test_segment_an_unreadable_image_or_video(capsys, tmp_path, photo):
     assert line == f"salma segment: {video}: unreadable video"
 
 
+def test_segment_a_folder_of_pictures_of_several_sizes(capsys, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (64, 48)).save(folder / "a.png")
+    Image.new("RGB", (64, 48)).save(folder / "b.png")
+    Image.new("RGB", (40, 30)).save(folder / "c.png")
+    [line] = _fails(capsys, "segment", str(folder), "the cat", "--model", "tiny", "--out", str(tmp_path / "o.mp4"))
+    assert line.startswith(f"salma segment: {folder / 'c.png'}: 40x30 pixels, but a.png is 64x48: a folder is read "
+                           "as the frames of one video")
+    assert line.endswith(f"salma infer --dataset own_data:{folder} (docs/inference.md)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
 def test_segment_an_image_into_an_overlay_that_is_not_a_picture(capsys, tmp_path, photo):
     out = tmp_path / "overlay.txt"
     [line] = _fails(capsys, "segment", str(photo), "the woman", "--model", "tiny", "--out", str(out))
