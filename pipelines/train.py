@@ -56,6 +56,7 @@ from pipelines.checkpoint import (
     stage_checkpoint,
 )
 from pipelines.config import ExperimentConfig, load_experiment
+from pipelines.config_errors import ConfigError
 from pipelines.data import ensure_synthetic, read_mixture, worker_batches
 from pipelines.deepspeed_config import DistributedSetup, deepspeed_config, resolve_distributed_setup
 from pipelines.deepspeed_ops import use_environment_extensions
@@ -199,6 +200,12 @@ def prepare_data(cfg: ExperimentConfig) -> ExperimentConfig:
     cfg = cfg.model_copy(update={
         "data": data, "workdir": cfg.absolute(cfg.workdir), "sam_pretrain": sam_pretrain, "model": _local_init_from(cfg),
     })
+    if not data.sources:
+        raise ConfigError(
+            "no training data: data.sources is empty; pass an experiment with --config "
+            "(experiments/quickstart.yaml trains on the synthetic data, experiments/finetune_own_data.yaml "
+            "on a folder of your own) or set data.sources=[{name: ..., format: ..., root: ...}]"
+        )
     ensure_synthetic(cfg)
     mixture = read_mixture(data.sources)  # fails fast: a source that does not parse or has no records
     return ensure_sam_pretrained(cfg, mixture)
@@ -240,7 +247,7 @@ def _check_cpu_budget(cfg: ExperimentConfig, *, local: bool) -> None:
         "train.cpus_per_worker or data.cpus_per_task (fractions are fine), or train.num_workers"
     )
     if local:
-        raise ValueError(message)
+        raise ConfigError(message)
     logger.warning(message)
 
 

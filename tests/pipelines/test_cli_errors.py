@@ -63,6 +63,28 @@ def test_train_split_that_the_dataset_lacks_names_the_ones_it_has(capsys, tmp_pa
                     f"refcoco splits in {root}: drift, train, val")
 
 
+def test_train_without_an_experiment_says_what_to_pass(capsys, tmp_path):
+    [line] = _fails(capsys, "train", f"workdir={tmp_path / 'runs'}")
+    assert line.startswith("salma train: no training data: data.sources is empty; pass an experiment with --config")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_more_cpus_than_a_local_cluster_has_is_a_user_error(monkeypatch):
+    import ray
+
+    from pipelines.config import load_experiment
+    from pipelines.train import _check_cpu_budget
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})  # the arithmetic, not Ray, is under test
+    cfg = load_experiment("experiments/quickstart.yaml", ["train.cpus_per_worker=1"])
+    _check_cpu_budget(cfg, local=False)  # a cluster may still grow: only a warning
+    with pytest.raises(ConfigError) as raised:
+        _check_cpu_budget(cfg, local=True)
+    assert user_error_message(raised.value) == str(raised.value)
+    assert "2 train workers x (train.cpus_per_worker=1 + data.encode_actors=1 x data.cpus_per_task=0.5" in str(raised.value)
+    assert "need 3" in str(raised.value)
+
+
 def test_tune_missing_sweep_file(capsys, tmp_path):
     [line] = _fails(capsys, "tune", "--config", str(tmp_path / "sweep.yaml"))
     assert "sweep.yaml does not exist" in line
