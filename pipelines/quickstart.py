@@ -1,7 +1,9 @@
 """``salma quickstart`` (``make quickstart``): the main job on the embedded default.
 
 1. writes the synthetic datasets (RefCOCO / MeViS / Ref-YouTube-VOS / LLaVA formats) if needed,
-2. trains tiny SALMA with 2 Ray Train workers (DeepSpeed ZeRO-2, CPU, gloo) on a local Ray,
+2. pre-trains the tiny preset's random SAM-2 with click and box prompts (once: the checkpoint,
+   ``data/sam2_pretrained.pt``, is reused), then trains tiny SALMA with 2 Ray Train workers
+   (DeepSpeed ZeRO-2, CPU, gloo) on a local Ray,
 3. exports the final checkpoint (``<run>/export``, also logged as the run's MLflow model) and
    evaluates it on the synthetic val and attention-drift splits with the benchmark metrics (Ray
    Data batch inference),

@@ -681,7 +681,7 @@ class _Throughput:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="salma train", description=__doc__.split("\n\n")[0],
                                      formatter_class=console.DocstringHelp)
-    parser.add_argument("--config", help="experiment YAML (deltas on the defaults)")
+    parser.add_argument("--config", help="experiment YAML (deltas on the defaults), e.g. experiments/quickstart.yaml")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this run folder")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=20")
     args = parser.parse_args(argv)
