@@ -131,7 +131,10 @@ def _lines(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON or the raw text when it does not parse) of every non-blank line;
     a file with no JSON object at all is not JSON Lines and raises ``DatasetFormatError``."""
     if not path.is_file():
-        raise DatasetFormatError(path, "file not found (write one JSON object per line: see salma.data.own_data)")
+        raise DatasetFormatError(
+            path, 'file not found (one JSON object per line, e.g. {"image": "cat.jpg", "expression": "the cat"}: '
+            "see docs/inference.md)"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

@@ -52,7 +52,8 @@ def test_train_missing_dataset_folder_names_the_file(capsys, tmp_path):
     missing = tmp_path / "no_such_dataset"
     [line] = _fails(capsys, "train", f"workdir={tmp_path / 'runs'}", "tracking.enabled=false", "train.num_workers=0",
                     f"data.sources=[{{name: mine, format: own_data, root: {missing}}}]")
-    assert line == f"salma train: {missing / 'train.jsonl'}: file not found (write one JSON object per line: see salma.data.own_data)"
+    assert line == (f"salma train: {missing / 'train.jsonl'}: file not found (one JSON object per line, "
+                    'e.g. {"image": "cat.jpg", "expression": "the cat"}: see docs/inference.md)')
 
 
 def test_train_split_that_the_dataset_lacks_names_the_ones_it_has(capsys, tmp_path, synthetic_data):
