@@ -9,7 +9,13 @@ import shutil
 
 import pytest
 
-from pipelines.cli import COMMANDS, DATA_COMMANDS, EXIT_USER_ERROR, main, user_error_message
+from pipelines.cli import (
+    COMMANDS,
+    DATA_COMMANDS,
+    EXIT_USER_ERROR,
+    main,
+    user_error_message,
+)
 from pipelines.config_errors import ConfigError
 from salma.data.errors import DatasetFormatError
 
