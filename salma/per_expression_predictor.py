@@ -21,6 +21,7 @@ from salma.predictor import (
     Prediction,
     SalmaPredictor,
     _as_frames,
+    answer_text,
     init_tracking_state,
     key_frame_indices,
     propagate_key_masks,
@@ -54,7 +55,7 @@ def _run(predictor: SalmaPredictor, frames, question: Round, forced_answer: str 
         generated = _generate(predictor, prompt, pixel_values)
     else:
         generated = predictor.tokenizer(forced_answer + IM_END, add_special_tokens=False).input_ids
-    answer = predictor.tokenizer.decode(generated, skip_special_tokens=False)
+    answer = answer_text(predictor.tokenizer, generated)
     full = torch.cat([prompt, torch.tensor([generated], dtype=torch.long, device=device)], dim=1)
     out = model.mllm(input_ids=full, attention_mask=torch.ones_like(full), pixel_values=pixel_values)
     seg_hidden = model.seg_hidden_states(out.hidden_states, full)  # (S, D)

@@ -87,6 +87,14 @@ def compile_decoder_and_mba(model: SalmaModel) -> None:
         model.mba.compile(dynamic=True)
 
 
+def answer_text(tokenizer, tokens: list[int]) -> str:
+    """The answer's text: special tokens kept (``[SEG]`` is one), without the ``<|im_end|>`` that
+    closes the turn."""
+    if tokens and tokens[-1] == tokenizer.convert_tokens_to_ids(IM_END):
+        tokens = tokens[:-1]
+    return tokenizer.decode(tokens, skip_special_tokens=False)
+
+
 def key_frame_indices(num_frames: int, k: int, sampling: str = "uniform") -> list[int]:
     """K key frames out of T: uniformly spaced (first and last included) or the first K."""
     k = max(1, min(k, num_frames))
@@ -309,7 +317,7 @@ class SalmaPredictor:
         for i, (row, tokens, answer) in enumerate(zip(rows, own, answers)):
             seg_at = [j for j, token in enumerate(tokens) if token == self.seg_token_id]
             results.append((
-                self.tokenizer.decode(answer, skip_special_tokens=False),
+                answer_text(self.tokenizer, answer),
                 out.hidden_states[i, seg_at],
                 _prompt_states(row.prefix, out.hidden_states[i], row.positions, offset=0),
             ))
@@ -367,7 +375,7 @@ class SalmaPredictor:
                     seg_states.append(self._state_after(row.record, row.prompt + tokens))
             hidden = torch.stack(seg_states) if seg_states else prefill.new_zeros(0, prefill.shape[-1])
             results.append((
-                self.tokenizer.decode(tokens, skip_special_tokens=False),
+                answer_text(self.tokenizer, tokens),
                 hidden,
                 _prompt_states(row.prefix, prefill[i], row.positions, offset=offset),
             ))

@@ -41,6 +41,7 @@ def test_image_prediction_has_one_mask_per_seg_at_original_size(built, video):
     predictor = SalmaPredictor(built)
     out = predictor.segment(video[0][0], video[1], generate=False)
     assert out.answer.count("[SEG]") == 1 and len(out.masks) == 1
+    assert "<|im_end|>" not in out.answer and out.answer.endswith(".")  # the turn's closing token is not the answer's
     assert out.masks[0].shape == (72, 100) and out.masks[0].dtype == bool
     assert out.prior.shape[0] == 1 and out.mba_energy.shape[:2] == (1, 1)
 
