@@ -24,6 +24,7 @@ serves the formats with one annotation file per split.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,7 +55,8 @@ def register_format(
     name: str, *, media: MediaKind, scoring: Scoring | None = None, splits: SplitLister | None = None
 ) -> Callable[[Reader], Reader]:
     """Decorate a reader ``read(root, split, **options) -> list[SampleRecord]`` to make ``name`` a
-    source format; ``splits(root, **options)`` lists the splits a folder holds. A name is
+    source format; ``splits(root, **options)`` lists the splits a folder holds, called with the
+    reader's keyword defaults under the given options (so it repeats none of them). A name is
     registered once; registering it again with another reader is an error (re-importing the same
     module is not)."""
     if media not in ("image", "video", "mixed", "conversation"):
@@ -66,7 +68,8 @@ def register_format(
         known = _FORMATS.get(name)
         if known is not None and _qualname(known.read) != _qualname(read):
             raise ValueError(f"source format {name!r} is already registered by {_qualname(known.read)}")
-        _FORMATS[name] = SourceFormat(name=name, read=read, media=media, scoring=scoring, splits=splits)
+        lister = None if splits is None else _with_defaults_of(read, splits)
+        _FORMATS[name] = SourceFormat(name=name, read=read, media=media, scoring=scoring, splits=lister)
         return read
 
     return register
@@ -101,6 +104,15 @@ def splits_matching(root: str | Path, template: str) -> list[str] | None:
         if matched:
             found.add(matched.group("split"))
     return sorted(found)
+
+
+def _with_defaults_of(read: Reader, splits: SplitLister) -> SplitLister:
+    """``splits`` called with ``read``'s keyword-only defaults, overridden by the given options."""
+    defaults = {
+        name: p.default for name, p in inspect.signature(read).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
+    }
+    return lambda root, **options: splits(root, **{**defaults, **options})
 
 
 def _qualname(read: Any) -> str:

@@ -43,7 +43,7 @@ _DEFAULT_FILES = {"refcocog_gcg": "RefCOCOg_GCG_{split}.json", "grandf": "GranDf
 
 @register_format(
     "gcg", media="conversation",
-    splits=lambda root, layout="refcocog_gcg", annotation_file=None, **_: splits_matching(
+    splits=lambda root, layout, annotation_file, **_: splits_matching(
         root, annotation_file or _DEFAULT_FILES.get(layout, "")
     ),
 )

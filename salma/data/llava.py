@@ -26,7 +26,7 @@ from salma.data.formats import register_format, splits_matching
 
 @register_format(
     "llava", media="conversation",
-    splits=lambda root, annotation_file="{split}.json", **_: splits_matching(root, annotation_file),
+    splits=lambda root, annotation_file, **_: splits_matching(root, annotation_file),
 )
 def read_llava(
     root: str | Path,

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 @register_format(
     "mevis", media="video", scoring="video",
-    splits=lambda root, expression_file="meta_expressions.json", **_: splits_matching(root, "{split}/" + expression_file),
+    splits=lambda root, expression_file, **_: splits_matching(root, "{split}/" + expression_file),
 )
 def read_mevis(
     root: str | Path,

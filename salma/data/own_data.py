@@ -93,7 +93,7 @@ class _LineError(Exception):
 
 @register_format(
     "own_data", media="mixed", scoring="own",
-    splits=lambda root, annotations="{split}.jsonl", **_: splits_matching(root, annotations),
+    splits=lambda root, annotations, **_: splits_matching(root, annotations),
 )
 def read_own_data(
     root: str | Path,

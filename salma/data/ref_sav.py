@@ -37,7 +37,7 @@ from salma.data.formats import register_format, splits_matching
 
 @register_format(
     "ref_sav", media="video", scoring="video",
-    splits=lambda root, expression_file="Ref-SAV.json", **_: splits_matching(root, expression_file),
+    splits=lambda root, expression_file, **_: splits_matching(root, expression_file),
 )
 def read_ref_sav(
     root: str | Path,

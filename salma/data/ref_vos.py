@@ -60,7 +60,9 @@ MaskSourceName = Literal["auto", "png", "mask_dict", "none"]
 SPLIT_EXPRESSIONS = "meta_expressions/{split}/meta_expressions.json"  # relative to the dataset root
 
 
-@register_format("ref_youtube_vos", media="video", scoring="video", splits=lambda root, **_: splits_matching(root, SPLIT_EXPRESSIONS))
+@register_format(
+    "ref_youtube_vos", media="video", scoring="video", splits=lambda root, **_: splits_matching(root, SPLIT_EXPRESSIONS)
+)
 def read_ref_youtube_vos(
     root: str | Path,
     split: str,
@@ -75,7 +77,9 @@ def read_ref_youtube_vos(
     return _read_ref_vos("ref_youtube_vos", root, split, masks, mask_dict_file, check_files, allow_outside_root, on_bad)
 
 
-@register_format("ref_davis17", media="video", scoring="video", splits=lambda root, **_: splits_matching(root, SPLIT_EXPRESSIONS))
+@register_format(
+    "ref_davis17", media="video", scoring="video", splits=lambda root, **_: splits_matching(root, SPLIT_EXPRESSIONS)
+)
 def read_ref_davis17(
     root: str | Path,
     split: str,

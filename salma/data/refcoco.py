@@ -45,9 +45,16 @@ RefDataset = Literal["refcoco", "refcoco+", "refcocog"]
 _DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 
 
-def refcoco_splits(root: str | Path, *, dataset: RefDataset = "refcoco", split_by: str | None = None, **_: Any) -> list[str]:
-    """The split names the folder's ``refs(<split_by>).p`` holds (train, val, testA, ...)."""
-    refs_path = Path(root).absolute() / f"refs({split_by or _DEFAULT_SPLIT_BY.get(dataset, 'unc')}).p"
+def refs_file(root: str | Path, dataset: str, split_by: str | None) -> Path:
+    """``<root>/refs(<split_by>).p``, ``split_by`` defaulting to the dataset's own."""
+    if dataset not in _DEFAULT_SPLIT_BY:
+        raise ValueError(f"dataset must be one of {sorted(_DEFAULT_SPLIT_BY)}, got {dataset!r}")
+    return Path(root).absolute() / f"refs({split_by or _DEFAULT_SPLIT_BY[dataset]}).p"
+
+
+def refcoco_splits(root: str | Path, *, dataset: RefDataset, split_by: str | None, **_: Any) -> list[str]:
+    """The split names the folder's refs file holds (train, val, testA, ...)."""
+    refs_path = refs_file(root, dataset, split_by)
     refs = require_list(load_pickle_file(refs_path), refs_path)
     return sorted({str(ref["split"]) for ref in refs if isinstance(ref, dict) and isinstance(ref.get("split"), str)})
 
@@ -66,11 +73,8 @@ def read_refcoco(
 ) -> list[SampleRecord]:
     """Read one split; ``check_files`` checks that every image file exists. ``file_name`` must
     stay inside the image folder unless ``allow_outside_root`` (``salma.data.confinement``)."""
-    if dataset not in _DEFAULT_SPLIT_BY:
-        raise ValueError(f"dataset must be one of {sorted(_DEFAULT_SPLIT_BY)}, got {dataset!r}")
     root_dir = Path(root).absolute()
-    split_by = split_by or _DEFAULT_SPLIT_BY[dataset]
-    refs_path = root_dir / f"refs({split_by}).p"
+    refs_path = refs_file(root_dir, dataset, split_by)
     instances_path = root_dir / "instances.json"
     images_dir = (
         Path(image_folder).absolute()

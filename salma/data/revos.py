@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 @register_format(
     "revos", media="video", scoring="revos",
-    splits=lambda root, expression_file="meta_expressions_{split}_.json", **_: splits_matching(root, expression_file),
+    splits=lambda root, expression_file, **_: splits_matching(root, expression_file),
 )
 def read_revos(
     root: str | Path,

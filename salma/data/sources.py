@@ -62,9 +62,8 @@ def split_note(format: str, root: str | Path, split: str, **options: Any) -> str
     lister = source_format(format).splits
     if lister is None or not Path(root).is_dir():  # a missing folder: the error names it already
         return ""
-    reader_options = {k: v for k, v in options.items() if k not in ("on_bad", "check_files", "allow_outside_root")}
     try:
-        found = lister(root, **reader_options)
+        found = lister(root, **options)
     except (OSError, ValueError, DatasetFormatError):  # unreadable: the caller's own error says enough
         return ""
     if found is None or split in found:
